@@ -1,0 +1,32 @@
+# fsseg: every target installs what it needs into .venv first (plain pip, no uv/poetry).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install test demo lint bench ui clean browser-deps
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: install
+	$(PY) -m fsseg.demo
+
+lint: install
+	$(VENV)/bin/ruff check fsseg data_modules callbacks tests
+
+bench: install
+	$(PY) -m bench.run
+
+clean:
+	rm -rf runs outputs .pytest_cache

@@ -1,0 +1,7 @@
+"""Lightning callbacks: curriculum, caches, visualisation. They use the modules' public hooks only."""
+
+from callbacks.caches import FrozenFeatureCache, TeacherEmbeddingCache
+from callbacks.curriculum import ResolutionCurriculum
+from callbacks.visualization import PredictionPanels
+
+__all__ = ["FrozenFeatureCache", "PredictionPanels", "ResolutionCurriculum", "TeacherEmbeddingCache"]

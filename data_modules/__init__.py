@@ -1,0 +1,46 @@
+"""fsseg data package: few-shot episodes, benchmarks, synthetic data, unlabelled and predict folders.
+
+Stand-alone: imports nothing from ``fsseg``. Batch formats: docs/CONTRACTS.md.
+"""
+
+from .base import FewShotDataset, FileFewShotDataset
+from .benchmarks import FSS1000, Coco20i, FolderDataset, Pascal5i, UnlabelledImageFolder
+from .datamodule import (
+    DATASETS,
+    EpisodicDataModule,
+    SupportQueryFolderDataModule,
+    UnlabelledDataModule,
+    build_fewshot_dataset,
+)
+from .episodes import (
+    Episode,
+    EpisodeDataset,
+    StridedDistributedSampler,
+    collate_dicts,
+    collate_episodes,
+    eligible_classes,
+    fixed_episode_list,
+    rank_slice,
+    sample_episode,
+)
+from .masks import (
+    IGNORE_INDEX,
+    BadSampleError,
+    detect_mask_encoding,
+    list_images,
+    read_binary_mask,
+    read_image,
+    read_mask,
+)
+from .synthetic import SyntheticFewShot, base_classes, novel_classes
+from .transforms import PairTransform, build_test_transform, build_train_transform
+
+__all__ = [
+    "BadSampleError", "IGNORE_INDEX", "read_image", "read_mask", "read_binary_mask", "detect_mask_encoding",
+    "list_images", "FewShotDataset", "FileFewShotDataset", "SyntheticFewShot", "base_classes",
+    "novel_classes", "Pascal5i", "Coco20i", "FSS1000", "FolderDataset", "UnlabelledImageFolder",
+    "Episode", "EpisodeDataset", "StridedDistributedSampler", "collate_dicts", "collate_episodes",
+    "eligible_classes", "fixed_episode_list", "rank_slice", "sample_episode", "PairTransform",
+    "build_train_transform", "build_test_transform", "EpisodicDataModule", "UnlabelledDataModule",
+    "SupportQueryFolderDataModule", "build_fewshot_dataset", "DATASETS",
+]

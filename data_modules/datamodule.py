@@ -1,0 +1,328 @@
+"""Lightning data modules: episodic training/eval, unlabelled images (distillation), predict folders."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Dict, List, Optional, Tuple
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .base import FewShotDataset
+from .benchmarks import FSS1000, Coco20i, FolderDataset, Pascal5i, UnlabelledImageFolder
+from .episodes import (EpisodeDataset, StridedDistributedSampler, TrainEpisodeSampler, collate_dicts,
+                       fixed_episode_list)
+from .masks import BadSampleError, list_images, read_image
+from .synthetic import NUM_CLASSES, SyntheticFewShot, render
+from .transforms import PairTransform, image_to_tensor, resize_image
+
+DATASETS = ("synthetic", "pascal5i", "coco20i", "fss1000", "folder")
+
+
+def _rank_world(trainer) -> Tuple[int, int]:
+    if trainer is not None:
+        return int(trainer.global_rank), int(trainer.world_size)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def build_fewshot_dataset(dataset: str, split: str, root: Optional[str] = None, fold: int = 0,
+                          split_dir: Optional[str] = None, mask_encoding: str = "auto", seed: int = 0,
+                          synthetic_image_size: int = 112, synthetic_images_per_class: int = 50) -> FewShotDataset:
+    """Factory used by ``EpisodicDataModule`` (``split`` in train/val/test)."""
+    if dataset == "synthetic":
+        return SyntheticFewShot(fold=fold, split=split, seed=seed, image_size=synthetic_image_size,
+                                images_per_class=synthetic_images_per_class)
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
+    if not root:
+        raise ValueError(f"dataset {dataset!r} needs data.root (path to the data on disk)")
+    if dataset == "pascal5i":
+        return Pascal5i(root, fold, split, list_dir=split_dir, mask_encoding=mask_encoding)
+    if dataset == "coco20i":
+        return Coco20i(root, fold, split, mask_encoding=mask_encoding)
+    if dataset == "fss1000":
+        return FSS1000(root, split, split_dir=split_dir, mask_encoding=mask_encoding)
+    return FolderDataset(root, mask_encoding=mask_encoding)
+
+
+class EpisodicDataModule(L.LightningDataModule):
+    """Few-shot episodes (batch format: docs/CONTRACTS.md).
+
+    Train: ``train_episodes_per_epoch`` random episodes over base classes (augmented if ``augment``).
+    Val/test: fixed lists drawn once from ``seed`` (``val_episodes``/``test_episodes`` episodes; a value
+    <= 0 means every (image, class) pair once as query; ``fss1000`` test uses that when
+    ``test_episodes`` is left at 1000; ``episodes_per_class`` overrides both),
+    split across DDP ranks by ``StridedDistributedSampler`` (disjoint, no padding).
+    """
+
+    def __init__(
+        self,
+        dataset: str = "synthetic",
+        root: Optional[str] = None,
+        fold: int = 0,
+        shots: int = 1,
+        n_way: int = 1,
+        image_size: int = 518,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        train_episodes_per_epoch: int = 1000,
+        val_episodes: int = 1000,
+        test_episodes: int = 1000,
+        episodes_per_class: Optional[int] = None,
+        seed: int = 0,
+        split_dir: Optional[str] = None,
+        mask_encoding: str = "auto",
+        skip_bad_samples: bool = False,
+        augment: bool = True,
+        synthetic_image_size: int = 112,
+        synthetic_images_per_class: int = 50,
+        eval_batch_size: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        if shots < 1 or n_way < 1:
+            raise ValueError(f"shots and n_way must be >= 1 (got shots={shots}, n_way={n_way})")
+        self.save_hyperparameters()
+        self.dataset_name = dataset
+        self.root, self.fold, self.shots, self.n_way = root, fold, shots, n_way
+        self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
+        self.train_episodes_per_epoch = train_episodes_per_epoch
+        self.val_episodes, self.test_episodes = val_episodes, test_episodes
+        self.episodes_per_class = episodes_per_class
+        self.seed, self.split_dir, self.mask_encoding = seed, split_dir, mask_encoding
+        self.skip_bad_samples, self.augment = skip_bad_samples, augment
+        self.synthetic_image_size = synthetic_image_size
+        self.synthetic_images_per_class = synthetic_images_per_class
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.datasets: Dict[str, EpisodeDataset] = {}
+
+    # -- building --------------------------------------------------------------------------------
+    def _fewshot(self, split: str) -> FewShotDataset:
+        return build_fewshot_dataset(self.dataset_name, split, self.root, self.fold, self.split_dir,
+                                     self.mask_encoding, self.seed, self.synthetic_image_size,
+                                     self.synthetic_images_per_class)
+
+    def _eval_dataset(self, split: str, n: int) -> EpisodeDataset:
+        ds = self._fewshot(split)
+        num = None if n <= 0 else n
+        if self.dataset_name == "fss1000" and split == "test" and n == 1000:
+            num = None  # FSS-1000 protocol (default test_episodes): every test image once as query
+        episodes = fixed_episode_list(ds, self.shots, self.n_way, num_episodes=num,
+                                      episodes_per_class=self.episodes_per_class, seed=self.seed)
+        return EpisodeDataset(ds, self.shots, self.n_way, episodes=episodes, image_size=self.image_size,
+                              train=False, seed=self.seed, skip_bad_samples=self.skip_bad_samples)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if stage in (None, "fit") and "train" not in self.datasets:
+            self.datasets["train"] = EpisodeDataset(
+                self._fewshot("train"), self.shots, self.n_way, episodes=None,
+                length=self.train_episodes_per_epoch, image_size=self.image_size, train=True,
+                augment=self.augment, seed=self.seed, skip_bad_samples=self.skip_bad_samples)
+        if stage in (None, "fit", "validate") and "val" not in self.datasets:
+            self.datasets["val"] = self._eval_dataset("val", self.val_episodes)
+        if stage in (None, "test") and "test" not in self.datasets:
+            self.datasets["test"] = self._eval_dataset("test", self.test_episodes)
+
+    @property
+    def num_classes(self) -> int:
+        """Size of the class-id space of the datasets built so far (for ``FewShotIoU``)."""
+        ids = [c for ds in self.datasets.values() for c in ds.dataset.class_ids]
+        return max(ids) + 1 if ids else 0
+
+    # -- loaders ---------------------------------------------------------------------------------
+    def _loader(self, ds: Dataset, batch_size: int, shuffle: bool = False, sampler=None) -> DataLoader:
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
+                          num_workers=self.num_workers, collate_fn=collate_dicts,
+                          persistent_workers=False, pin_memory=False)
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        ds = self.datasets["train"]
+        rank, world = _rank_world(getattr(self, "trainer", None))
+        return self._loader(ds, self.batch_size, sampler=TrainEpisodeSampler(len(ds), world, rank))
+
+    def episode_dataloader(self, split: str, rank: Optional[int] = None, world_size: Optional[int] = None) -> DataLoader:
+        """Fixed-list loader for ``split`` ('val'|'test'), this rank's strided share of the list."""
+        self.setup("validate" if split == "val" else "test")
+        r, w = _rank_world(getattr(self, "trainer", None))
+        rank = r if rank is None else rank
+        world_size = w if world_size is None else world_size
+        ds = self.datasets[split]
+        return self._loader(ds, self.eval_batch_size, sampler=StridedDistributedSampler(ds, world_size, rank))
+
+    def val_dataloader(self) -> DataLoader:
+        return self.episode_dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.episode_dataloader("test")
+
+    def episode_list(self, split: str = "test"):
+        self.setup("validate" if split == "val" else "test")
+        return list(self.datasets[split].episodes)
+
+
+# =================================================================================================
+class _SyntheticImages(Dataset):
+    def __init__(self, n: int, image_size: int, seed: int) -> None:
+        self.n, self.image_size, self.seed = n, image_size, seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int):
+        img, _ = render(index % NUM_CLASSES, index, self.seed, self.image_size)
+        return {"image": image_to_tensor(img), "path": f"synthetic/{index:05d}",
+                "index": torch.tensor(index, dtype=torch.int64)}
+
+
+class _Subset(Dataset):
+    def __init__(self, base: Dataset, indices: List[int]) -> None:
+        self.base, self.indices = base, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.base[self.indices[i]]
+
+
+class UnlabelledDataModule(L.LightningDataModule):
+    """Unlabelled images for distillation: batch ``{"image": [B,3,S,S], "path": list[str], "index": [B]}``.
+
+    ``root=None`` falls back to ``synthetic_images`` synthetic pictures so the demo runs without data.
+    ``val_fraction`` of the images (chosen by a permutation seeded with ``seed``; at least one when
+    > 0 and there are >= 2 images) go to validation. ``index`` is the position in the full folder.
+    """
+
+    def __init__(self, root: Optional[str] = None, image_size: int = 1024, batch_size: int = 4,
+                 num_workers: int = 0, val_fraction: float = 0.1, seed: int = 0,
+                 synthetic_images: int = 64, shuffle: bool = True) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.root, self.image_size, self.batch_size = root, image_size, batch_size
+        self.num_workers, self.val_fraction, self.seed = num_workers, val_fraction, seed
+        self.synthetic_images, self.shuffle = synthetic_images, shuffle
+        self.full: Optional[Dataset] = None
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.full is not None:
+            return
+        if self.root:
+            self.full = UnlabelledImageFolder(self.root, self.image_size)
+        else:
+            self.full = _SyntheticImages(self.synthetic_images, self.image_size, self.seed)
+        n = len(self.full)
+        n_val = 0
+        if self.val_fraction > 0 and n >= 2:
+            n_val = min(n - 1, max(1, int(round(self.val_fraction * n))))
+        perm = np.random.default_rng(self.seed).permutation(n)
+        self.val_indices = sorted(int(i) for i in perm[:n_val])
+        self.train_indices = sorted(int(i) for i in perm[n_val:])
+        self.train_set = _Subset(self.full, self.train_indices)
+        self.val_set = _Subset(self.full, self.val_indices)
+
+    def _loader(self, ds, shuffle):
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          collate_fn=collate_dicts)
+
+    def train_dataloader(self):
+        self.setup()
+        return self._loader(self.train_set, self.shuffle)
+
+    def val_dataloader(self):
+        self.setup()
+        return self._loader(self.val_set, False)
+
+    def predict_dataloader(self):
+        self.setup()
+        return self._loader(self.full, False)
+
+
+# =================================================================================================
+class _QueryFolder(Dataset):
+    def __init__(self, paths: List[str], image_size: int) -> None:
+        self.paths, self.image_size = paths, image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        img = read_image(self.paths[index])
+        h, w = img.shape[:2]
+        return {"query": image_to_tensor(resize_image(img, self.image_size)),
+                "query_original_size": torch.tensor([h, w], dtype=torch.int64),
+                "query_path": self.paths[index], "index": torch.tensor(index, dtype=torch.int64)}
+
+
+class SupportQueryFolderDataModule(L.LightningDataModule):
+    """Supports from a folder + query images of any size, for ``fsseg predict``.
+
+    Support layouts: ``support_dir/images`` + ``support_dir/masks``; ``support_dir/image`` +
+    ``support_dir/label`` (or ``support_dir/support/{image,label}``, the fss1000-eiffel layout);
+    per-class ``support_dir/<class>/{images,masks}`` for multi-class. ``query_dir`` may be a folder
+    (recursive) or a single image file.
+
+    ``support_batch()`` -> ``{"support": [1,N,K,3,S,S], "support_masks": [1,N,K,S,S] float 0/1,
+    "class_names": list[str] (N), "support_names": list[list[str]] (N x K)}``; K = ``shots`` or the
+    smallest per-class count (first K images in sorted order). ``predict_dataloader`` batches:
+    ``{"query": [B,3,S,S], "query_original_size": [B,2] (H,W), "query_path": list[str], "index": [B]}``.
+    """
+
+    def __init__(self, support_dir: str, query_dir: str, image_size: int = 518, mask_encoding: str = "auto",
+                 batch_size: int = 1, num_workers: int = 0, shots: Optional[int] = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.support_dir, self.query_dir = support_dir, query_dir
+        self.image_size, self.mask_encoding = image_size, mask_encoding
+        self.batch_size, self.num_workers, self.shots = batch_size, num_workers, shots
+        self.supports = FolderDataset(support_dir, mask_encoding=mask_encoding)
+        if os.path.isfile(query_dir):
+            self.query_paths = [query_dir]
+        else:
+            self.query_paths = list_images(query_dir, recursive=True, what="query folder")
+        self._support_batch = None
+
+    def support_batch(self) -> Dict:
+        if self._support_batch is not None:
+            return self._support_batch
+        ds = self.supports
+        counts = {c: len(ds.samples_by_class[c]) for c in ds.class_ids}
+        k = self.shots or min(counts.values())
+        few = {ds.class_names[c]: n for c, n in counts.items() if n < k}
+        if few or k < 1:
+            raise ValueError(f"support folder {self.support_dir!r}: classes with fewer than K={k} "
+                             f"labelled images: {few}")
+        tf = PairTransform(self.image_size, train=False)
+        imgs, masks, names = [], [], []
+        for c in ds.class_ids:
+            wi, wm, wn = [], [], []
+            for key in ds.samples_by_class[c][:k]:
+                img, (m,) = ds.load(key, [c])
+                img, (m,) = tf(img, [m])
+                if not (m == 1).any():
+                    warnings.warn(f"support mask {ds.records[key][1]} is empty after resizing", stacklevel=2)
+                wi.append(image_to_tensor(img))
+                wm.append(torch.from_numpy((m == 1).astype(np.float32)))
+                wn.append(ds.describe(key))
+            imgs.append(torch.stack(wi))
+            masks.append(torch.stack(wm))
+            names.append(wn)
+        self._support_batch = {
+            "support": torch.stack(imgs)[None],
+            "support_masks": torch.stack(masks)[None],
+            "class_names": [ds.class_names[c] for c in ds.class_ids],
+            "support_names": names,
+        }
+        return self._support_batch
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(_QueryFolder(self.query_paths, self.image_size), batch_size=self.batch_size,
+                          shuffle=False, num_workers=self.num_workers, collate_fn=collate_dicts)
+
+
+__all__ = ["EpisodicDataModule", "UnlabelledDataModule", "SupportQueryFolderDataModule",
+           "build_fewshot_dataset", "DATASETS", "BadSampleError"]

@@ -1,0 +1,282 @@
+"""Episode sampling, the torch Dataset producing episode dicts, collate and the DDP split.
+
+Episodes
+--------
+An ``Episode`` is (query key, supports per way, class id per way). Way 0's class is the query's
+class; for N-way episodes the other N-1 classes are distinct and may or may not be in the query.
+A class is eligible only if it has at least K+1 samples (the query plus K different supports).
+
+* Training: ``sample_episode`` draws a random episode. In ``EpisodeDataset(train=True)`` the item
+  index is a *draw id* and the episode and its augmentation are seeded by ``(seed, draw id)`` only.
+  ``TrainEpisodeSampler`` hands out draw ids ``epoch * length + i`` (strided across DDP ranks), so
+  every epoch, rank and worker draws different episodes, and a run resumed from a checkpoint sees
+  exactly the episodes an uninterrupted run would (no dependence on global RNG state).
+* Val/test: ``fixed_episode_list`` materialises the list once from ``np.random.default_rng(seed)``
+  (seed 0 by default). It never touches worker or process RNG, so the list is the same with any
+  number of workers or processes. Items are loaded with deterministic per-index seeds.
+
+DDP
+---
+``StridedDistributedSampler(n, num_replicas, rank)`` gives rank r the indices ``r, r+W, r+2W, ...``:
+disjoint, union == full list, no padding duplicates (unlike ``DistributedSampler``). When the list
+length is not divisible by W the first ``n % W`` ranks get one more episode; metrics sum their
+states across ranks, so uneven shards are fine (do not sync per step). It subclasses
+``DistributedSampler`` so Lightning leaves it in place.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+from .base import FewShotDataset
+from .masks import IGNORE_INDEX, BadSampleError
+from .transforms import PairTransform, image_to_tensor
+
+
+@dataclass(frozen=True)
+class Episode:
+    query: str
+    supports: Tuple[Tuple[str, ...], ...]  # [n_way][shots] sample keys
+    class_ids: Tuple[int, ...]  # [n_way]
+
+
+def eligible_classes(dataset: FewShotDataset, shots: int, n_way: int = 1) -> List[int]:
+    """Classes with >= shots+1 samples; clear error when fewer than n_way remain."""
+    ok = [c for c in dataset.class_ids if dataset.num_samples(c) >= shots + 1]
+    if len(ok) < n_way:
+        counts = {dataset.class_names.get(c, str(c)): dataset.num_samples(c) for c in dataset.class_ids}
+        few = {k: v for k, v in counts.items() if v < shots + 1}
+        raise ValueError(
+            f"{dataset!r}: {len(ok)} class(es) have at least K+1={shots + 1} images, need {n_way} for "
+            f"{n_way}-way {shots}-shot episodes. Classes with too few images: "
+            f"{dict(list(few.items())[:10])}"
+        )
+    return ok
+
+
+def _draw_supports(dataset, rng: np.random.Generator, class_id: int, shots: int, exclude: str,
+                   banned: frozenset = frozenset()) -> Tuple[str, ...]:
+    pool = [k for k in dataset.samples_by_class[class_id] if k != exclude and k not in banned]
+    if len(pool) < shots:
+        raise ValueError(f"class {dataset.class_names.get(class_id, class_id)!r} has {len(pool)} usable "
+                         f"support images besides the query, need K={shots}")
+    idx = rng.choice(len(pool), size=shots, replace=False)
+    return tuple(pool[int(i)] for i in idx)
+
+
+def sample_episode(dataset: FewShotDataset, rng: np.random.Generator, shots: int, n_way: int = 1,
+                   eligible: Optional[Sequence[int]] = None, first_class: Optional[int] = None,
+                   query: Optional[str] = None, banned: frozenset = frozenset()) -> Episode:
+    eligible = list(eligible if eligible is not None else eligible_classes(dataset, shots, n_way))
+    if first_class is None:
+        first_class = int(eligible[int(rng.integers(len(eligible)))])
+    others = [c for c in eligible if c != first_class]
+    extra = [int(others[int(i)]) for i in rng.choice(len(others), size=n_way - 1, replace=False)] if n_way > 1 else []
+    classes = (int(first_class), *extra)
+    if query is None:
+        pool = [k for k in dataset.samples_by_class[first_class] if k not in banned]
+        query = pool[int(rng.integers(len(pool)))]
+    supports = tuple(_draw_supports(dataset, rng, c, shots, query, banned) for c in classes)
+    return Episode(query, supports, classes)
+
+
+def fixed_episode_list(dataset: FewShotDataset, shots: int, n_way: int = 1, num_episodes: Optional[int] = 1000,
+                       episodes_per_class: Optional[int] = None, seed: int = 0) -> List[Episode]:
+    """The fixed val/test list.
+
+    * ``episodes_per_class=E``: E episodes per eligible class (queries cycle through a permutation
+      of the class's images).
+    * ``num_episodes=None``: every (image, class) pair exactly once as query (FSS-1000 protocol).
+    * ``num_episodes=M`` (default 1000, PASCAL/COCO): the (image, class) pairs are permuted once and
+      episode i uses pair ``i % len(pairs)`` as query, so queries repeat only after all were used.
+    Supports are drawn at random (without the query) from the same generator.
+    """
+    rng = np.random.default_rng(seed)
+    eligible = eligible_classes(dataset, shots, n_way)
+    queries: List[Tuple[str, int]] = []
+    if episodes_per_class is not None:
+        for c in eligible:
+            keys = dataset.samples_by_class[c]
+            perm = rng.permutation(len(keys))
+            queries += [(keys[int(perm[i % len(keys)])], c) for i in range(episodes_per_class)]
+    else:
+        pairs = [(k, c) for c in eligible for k in dataset.samples_by_class[c]]
+        if num_episodes is None:
+            queries = pairs
+        else:
+            perm = rng.permutation(len(pairs))
+            queries = [pairs[int(perm[i % len(pairs)])] for i in range(num_episodes)]
+    return [sample_episode(dataset, rng, shots, n_way, eligible, first_class=c, query=q) for q, c in queries]
+
+
+class StridedDistributedSampler(DistributedSampler):
+    """Rank r gets indices r, r+W, ... of a fixed list: disjoint, complete, no padding."""
+
+    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} not in [0, {num_replicas})")
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
+
+
+class TrainEpisodeSampler(DistributedSampler):
+    """Draw ids for random training episodes: epoch ``e`` on rank ``r`` of ``W`` gets
+    ``e*length + r, e*length + r + W, ...``. Lightning calls ``set_epoch``; being a
+    ``DistributedSampler`` subclass, Lightning leaves it in place under DDP."""
+
+    def __init__(self, length: int, num_replicas: int = 1, rank: int = 0) -> None:
+        self.length, self.num_replicas, self.rank, self.epoch = length, num_replicas, rank, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        start = self.epoch * self.length
+        return iter(range(start + self.rank, start + self.length, self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.num_replicas))
+
+
+def rank_slice(items: Sequence, rank: int, world_size: int) -> list:
+    """The same rule as ``StridedDistributedSampler`` for plain lists."""
+    return list(items[rank::world_size])
+
+
+def _binary_support(mask: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy((mask == 1).astype(np.float32))
+
+
+def query_index_mask(masks: Sequence[np.ndarray]) -> np.ndarray:
+    """Combine per-class {0,1,255} masks into class-index 0..N (+255 where ignored and unclaimed)."""
+    out = np.zeros(masks[0].shape, dtype=np.int64)
+    ignore = np.zeros(masks[0].shape, dtype=bool)
+    for j, m in enumerate(masks):
+        out[(m == 1) & (out == 0)] = j + 1
+        ignore |= m == IGNORE_INDEX
+    out[ignore & (out == 0)] = IGNORE_INDEX
+    return out
+
+
+class EpisodeDataset(Dataset):
+    """Torch dataset of episode dicts (one item = one episode, see docs/CONTRACTS.md).
+
+    ``episodes`` given -> fixed list (val/test); ``episodes=None`` -> ``length`` random episodes.
+    ``skip_bad_samples=True``: an episode touching a bad file is re-drawn (same classes when
+    possible) and the skip is counted with a warning; otherwise the ``BadSampleError`` propagates,
+    naming the file.
+    """
+
+    def __init__(self, dataset: FewShotDataset, shots: int = 1, n_way: int = 1,
+                 episodes: Optional[List[Episode]] = None, length: int = 1000, image_size: int = 518,
+                 train: bool = False, augment: bool = True, seed: int = 0, skip_bad_samples: bool = False,
+                 max_retries: int = 20) -> None:
+        self.dataset, self.shots, self.n_way = dataset, shots, n_way
+        self.episodes = episodes
+        self.length = length
+        self.train = train
+        self.transform = PairTransform(image_size, train=train and augment)
+        self.seed = seed
+        self.skip_bad_samples = skip_bad_samples
+        self.max_retries = max_retries
+        self.num_skipped = 0
+        self.bad_keys: set = set()
+        self._eligible = eligible_classes(dataset, shots, n_way)
+
+    def __len__(self) -> int:
+        return len(self.episodes) if self.episodes is not None else self.length
+
+    def episode(self, index: int) -> Episode:
+        """The episode for an index (fixed list entry, or a fresh random draw for training)."""
+        if self.episodes is not None:
+            return self.episodes[index]
+        rng = np.random.default_rng([self.seed, index])
+        return sample_episode(self.dataset, rng, self.shots, self.n_way, self._eligible)
+
+    def __getitem__(self, index: int) -> Dict:
+        ep = self.episode(index)
+        for attempt in range(self.max_retries + 1):
+            try:
+                return self._load(ep, index, attempt)
+            except BadSampleError as e:
+                if not self.skip_bad_samples:
+                    raise
+                self.num_skipped += 1
+                self.bad_keys.add(e.path)
+                bad = frozenset(k for k in self.dataset.all_keys()
+                                if self.dataset.describe(k) in self.bad_keys or k in self.bad_keys)
+                warnings.warn(f"skip_bad_samples: skipped bad sample {e.path} ({e.reason}); "
+                              f"{self.num_skipped} skipped so far in this process", stacklevel=2)
+                rng = np.random.default_rng([self.seed, index, attempt + 1])
+                try:
+                    ep = sample_episode(self.dataset, rng, self.shots, self.n_way, self._eligible,
+                                        first_class=ep.class_ids[0], banned=bad)
+                except (ValueError, IndexError):
+                    ep = sample_episode(self.dataset, rng, self.shots, self.n_way, self._eligible, banned=bad)
+        raise RuntimeError(f"episode {index}: more than {self.max_retries} bad samples in a row")
+
+    def _load(self, ep: Episode, index: int, attempt: int) -> Dict:
+        ds = self.dataset
+        base_seed = None
+        if self.transform.train:
+            base_seed = int(np.random.default_rng([self.seed, index, attempt, 1]).integers(2**31))
+        q_img, q_masks = ds.load(ep.query, ep.class_ids)
+        q_img, q_masks = self.transform(q_img, q_masks, None if base_seed is None else base_seed)
+        sup_imgs, sup_masks = [], []
+        for w, (c, keys) in enumerate(zip(ep.class_ids, ep.supports)):
+            wi, wm = [], []
+            for s, key in enumerate(keys):
+                img, (m,) = ds.load(key, [c])
+                img, (m,) = self.transform(img, [m], None if base_seed is None else base_seed + 1 + w * 1000 + s)
+                wi.append(image_to_tensor(img))
+                wm.append(_binary_support(m))
+            sup_imgs.append(torch.stack(wi))
+            sup_masks.append(torch.stack(wm))
+        if self.n_way == 1:
+            qm = torch.from_numpy(q_masks[0].astype(np.int64))
+            support, support_masks = sup_imgs[0], sup_masks[0]
+            class_id = torch.tensor(ep.class_ids[0], dtype=torch.int64)
+            support_names = [ds.describe(k) for k in ep.supports[0]]
+        else:
+            qm = torch.from_numpy(query_index_mask(q_masks))
+            support, support_masks = torch.stack(sup_imgs), torch.stack(sup_masks)
+            class_id = torch.tensor(ep.class_ids, dtype=torch.int64)
+            support_names = [[ds.describe(k) for k in keys] for keys in ep.supports]
+        return {
+            "query": image_to_tensor(q_img),
+            "query_mask": qm,
+            "support": support,
+            "support_masks": support_masks,
+            "class_id": class_id,
+            "episode_index": torch.tensor(index, dtype=torch.int64),
+            "query_name": ds.describe(ep.query),
+            "support_names": support_names,
+        }
+
+
+def collate_dicts(items: List[Dict]) -> Dict:
+    """Stack tensors; keep everything else (names, paths) as plain Python lists."""
+    out = {}
+    for key in items[0]:
+        vals = [it[key] for it in items]
+        out[key] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else vals
+    return out
+
+
+collate_episodes = collate_dicts
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)

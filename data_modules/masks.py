@@ -1,0 +1,218 @@
+"""Reading images and segmentation masks in the encodings found in the wild.
+
+Everything here returns numpy arrays: images ``uint8 [H, W, 3]`` RGB, masks ``uint8 [H, W]``.
+Binary masks come back as ``{0, 1}`` plus ``255`` (ignore) where the file marks it.
+
+Mask encodings (``read_mask(path, encoding=...)``):
+
+``'index'``     single-channel (or palette) class-index PNG: value k = class k, 0 = background,
+                255 = ignore (PASCAL boundaries). Without ``class_value`` the raw index map is
+                returned; with ``class_value=k`` a binary mask ``(m == k)`` with 255 kept.
+``'binary255'`` values {0, 255}: 255 is foreground.
+``'binary01'``  values {0, 1} (255 allowed as ignore).
+``'rgb'``       colour mask: foreground = any channel > 0, or with ``class_value=(r, g, b)`` exactly
+                that colour.
+``'jpeg'``      lossy mask (e.g. Kvasir-SEG): grey level (PIL ``convert('L')``) > 127.
+``'auto'``      detection, in this order:
+                1. ``.jpg``/``.jpeg`` file -> ``'jpeg'``;
+                2. RGB(A) whose channels differ -> ``'rgb'`` (equal channels are read as grey);
+                3. grey/palette values within {0, 1} (+255) -> ``'binary01'``;
+                   within {0, 255} -> ``'binary255'``;
+                4. anything else -> ``'index'`` (raw map returned unless ``class_value`` is given).
+                Note the ambiguity: an index mask holding only class 1 decodes as binary01,
+                which gives the same foreground.
+
+Errors on bad files are ``BadSampleError`` (a ``ValueError``) with ``.path`` and ``.reason``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Optional, Sequence, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+MASK_ENCODINGS = ("auto", "index", "binary255", "binary01", "rgb", "jpeg")
+IGNORE_INDEX = 255
+
+
+class BadSampleError(ValueError):
+    """A sample (image or mask file) that cannot be used. ``path`` names the offending file."""
+
+    def __init__(self, path: Union[str, os.PathLike], reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def is_image_file(path: Union[str, os.PathLike]) -> bool:
+    return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _open(path) -> Image.Image:
+    path = str(path)
+    if not os.path.isfile(path):
+        raise BadSampleError(path, "file not found")
+    try:
+        img = Image.open(path)
+        img.load()  # force decoding so truncated / corrupt files fail here, naming the file
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise BadSampleError(path, f"cannot decode image ({type(e).__name__}: {e})") from e
+    return img
+
+
+def read_image(path: Union[str, os.PathLike]) -> np.ndarray:
+    """Read any image file as RGB ``uint8 [H, W, 3]`` (grey / palette / RGBA converted).
+
+    EXIF orientation is *not* applied: pixels are used as stored, so masks stay aligned.
+    """
+    img = _open(path)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def image_size(path: Union[str, os.PathLike]) -> tuple:
+    """(H, W) of an image file without decoding the pixels."""
+    try:
+        with Image.open(str(path)) as im:
+            w, h = im.size
+    except (UnidentifiedImageError, OSError) as e:
+        raise BadSampleError(path, f"cannot read image header ({e})") from e
+    return h, w
+
+
+def detect_mask_encoding(path: Union[str, os.PathLike], arr: Optional[np.ndarray] = None) -> str:
+    """Resolve ``'auto'`` for one file (see module docstring for the rules)."""
+    if str(path).lower().endswith((".jpg", ".jpeg")):
+        return "jpeg"
+    if arr is None:
+        arr = _raw_mask_array(_open(path))
+    if arr.ndim == 3:
+        return "rgb"
+    values = set(np.unique(arr).tolist())
+    if values <= {0, 1, IGNORE_INDEX} and 1 in values:
+        return "binary01"
+    if values <= {0, IGNORE_INDEX}:
+        return "binary255"
+    return "index"
+
+
+def _raw_mask_array(img: Image.Image) -> np.ndarray:
+    """2-D array for grey/palette masks (palette indices kept), 3-D only for truly coloured masks."""
+    if img.mode in ("L", "P", "I", "I;16", "1"):
+        a = np.asarray(img)
+        if img.mode == "1":
+            a = a.astype(np.uint8)
+        return a
+    if img.mode in ("LA", "PA"):
+        return np.asarray(img)[..., 0]
+    a = np.asarray(img.convert("RGB"))
+    if (a[..., 0] == a[..., 1]).all() and (a[..., 0] == a[..., 2]).all():
+        return a[..., 0]
+    return a
+
+
+def _check_values(path, arr: np.ndarray, allowed: set, encoding: str) -> None:
+    values = set(np.unique(arr).tolist())
+    bad = values - allowed
+    if bad:
+        raise BadSampleError(
+            path,
+            f"unexpected mask values {sorted(bad)[:10]} for encoding {encoding!r} "
+            f"(allowed {sorted(allowed)}; found {sorted(values)[:20]}). "
+            "Declare the right mask_encoding (e.g. 'index' with a class value) or fix the file.",
+        )
+
+
+def read_mask(
+    path: Union[str, os.PathLike],
+    encoding: str = "auto",
+    class_value: Optional[Union[int, Sequence[int]]] = None,
+) -> np.ndarray:
+    """Decode a mask file to ``uint8 [H, W]``.
+
+    Binary encodings give {0, 1} (+255 ignore). ``'index'`` without ``class_value`` gives the raw
+    class-index map; with ``class_value`` (int, or an (r, g, b) colour for ``'rgb'``) a binary mask.
+    """
+    if encoding not in MASK_ENCODINGS:
+        raise ValueError(f"unknown mask encoding {encoding!r}; choose one of {MASK_ENCODINGS}")
+    img = _open(path)
+    if encoding == "jpeg" or (encoding == "auto" and str(path).lower().endswith((".jpg", ".jpeg"))):
+        grey = np.asarray(img.convert("L"))
+        return (grey > 127).astype(np.uint8)
+    arr = _raw_mask_array(img)
+    if encoding == "auto":
+        encoding = detect_mask_encoding(path, arr)
+    if encoding == "rgb":
+        if arr.ndim == 2:
+            arr = np.repeat(arr[..., None], 3, axis=2)
+        if class_value is not None:
+            colour = np.asarray(class_value, dtype=arr.dtype).reshape(1, 1, -1)
+            return (arr[..., :3] == colour).all(axis=2).astype(np.uint8)
+        return (arr[..., :3] > 0).any(axis=2).astype(np.uint8)
+    if arr.ndim == 3:  # coloured file declared as grey encoding
+        raise BadSampleError(path, f"mask has colour channels but encoding {encoding!r} expects one channel")
+    if encoding == "binary255":
+        _check_values(path, arr, {0, 255}, encoding)
+        return (arr == 255).astype(np.uint8)
+    if encoding == "binary01":
+        _check_values(path, arr, {0, 1, IGNORE_INDEX}, encoding)
+        return arr.astype(np.uint8)
+    # index
+    if class_value is None:
+        if arr.dtype != np.uint8:
+            if arr.max() > 255:
+                raise BadSampleError(path, f"class-index mask has values > 255 (max {int(arr.max())})")
+            arr = arr.astype(np.uint8)
+        return arr
+    out = (arr == int(class_value)).astype(np.uint8)
+    out[arr == IGNORE_INDEX] = IGNORE_INDEX
+    return out
+
+
+def read_binary_mask(path, encoding: str = "auto", class_value=None) -> np.ndarray:
+    """Like ``read_mask`` but guarantees {0, 1, 255}; a multi-valued index mask without a
+    ``class_value`` is an error naming the file."""
+    m = read_mask(path, encoding, class_value)
+    _check_values(path, m, {0, 1, IGNORE_INDEX}, encoding if encoding != "auto" else "auto (binary)")
+    return m
+
+
+def check_same_size(image: np.ndarray, mask: np.ndarray, image_path, mask_path) -> None:
+    if image.shape[:2] != mask.shape[:2]:
+        raise BadSampleError(
+            mask_path,
+            f"mask size {mask.shape[1]}x{mask.shape[0]} (WxH) differs from image {image_path} "
+            f"size {image.shape[1]}x{image.shape[0]}",
+        )
+
+
+def list_images(root: Union[str, os.PathLike], recursive: bool = True, what: str = "image folder") -> list:
+    """Sorted image files under ``root``; non-image files are skipped with one counted warning."""
+    root = str(root)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{what} {root!r} does not exist or is not a directory")
+    found, skipped = [], []
+    if recursive:
+        for d, dirs, files in os.walk(root):
+            dirs.sort()
+            for f in files:
+                (found if is_image_file(f) else skipped).append(os.path.join(d, f))
+    else:
+        for f in os.listdir(root):
+            p = os.path.join(root, f)
+            if os.path.isfile(p):
+                (found if is_image_file(f) else skipped).append(p)
+    skipped = [s for s in skipped if not os.path.basename(s).startswith(".")]
+    if skipped:
+        warnings.warn(
+            f"{what} {root!r}: skipped {len(skipped)} non-image file(s), e.g. {sorted(skipped)[:3]}",
+            stacklevel=2,
+        )
+    if not found:
+        raise FileNotFoundError(f"{what} {root!r} contains no images (extensions {IMAGE_EXTENSIONS})")
+    return sorted(found)

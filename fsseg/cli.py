@@ -1,0 +1,80 @@
+"""The ``fsseg`` command line: LightningCLI (``fit|validate|test|predict``) plus a few tools.
+
+    fsseg fit --config lightning_configs/distill_518.yaml
+    fsseg test --config lightning_configs/fewshot/coco20i_fold0_1shot.yaml --ckpt_path runs/.../best.ckpt
+    fsseg predict --config lightning_configs/predict.yaml --ckpt_path ... --data.support_dir s/ --data.query_dir q/
+    fsseg params [--backbone dinov2_vitb14]      parameter table of every variant
+    fsseg export --ckpt_path ... --support_dir s/ --output_dir export/     ONNX + safetensors
+    fsseg demo-ui [--ckpt_path ...]              Gradio web demo (pip install 'fsseg[demo]')
+
+The model class and the data module are chosen in the YAML (``class_path``); ``--print_config``
+shows every default. The config is saved into each run's folder (overwritten when a later
+``fsseg test`` runs in the same folder).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from lightning.pytorch.cli import LightningCLI
+
+TOOLS = {
+    "params": "fsseg.models.__main__:main",
+    "export": "fsseg.export:main",
+    "demo-ui": "fsseg.webui:main",
+}
+
+
+class FssegCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.set_defaults({
+            "model": {"class_path": "fsseg.modules.FewShotModule"},
+            "data": {"class_path": "data_modules.EpisodicDataModule"},
+        })
+
+    def _group_wandb_runs(self) -> None:
+        """W&B dashboards group runs by variant, fold and shot, so an ablation sweep lines up."""
+        from fsseg.loggers import group_name
+
+        for logger in getattr(self.trainer, "loggers", []):
+            if type(logger).__name__ == "WandbLogger" and getattr(logger, "_experiment", None) is None:
+                group, tags = group_name(self.model, self.datamodule)
+                logger._wandb_init.setdefault("group", group)
+                logger._wandb_init.setdefault("tags", tags)
+                logger._wandb_init.setdefault("job_type", self.subcommand)
+
+    def before_fit(self) -> None:
+        self._group_wandb_runs()
+
+    def before_validate(self) -> None:
+        self._group_wandb_runs()
+
+    def before_test(self) -> None:
+        self._group_wandb_runs()
+
+
+def run_cli(args: list[str] | None = None, run: bool = True) -> FssegCLI:
+    return FssegCLI(
+        model_class=None,
+        datamodule_class=None,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in TOOLS:
+        module, func = TOOLS[argv[0]].split(":")
+        import importlib
+
+        return getattr(importlib.import_module(module), func)(argv[1:])
+    run_cli(argv)
+
+
+if __name__ == "__main__":
+    main()

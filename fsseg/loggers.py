@@ -1,0 +1,63 @@
+"""Experiment loggers. W&B runs offline unless the user is logged in: a missing key never hangs a run."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from lightning.pytorch.loggers import WandbLogger
+
+
+def wandb_logged_in() -> bool:
+    """True when wandb has an API key (environment or ~/.netrc), checked without the network."""
+    try:
+        import wandb
+
+        return bool(wandb.api.api_key)
+    except Exception:
+        return False
+
+
+class FssegWandbLogger(WandbLogger):
+    """``WandbLogger`` that decides ``offline`` itself when not told: online only with a key.
+
+    Args:
+        offline: ``None`` (default) = offline unless logged in; ``True``/``False`` force it.
+        project: W&B project (``fsseg``).
+        Other arguments as ``lightning.pytorch.loggers.WandbLogger``.
+    """
+
+    def __init__(self, project: str = "fsseg", save_dir: str = "runs", offline: Optional[bool] = None,
+                 name: Optional[str] = None, group: Optional[str] = None, tags: Optional[list[str]] = None,
+                 log_model: bool = False, **kwargs: Any) -> None:
+        if offline is None:
+            offline = not wandb_logged_in()
+        if group is not None:
+            kwargs["group"] = group
+        if tags is not None:
+            kwargs["tags"] = tags
+        kwargs.setdefault("settings", _quiet_settings())
+        super().__init__(project=project, save_dir=save_dir, offline=offline, name=name, log_model=log_model,
+                         **kwargs)
+
+
+def _quiet_settings():
+    import wandb
+
+    # no console capture and no background stats threads: they slow CPU runs and hang on exit in CI
+    return wandb.Settings(console="off", x_disable_stats=True, silent=True)
+
+
+def group_name(model, datamodule) -> tuple[str, list[str]]:
+    hp = getattr(model, "hparams", {})
+    parts, tags = [type(model).__name__], []
+    if "variant" in hp:
+        parts.append(str(hp["variant"]))
+        tags.append(f"variant:{hp['variant']}")
+    if "objective" in hp:
+        parts.append(str(hp["objective"]))
+    for attr in ("dataset", "fold", "shots"):
+        value = getattr(datamodule, attr, None) if datamodule is not None else None
+        if value is not None:
+            parts.append(f"{attr}{value}" if attr != "dataset" else str(value))
+            tags.append(f"{attr}:{value}")
+    return "-".join(parts), tags

@@ -1,0 +1,173 @@
+"""Builders / registry: any FS-DINO variant with random weights, or initialised from the official
+DINOv2 and SAM checkpoints (local paths or URLs, see ``weights.resolve_checkpoint``) and from a
+stage-1 adapter checkpoint.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Optional
+
+import torch
+
+from .adapter import BottleneckAdapter
+from .correlation import Correlation4D
+from .decoder import FewShotMaskDecoder
+from .encoder import DINOV2_ARCHS, DINOv2Encoder
+from .fsdino import FSDINO, VARIANTS
+from .hypercorrelation import MambaHyperCorrelation
+from .prompts import MaskDownscaling, RandomFourierPositionEncoding, SemanticVisualPrompt
+from .teacher import SAMImageEncoder
+from .weights import (
+    CheckpointMismatchError,
+    WeightsError,
+    load_state_dict_file,
+    resolve_checkpoint,
+    strict_load,
+)
+
+VARIANT_ALIASES = {
+    "ba_pcs": "ba_pcs", "ba+pcs": "ba_pcs",
+    "compact": "compact", "ba+svp+pcs": "compact",
+    "full": "full", "ba+svp+pcs+4d": "full",
+    "uino": "uino", "uino-fss": "uino", "uino_fss": "uino",
+}
+
+
+def canonical_variant(name: str) -> str:
+    key = name.strip().lower().replace(" ", "")
+    if key not in VARIANT_ALIASES:
+        raise ValueError(f"unknown FS-DINO variant {name!r}; choose one of {sorted(set(VARIANT_ALIASES))}")
+    return VARIANT_ALIASES[key]
+
+
+def build_encoder(backbone: str = "dinov2_vitb14", image_size: int = 518, checkpoint: Optional[str] = None,
+                  sha256: Optional[str] = None, tap_block: int = 3, cache_dir: Optional[str] = None, **overrides) -> DINOv2Encoder:
+    return DINOv2Encoder(backbone, tap_block=tap_block, img_size=image_size, checkpoint=checkpoint, sha256=sha256,
+                         cache_dir=cache_dir, **overrides)
+
+
+def build_teacher(variant: str = "vit_h", checkpoint: Optional[str] = None, sha256: Optional[str] = None,
+                  cache_dir: Optional[str] = None, **overrides) -> SAMImageEncoder:
+    return SAMImageEncoder(variant, checkpoint=checkpoint, sha256=sha256, cache_dir=cache_dir, **overrides)
+
+
+def _adapter_subdict(sd: dict, adapter_keys) -> dict:
+    """Adapter weights from a plain adapter state dict, a dict with an ``adapter.`` (or
+    ``<anything>.adapter.``) prefix, or a Lightning checkpoint (``state_dict`` entry)."""
+    if "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if set(adapter_keys) <= set(sd):
+        return {k: sd[k] for k in adapter_keys} if set(sd) == set(adapter_keys) else dict(sd)
+    prefixes = {k[: k.index("adapter.") + len("adapter.")] for k in sd if "adapter." in k}
+    best, best_n = None, -1
+    for p in prefixes:
+        n = sum(1 for k in adapter_keys if p + k in sd)
+        if n > best_n:
+            best, best_n = p, n
+    if best is None:
+        return dict(sd)  # strict_load will report the mismatch
+    return {k[len(best):]: v for k, v in sd.items() if k.startswith(best)}
+
+
+def load_adapter_state(adapter: torch.nn.Module, path_or_url: str, sha256: Optional[str] = None,
+                       cache_dir: Optional[str] = None) -> torch.nn.Module:
+    """Load a stage-1 adapter: plain ``BottleneckAdapter`` state dict (optionally under ``adapter.``)
+    or a Lightning checkpoint whose ``state_dict`` holds ``adapter.*`` (or ``*.adapter.*``) keys."""
+    path = resolve_checkpoint(path_or_url, sha256=sha256, cache_dir=cache_dir)
+    sd = load_state_dict_file(path)
+    if not isinstance(sd, dict):
+        raise CheckpointMismatchError(f"adapter checkpoint {path} does not hold a state dict")
+    strict_load(adapter, _adapter_subdict(sd, list(adapter.state_dict())), source=str(path))
+    return adapter
+
+
+def load_sam_prompt_decoder(model: FSDINO, path_or_url: str, sha256: Optional[str] = None,
+                            cache_dir: Optional[str] = None) -> FSDINO:
+    """Initialise decoder (``mask_decoder.*``), mask downscaling (``prompt_encoder.mask_downscaling.*``)
+    and the PE Gaussian matrix (``prompt_encoder.pe_layer.*``) from an official SAM checkpoint."""
+    path = resolve_checkpoint(path_or_url, sha256=sha256, cache_dir=cache_dir)
+    sd = load_state_dict_file(path)
+    sd = sd.get("state_dict", sd)
+    src = str(path)
+    model.decoder.load_sam_state(sd, source=src)
+    md = {k[len("prompt_encoder."):]: v for k, v in sd.items() if k.startswith("prompt_encoder.mask_downscaling.")}
+    if model.mask_downscaling.no_mask_embed is not None and "prompt_encoder.no_mask_embed.weight" in sd:
+        md["no_mask_embed.weight"] = sd["prompt_encoder.no_mask_embed.weight"]
+    strict_load(model.mask_downscaling, md, source=src)
+    key = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
+    if key not in sd:
+        raise CheckpointMismatchError(f"checkpoint {src} has no {key} (not a SAM checkpoint?)")
+    strict_load(model.pe_layer, {"positional_encoding_gaussian_matrix": sd[key]}, source=src)
+    return model
+
+
+def build_fsdino(
+    variant: str = "full",
+    backbone: str = "dinov2_vitb14",
+    image_size: int = 518,
+    dinov2_checkpoint: Optional[str] = None,
+    sam_checkpoint: Optional[str] = None,
+    adapter_checkpoint: Optional[str] = None,
+    decoder_dim: int = 256,
+    decoder_depth: int = 2,
+    decoder_mlp_dim: int = 2048,
+    decoder_heads: int = 8,
+    adapter_kwargs: Optional[dict] = None,
+    correlation_kwargs: Optional[dict] = None,
+    svp_kwargs: Optional[dict] = None,
+    mamba_backend: str = "auto",
+    mask_in_chans: int = 16,
+    tap_block: int = 3,
+    freeze_adapter: bool = True,
+    dinov2_sha256: Optional[str] = None,
+    sam_sha256: Optional[str] = None,
+    adapter_sha256: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+    encoder_overrides: Optional[dict] = None,
+    **fsdino_kwargs,
+) -> FSDINO:
+    """Build any variant (``ba_pcs``/``BA+PCS``, ``compact``/``BA+SVP+PCS``, ``full``/``BA+SVP+PCS+4D``,
+    ``uino``). Random weights where no checkpoint is given. ``correlation_kwargs`` go to
+    ``Correlation4D``/``MambaHyperCorrelation`` (default ``corr_grid = image_size // 14``)."""
+    variant = canonical_variant(variant)
+    if backbone not in DINOV2_ARCHS:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(DINOV2_ARCHS)}")
+    encoder = build_encoder(backbone, image_size, dinov2_checkpoint, dinov2_sha256, tap_block, cache_dir,
+                            **(encoder_overrides or {}))
+    C = encoder.embed_dim
+    adapter = BottleneckAdapter(in_dim=C, out_dim=decoder_dim, **(adapter_kwargs or {}))
+    if adapter_checkpoint is not None:
+        load_adapter_state(adapter, adapter_checkpoint, sha256=adapter_sha256, cache_dir=cache_dir)
+    decoder = FewShotMaskDecoder(decoder_dim, decoder_depth, decoder_mlp_dim, decoder_heads)
+    svp = SemanticVisualPrompt(C, decoder_dim, **(svp_kwargs or {})) if variant != "ba_pcs" else None
+    ck = dict(corr_grid=image_size // 14)
+    ck.update(correlation_kwargs or {})
+    correlation = None
+    if variant == "full":
+        correlation = Correlation4D(**ck)
+    elif variant == "uino":
+        ck.setdefault("backend", mamba_backend)
+        correlation = MambaHyperCorrelation(**ck)
+    model = FSDINO(
+        encoder=encoder,
+        adapter=adapter,
+        decoder=decoder,
+        variant=variant,
+        svp=svp,
+        correlation=correlation,
+        pe_layer=RandomFourierPositionEncoding(decoder_dim // 2),
+        mask_downscaling=MaskDownscaling(decoder_dim, mask_in_chans),
+        freeze_adapter=freeze_adapter,
+        **fsdino_kwargs,
+    )
+    if sam_checkpoint is not None:
+        load_sam_prompt_decoder(model, sam_checkpoint, sha256=sam_sha256, cache_dir=cache_dir)
+    return model
+
+
+MODEL_REGISTRY = {v: partial(build_fsdino, variant=v) for v in VARIANTS}
+
+__all__ = [
+    "build_fsdino", "build_encoder", "build_teacher", "load_adapter_state", "load_sam_prompt_decoder",
+    "canonical_variant", "VARIANT_ALIASES", "MODEL_REGISTRY", "WeightsError",
+]

@@ -1,0 +1,161 @@
+"""4D support-query correlation -> prior mask (FS-DINO sec. 3.4.1, "Dense Prompts of 4D Correlations").
+
+Pipeline (defaults for DINOv2-B at 518, grid g=37, r=ceil(g/2)=19):
+
+1. L2-normalise last-layer query/support features; **mask the support**: features outside the
+   (area-resized) support mask are multiplied by the mask, i.e. zeroed (HSNet-style;
+   ``support_masking='features'``, default). ``'none'`` keeps the unmasked volume (the paper's
+   eq. (3) literally) -- then the support mask only enters through S_pcs.
+2. ``S4d = Fq Fs^T``: ``[B, g*g (support), g, g (query)]`` -- each query vector unfolds its
+   correlation to the whole support image, seen as channels.
+3. conv1x1 g^2 -> 512, conv3x3 stride 2 512 -> r^2  => ``[B, r^2 (support), r, r (query)]``.
+   GroupNorm + ReLU between the two convs and after (the paper names only the convs).
+4. S1 = that tensor (query spatial x support channels): depthwise 3x3; S2 = its transpose (support
+   spatial x query channels): pointwise conv (mixes query positions); transpose back; add.
+5. per-channel addition of S_pcs (bilinearly resized to r x r).
+6. head: resize r -> g, then two (x2 upsample, 3x3 conv, GN, ReLU) stages and a final 3x3 conv to one
+   channel: prior logits at 4g x 4g (4x the *embedding* grid, 148 at 518 -- SAM's mask downscaling
+   divides by 4 and must land on the image-embedding grid).
+
+Other input sizes / aspect ratios: the conv widths are tied to ``corr_grid`` (g), so query and
+support features are bilinearly resampled to g x g for the correlation and the prior is resampled
+back to 4x the query's embedding grid.
+
+K > 1 shots (``shot_fusion``): ``'mean_corr'`` (default) averages the K correlation volumes
+before the convs; ``'mean_prior'`` runs the module per shot and averages the prior logits.
+"""
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .prompts import resize_masks
+
+SHOT_FUSIONS = ("mean_corr", "mean_prior")
+SUPPORT_MASKINGS = ("features", "none")
+
+
+def _gn(c: int) -> nn.GroupNorm:
+    for g in (32, 16, 8, 4, 2, 1):
+        if c % g == 0:
+            return nn.GroupNorm(g, c)
+    return nn.GroupNorm(1, c)
+
+
+def _resize(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class CorrelationVolume(nn.Module):
+    """Masked cosine 4D correlation + the paper's two reduction convs (shared by 4D and MHCM)."""
+
+    def __init__(self, corr_grid: int = 37, mid_channels: int = 512, support_masking: str = "features"):
+        super().__init__()
+        if support_masking not in SUPPORT_MASKINGS:
+            raise ValueError(f"support_masking must be one of {SUPPORT_MASKINGS}, got {support_masking!r}")
+        self.g = corr_grid
+        self.r = math.ceil(corr_grid / 2)
+        self.support_masking = support_masking
+        n_in, n_out = corr_grid * corr_grid, self.r * self.r
+        self.reduce = nn.Sequential(
+            nn.Conv2d(n_in, mid_channels, 1),
+            _gn(mid_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid_channels, n_out, 3, stride=2, padding=1),
+            _gn(n_out),
+            nn.ReLU(inplace=True),
+        )
+
+    def volume(self, fq: torch.Tensor, fs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """``fq [B,C,hq,wq]``, ``fs [B,K,C,hs,ws]``, ``masks [B,K,H,W]`` -> ``[B,K,g*g,g,g]``."""
+        g = self.g
+        B, K, C = fs.shape[:3]
+        q = F.normalize(_resize(fq, (g, g)), dim=1).flatten(2)  # [B,C,g*g]
+        s = F.normalize(_resize(fs.flatten(0, 1), (g, g)), dim=1)  # [BK,C,g,g]
+        if self.support_masking == "features":
+            s = s * resize_masks(masks.flatten(0, 1), (g, g)).to(s.dtype)
+        s = s.flatten(2).view(B, K, C, g * g)
+        corr = torch.einsum("bkcs,bcq->bksq", s, q)  # support positions as channels
+        return corr.reshape(B, K, g * g, g, g)
+
+    def forward(self, corr: torch.Tensor) -> torch.Tensor:
+        """``[N, g*g, g, g]`` -> ``[N, r*r, r, r]``."""
+        return self.reduce(corr)
+
+
+class PriorHead(nn.Module):
+    """``[N, r*r, r, r]`` -> prior logits ``[N, 1, 4g, 4g]`` by 3x3 convs with two x2 upsamplings."""
+
+    def __init__(self, in_channels: int, corr_grid: int, channels: Tuple[int, int, int] = (256, 128, 64)):
+        super().__init__()
+        self.g = corr_grid
+        c1, c2, c3 = channels
+        self.block1 = nn.Sequential(nn.Conv2d(in_channels, c1, 3, padding=1), _gn(c1), nn.ReLU(inplace=True))
+        self.block2 = nn.Sequential(nn.Conv2d(c1, c2, 3, padding=1), _gn(c2), nn.ReLU(inplace=True))
+        self.block3 = nn.Sequential(nn.Conv2d(c2, c3, 3, padding=1), _gn(c3), nn.ReLU(inplace=True))
+        self.out = nn.Conv2d(c3, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.g
+        x = self.block1(_resize(x, (g, g)))
+        x = self.block2(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
+        x = self.block3(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
+        return self.out(x)
+
+
+def swap_query_support(x: torch.Tensor) -> torch.Tensor:
+    """``[N, S (support), rq, rq]`` <-> ``[N, Q (query), rs, rs]`` (square grids of r*r)."""
+    n, c, h, w = x.shape
+    r = int(round(math.sqrt(c)))
+    return x.flatten(2).transpose(1, 2).reshape(n, h * w, r, r)
+
+
+class Correlation4D(nn.Module):
+    """Prior-mask generator from the 4D correlation (see module docstring)."""
+
+    def __init__(
+        self,
+        corr_grid: int = 37,
+        mid_channels: int = 512,
+        head_channels: Tuple[int, int, int] = (256, 128, 64),
+        shot_fusion: str = "mean_corr",
+        support_masking: str = "features",
+    ):
+        super().__init__()
+        if shot_fusion not in SHOT_FUSIONS:
+            raise ValueError(f"shot_fusion must be one of {SHOT_FUSIONS}, got {shot_fusion!r}")
+        self.shot_fusion = shot_fusion
+        self.corr = CorrelationVolume(corr_grid, mid_channels, support_masking)
+        r2 = self.corr.r ** 2
+        self.depthwise = nn.Conv2d(r2, r2, 3, padding=1, groups=r2)  # S1: query spatial, support channels
+        self.pointwise = nn.Conv2d(r2, r2, 1)  # S2: support spatial, query channels
+        self.head = PriorHead(r2, corr_grid, tuple(head_channels))
+
+    @property
+    def corr_grid(self) -> int:
+        return self.corr.g
+
+    def mix(self, x: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
+        s1 = self.depthwise(x)
+        s2 = swap_query_support(self.pointwise(swap_query_support(x)))
+        return s1 + s2 + _resize(sim, x.shape[-2:])  # per-channel addition of S_pcs
+
+    def forward(self, fq: torch.Tensor, fs: torch.Tensor, support_masks: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
+        """``fq [B,C,hq,wq]``, ``fs [B,K,C,hs,ws]``, ``support_masks [B,K,H,W]``, ``sim`` = S_pcs
+        ``[B,1,hq,wq]`` -> prior logits ``[B,1,4hq,4wq]``."""
+        B, K = fs.shape[:2]
+        vol = self.corr.volume(fq, fs, support_masks)  # [B,K,g2,g,g]
+        if self.shot_fusion == "mean_corr":
+            x = self.corr(vol.mean(dim=1))
+            prior = self.head(self.mix(x, sim))
+        else:
+            x = self.corr(vol.flatten(0, 1))
+            prior = self.head(self.mix(x, sim.repeat_interleave(K, dim=0)))
+            prior = prior.view(B, K, *prior.shape[1:]).mean(dim=1)
+        return _resize(prior, (4 * fq.shape[-2], 4 * fq.shape[-1]))

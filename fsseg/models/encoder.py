@@ -1,0 +1,181 @@
+"""Frozen DINOv2 encoder (timm ``VisionTransformer``) with two taps: block ``tap_block`` and last layer.
+
+Built from a registry of the official DINOv2 architectures (timm's ``vit_*_patch14[_reg4]_dinov2``
+settings) plus ``dinov2_tiny`` for tests and demos. ``dynamic_img_size=True``: any input whose
+height and width are multiples of 14 works (position embeddings are resampled by timm, bicubic).
+
+Loading an official checkpoint (``dinov2_vitb14_pretrain.pth`` etc.): the state dict goes through
+``timm.models.vision_transformer.checkpoint_filter_fn`` (drops ``mask_token``, maps
+``register_tokens``, ``mlp.w12/w3`` -> ``fc1/fc2``, resamples ``pos_embed`` to the model grid)
+and is then loaded strictly; a checkpoint of another architecture raises
+``CheckpointMismatchError``. A checkpoint already in timm's layout loads too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+import torch
+from torch import nn
+
+from .weights import CheckpointMismatchError, load_state_dict_file, resolve_checkpoint, strict_load
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_URL = "https://dl.fbaipublicfiles.com/dinov2/{a}/{a}{r}_pretrain.pth"
+
+
+@dataclass(frozen=True)
+class DINOv2Arch:
+    embed_dim: int
+    depth: int
+    num_heads: int
+    reg_tokens: int = 0
+    swiglu: bool = False
+    url: Optional[str] = None
+
+
+def _arch(base: str, dim: int, depth: int, heads: int, swiglu: bool = False) -> dict:
+    return {
+        base: DINOv2Arch(dim, depth, heads, 0, swiglu, _URL.format(a=base, r="")),
+        base + "_reg4": DINOv2Arch(dim, depth, heads, 4, swiglu, _URL.format(a=base, r="_reg4")),
+    }
+
+
+DINOV2_ARCHS: dict[str, DINOv2Arch] = {
+    **_arch("dinov2_vits14", 384, 12, 6),
+    **_arch("dinov2_vitb14", 768, 12, 12),
+    **_arch("dinov2_vitl14", 1024, 24, 16),
+    **_arch("dinov2_vitg14", 1536, 40, 24, swiglu=True),
+    # random-weight toy model for tests/demos (no official weights)
+    "dinov2_tiny": DINOv2Arch(48, 4, 3),
+}
+
+
+class EncoderFeatures(NamedTuple):
+    early: torch.Tensor  # [B, C, H/14, W/14], output of block `tap_block` (no final norm)
+    last: torch.Tensor  # [B, C, H/14, W/14], final normed output
+
+
+def build_dinov2_vit(arch: str = "dinov2_vitb14", img_size: int = 518, **overrides) -> nn.Module:
+    from timm.layers import SwiGLUPacked
+    from timm.models.vision_transformer import VisionTransformer
+
+    if arch not in DINOV2_ARCHS:
+        raise ValueError(f"unknown DINOv2 arch {arch!r}; choose one of {sorted(DINOV2_ARCHS)}")
+    a = DINOV2_ARCHS[arch]
+    kw = dict(
+        img_size=img_size,
+        patch_size=14,
+        embed_dim=a.embed_dim,
+        depth=a.depth,
+        num_heads=a.num_heads,
+        init_values=1e-5,
+        num_classes=0,
+        dynamic_img_size=True,
+    )
+    if a.reg_tokens:
+        kw.update(reg_tokens=a.reg_tokens, no_embed_class=True)
+    if a.swiglu:
+        # timm vit_giant_patch14_dinov2: SwiGLU hidden 4096 packed as fc1 of 8192
+        kw.update(mlp_ratio=2.66667 * 2, mlp_layer=SwiGLUPacked, act_layer=nn.SiLU)
+    kw.update(overrides)
+    return VisionTransformer(**kw)
+
+
+class DINOv2Encoder(nn.Module):
+    """DINOv2 ViT/14 returning block-``tap_block`` (1-based) and last-layer patch features.
+
+    Input: images ``[B,3,H,W]`` in ``[0,1]`` (ImageNet normalisation happens here), H, W multiples of 14.
+    """
+
+    def __init__(
+        self,
+        arch: str = "dinov2_vitb14",
+        tap_block: int = 3,
+        img_size: int = 518,
+        checkpoint: Optional[str] = None,
+        sha256: Optional[str] = None,
+        frozen: bool = True,
+        cache_dir: Optional[str] = None,
+        **overrides,
+    ):
+        super().__init__()
+        self.arch = arch
+        self.vit = build_dinov2_vit(arch, img_size=img_size, **overrides)
+        depth = len(self.vit.blocks)
+        if not 1 <= tap_block <= depth:
+            raise ValueError(f"tap_block must be in [1, {depth}], got {tap_block}")
+        self.tap_block = tap_block
+        self.embed_dim = self.vit.embed_dim
+        self.patch_size = 14
+        self.frozen = frozen
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.checkpoint_path = None
+        if checkpoint is not None:
+            self.load_checkpoint(checkpoint, sha256=sha256, cache_dir=cache_dir)
+        if frozen:
+            self.requires_grad_(False)
+            self.eval()
+
+    @property
+    def official_url(self) -> Optional[str]:
+        return DINOV2_ARCHS[self.arch].url
+
+    def load_checkpoint(self, path_or_url: str, sha256: Optional[str] = None, cache_dir: Optional[str] = None):
+        from timm.models.vision_transformer import checkpoint_filter_fn
+
+        path = resolve_checkpoint(path_or_url, sha256=sha256, cache_dir=cache_dir)
+        sd = load_state_dict_file(path)
+        if not isinstance(sd, dict):
+            raise CheckpointMismatchError(f"checkpoint {path} does not hold a state dict")
+        sd = sd.get("model", sd)
+        if not any(k in sd for k in ("patch_embed.proj.weight", "cls_token", "pos_embed")):
+            strict_load(self.vit, sd, source=str(path))  # not a ViT checkpoint: report its keys
+        try:
+            sd = checkpoint_filter_fn(dict(sd), self.vit)
+        except Exception as e:  # e.g. pos_embed of an incompatible width
+            raise CheckpointMismatchError(
+                f"checkpoint {path} does not match DINOv2 arch {self.arch!r}: {e}"
+            ) from e
+        strict_load(self.vit, sd, source=str(path))
+        self.checkpoint_path = str(path)
+        return self
+
+    def train(self, mode: bool = True):
+        # a frozen encoder stays in eval mode whatever the parent module does
+        return super().train(False if self.frozen else mode)
+
+    def _tokens(self, images: torch.Tensor):
+        if images.shape[-1] % 14 or images.shape[-2] % 14:
+            raise ValueError(f"DINOv2 input H, W must be multiples of 14, got {tuple(images.shape[-2:])}")
+        x = (images - self.mean) / self.std
+        v = self.vit
+        x = v.patch_embed(x)  # [B, h, w, C] with dynamic_img_size
+        h, w = x.shape[1], x.shape[2]
+        x = v._pos_embed(x)
+        x = v.patch_drop(x)
+        x = v.norm_pre(x)
+        return x, h, w
+
+    def _to_map(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        x = x[:, self.vit.num_prefix_tokens :]
+        return x.transpose(1, 2).reshape(x.shape[0], -1, h, w)
+
+    def forward_early(self, images: torch.Tensor) -> torch.Tensor:
+        x, h, w = self._tokens(images)
+        for blk in self.vit.blocks[: self.tap_block]:
+            x = blk(x)
+        return self._to_map(x, h, w)
+
+    def forward(self, images: torch.Tensor) -> EncoderFeatures:
+        x, h, w = self._tokens(images)
+        early = None
+        for i, blk in enumerate(self.vit.blocks):
+            x = blk(x)
+            if i + 1 == self.tap_block:
+                early = self._to_map(x, h, w)
+        last = self._to_map(self.vit.norm(x), h, w)
+        return EncoderFeatures(early=early, last=last)

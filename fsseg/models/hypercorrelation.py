@@ -1,0 +1,132 @@
+"""UINO-FSS: Mamba-HyperCorrelation Module (MHCM) + Contrastive Enhancement (CE).
+
+The UINO-FSS text available to us (seed 002) only gives the abstract and figure captions: "MHCM
+stacks two Hierarchical Global Modeling Blocks (HGMB), which process 4D volumetric correlation
+while maintaining high efficiency" and "a Mamba-based 4D hypercorrelation module and contrastive
+enhancement generate robust dense prompts". Our reading, a drop-in replacement for
+``Correlation4D`` (same inputs, same prior-mask output):
+
+* the 4D volume is built and reduced exactly as in FS-DINO (``CorrelationVolume``: masked cosine
+  correlation, conv1x1 g^2->512, conv3x3/2 512->r^2), giving ``[B, r^2 (support), r, r (query)]``;
+* **ContrastiveEnhancement**: foreground prototype p_fg (MAP inside the support mask) and
+  background prototype p_bg (MAP outside it, shots averaged); the contrast map
+  ``cos(Fq, p_fg) - cos(Fq, p_bg)`` (scaled by a learnable scalar, init 1) is added to the PCS
+  similarity, and this enhanced similarity is added per channel to the reduced volume *before*
+  the MHCM (as S_pcs is in FS-DINO). If the support mask covers the whole image the background
+  prototype falls back to the global average (contrast ~0 there);
+* **HGMB** (hierarchical: local -> global over query -> global over support), each with residual:
+  depthwise 3x3 conv over the query grid; LayerNorm + Mamba scan along the query positions
+  (sequence length r^2, features = support positions); LayerNorm + Mamba scan along the support
+  positions (sequence length r^2, features = query positions). Two HGMBs are stacked;
+* the same ``PriorHead`` (3x3 convs, x4 up to 4g) produces prior logits.
+
+Mamba layers use ``MambaLayer`` (``backend='auto'|'torch'|'cuda'``); ``expand=1`` by default to
+keep the module near FS-DINO's 4D module in size (d_model = r^2 = 361 at 518).
+K > 1 shots: correlation volumes are averaged (``'mean_corr'``) or priors averaged (``'mean_prior'``).
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .correlation import SHOT_FUSIONS, CorrelationVolume, PriorHead, _resize, swap_query_support
+from .mamba import MambaLayer
+from .prompts import masked_average_pool
+
+
+class ContrastiveEnhancement(nn.Module):
+    """``cos(Fq, p_fg) - cos(Fq, p_bg)`` added (scaled by a learnable ``alpha``) to the PCS map."""
+
+    def __init__(self, alpha_init: float = 1.0):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
+
+    def forward(self, fq: torch.Tensor, fs: torch.Tensor, support_masks: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
+        B, K = fs.shape[:2]
+        flat = fs.flatten(0, 1)
+        m = support_masks.flatten(0, 1).float()
+        p_fg = masked_average_pool(flat, m, allow_empty=True).view(B, K, -1).mean(1)
+        p_bg = masked_average_pool(flat, 1.0 - m, allow_empty=True).view(B, K, -1).mean(1)
+        c_fg = F.cosine_similarity(fq, p_fg[:, :, None, None], dim=1)
+        c_bg = F.cosine_similarity(fq, p_bg[:, :, None, None], dim=1)
+        return sim + self.alpha * (c_fg - c_bg).unsqueeze(1)
+
+
+class HierarchicalGlobalModelingBlock(nn.Module):
+    """Local (depthwise 3x3 over query grid) -> Mamba over query positions -> Mamba over support positions."""
+
+    def __init__(self, r2: int, backend: str = "auto", d_state: int = 16, d_conv: int = 4, expand: int = 1):
+        super().__init__()
+        self.local = nn.Conv2d(r2, r2, 3, padding=1, groups=r2)
+        self.norm_q = nn.LayerNorm(r2)
+        self.scan_q = MambaLayer(r2, backend=backend, d_state=d_state, d_conv=d_conv, expand=expand)
+        self.norm_s = nn.LayerNorm(r2)
+        self.scan_s = MambaLayer(r2, backend=backend, d_state=d_state, d_conv=d_conv, expand=expand)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, S, r, r]`` (support channels, query grid) -> same shape."""
+        n, c, h, w = x.shape
+        x = x + self.local(x)
+        t = x.flatten(2).transpose(1, 2)  # [N, Q, S]: sequence over query positions
+        t = t + self.scan_q(self.norm_q(t))
+        t = t.transpose(1, 2)  # [N, S, Q]: sequence over support positions
+        t = t + self.scan_s(self.norm_s(t))
+        return t.reshape(n, c, h, w)
+
+
+class MambaHyperCorrelation(nn.Module):
+    """MHCM: drop-in replacement for ``Correlation4D`` (same ``forward`` signature/output)."""
+
+    def __init__(
+        self,
+        corr_grid: int = 37,
+        mid_channels: int = 512,
+        head_channels: Tuple[int, int, int] = (256, 128, 64),
+        shot_fusion: str = "mean_corr",
+        support_masking: str = "features",
+        num_blocks: int = 2,
+        backend: str = "auto",
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 1,
+        contrastive: bool = True,
+    ):
+        super().__init__()
+        if shot_fusion not in SHOT_FUSIONS:
+            raise ValueError(f"shot_fusion must be one of {SHOT_FUSIONS}, got {shot_fusion!r}")
+        self.shot_fusion = shot_fusion
+        self.corr = CorrelationVolume(corr_grid, mid_channels, support_masking)
+        r2 = self.corr.r ** 2
+        self.contrast = ContrastiveEnhancement() if contrastive else None
+        self.blocks = nn.ModuleList(
+            HierarchicalGlobalModelingBlock(r2, backend, d_state, d_conv, expand) for _ in range(num_blocks)
+        )
+        self.head = PriorHead(r2, corr_grid, tuple(head_channels))
+
+    @property
+    def corr_grid(self) -> int:
+        return self.corr.g
+
+    def _run(self, x: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
+        x = x + _resize(sim, x.shape[-2:])
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(x)
+
+    def forward(self, fq: torch.Tensor, fs: torch.Tensor, support_masks: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
+        B, K = fs.shape[:2]
+        if self.contrast is not None:
+            sim = self.contrast(fq, fs, support_masks, sim)
+        vol = self.corr.volume(fq, fs, support_masks)
+        if self.shot_fusion == "mean_corr":
+            prior = self._run(self.corr(vol.mean(dim=1)), sim)
+        else:
+            prior = self._run(self.corr(vol.flatten(0, 1)), sim.repeat_interleave(K, dim=0))
+            prior = prior.view(B, K, *prior.shape[1:]).mean(dim=1)
+        return _resize(prior, (4 * fq.shape[-2], 4 * fq.shape[-1]))
+
+
+__all__ = ["MambaHyperCorrelation", "HierarchicalGlobalModelingBlock", "ContrastiveEnhancement", "swap_query_support"]

@@ -1,0 +1,135 @@
+"""Frozen SAM image encoder used as the distillation teacher.
+
+Official settings copied from ``segment_anything/build_sam.py`` (vit_h / vit_l / vit_b) plus a
+``tiny`` configuration for tests. Loads the ``image_encoder.*`` keys of an official SAM checkpoint
+(plain state dict) strictly.
+
+Input handling (``forward``): images ``[B,3,H,W]`` in ``[0,1]``, any size. Like SAM's
+``ResizeLongestSide`` + ``Sam.preprocess``: the longest side is resized to ``img_size`` (bilinear,
+antialiased), the image is normalised with SAM's pixel mean/std and zero-padded at the
+bottom/right to ``img_size x img_size``. For square inputs this is a plain resize. Output
+``[B, out_chans, img_size/16, img_size/16]`` (256 x 64 x 64 for official models).
+"""
+from __future__ import annotations
+
+import hashlib
+from functools import partial
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .weights import load_state_dict_file, resolve_checkpoint, strict_load
+
+SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
+SAM_PIXEL_STD = (58.395, 57.12, 57.375)
+
+SAM_URLS = {
+    "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+    "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+    "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+}
+
+_COMMON = dict(img_size=1024, patch_size=16, mlp_ratio=4, qkv_bias=True, use_rel_pos=True, window_size=14, out_chans=256)
+SAM_ENCODER_CONFIGS: dict[str, dict] = {
+    "vit_h": dict(_COMMON, embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)),
+    "vit_l": dict(_COMMON, embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)),
+    "vit_b": dict(_COMMON, embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),
+    "tiny": dict(
+        img_size=256, patch_size=16, mlp_ratio=4, qkv_bias=True, use_rel_pos=True, window_size=4,
+        out_chans=32, embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,),
+    ),
+}
+
+
+def build_sam_image_encoder(variant: str = "vit_h", **overrides) -> nn.Module:
+    from segment_anything.modeling import ImageEncoderViT
+
+    if variant not in SAM_ENCODER_CONFIGS:
+        raise ValueError(f"unknown SAM variant {variant!r}; choose one of {sorted(SAM_ENCODER_CONFIGS)}")
+    cfg = dict(SAM_ENCODER_CONFIGS[variant], **overrides)
+    cfg["global_attn_indexes"] = tuple(cfg["global_attn_indexes"])
+    return ImageEncoderViT(norm_layer=partial(nn.LayerNorm, eps=1e-6), **cfg)
+
+
+def extract_prefixed(state_dict: dict, prefix: str) -> dict:
+    """Keys of ``state_dict`` under ``prefix`` (prefix stripped); the dict itself if none match."""
+    sub = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    return sub
+
+
+class SAMImageEncoder(nn.Module):
+    def __init__(
+        self,
+        variant: str = "vit_h",
+        checkpoint: Optional[str] = None,
+        sha256: Optional[str] = None,
+        cache_dir: Optional[str] = None,
+        **overrides,
+    ):
+        super().__init__()
+        self.variant = variant
+        self.encoder = build_sam_image_encoder(variant, **overrides)
+        self.img_size = self.encoder.img_size
+        cfg = dict(SAM_ENCODER_CONFIGS[variant], **overrides)
+        self.out_chans = cfg["out_chans"]
+        self.embed_dim = cfg["embed_dim"]
+        self.depth = cfg["depth"]
+        self.patch_size = cfg["patch_size"]
+        self.register_buffer("pixel_mean", torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1) / 255.0, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1) / 255.0, persistent=False)
+        self._weights_id: Optional[str] = None
+        self.checkpoint_path = None
+        if checkpoint is not None:
+            self.load_checkpoint(checkpoint, sha256=sha256, cache_dir=cache_dir)
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def official_url(self) -> Optional[str]:
+        return SAM_URLS.get(self.variant)
+
+    @property
+    def embedding_size(self) -> int:
+        return self.img_size // self.patch_size
+
+    def load_checkpoint(self, path_or_url: str, sha256: Optional[str] = None, cache_dir: Optional[str] = None):
+        path = resolve_checkpoint(path_or_url, sha256=sha256, cache_dir=cache_dir)
+        sd = load_state_dict_file(path)
+        sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+        sub = extract_prefixed(sd, "image_encoder.")
+        strict_load(self.encoder, sub if sub else sd, source=str(path))
+        self.checkpoint_path = str(path)
+        self._weights_id = None
+        return self
+
+    def train(self, mode: bool = True):  # always frozen
+        return super().train(False)
+
+    @property
+    def fingerprint(self) -> str:
+        """Architecture + sha256 of the weights (first 16 hex): a cache key for teacher embeddings."""
+        if self._weights_id is None:
+            h = hashlib.sha256()
+            for k, v in sorted(self.encoder.state_dict().items()):
+                h.update(k.encode())
+                h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            self._weights_id = h.hexdigest()[:16]
+        return (
+            f"sam-{self.variant}-img{self.img_size}-d{self.embed_dim}-L{self.depth}-out{self.out_chans}"
+            f"-w{self._weights_id}"
+        )
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        H, W = images.shape[-2:]
+        s = self.img_size / max(H, W)
+        nh, nw = int(round(H * s)), int(round(W * s))
+        x = images
+        if (nh, nw) != (H, W):
+            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+        x = (x - self.pixel_mean) / self.pixel_std
+        return F.pad(x, (0, self.img_size - nw, 0, self.img_size - nh))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.preprocess(images))

@@ -1,0 +1,98 @@
+"""Pieces every fsseg LightningModule shares: non-finite loss handling and lean checkpoints."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+import lightning as L
+import torch
+
+log = logging.getLogger("fsseg")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; the message names the step and the batch's samples."""
+
+
+def batch_sample_ids(batch: dict) -> list[str]:
+    for key in ("query_name", "path", "name"):
+        if key in batch:
+            return [str(x) for x in batch[key]]
+    if "episode_index" in batch:
+        return [f"episode {int(i)}" for i in batch["episode_index"]]
+    return ["<unnamed>"]
+
+
+class NonFiniteLossGuard:
+    """``raise`` (default): stop at once, naming the global step and the batch's sample ids, before
+    the optimizer can write NaNs into the weights. ``skip``: return False so the step returns None
+    (Lightning then skips backward and the optimizer step), and count it."""
+
+    def __init__(self, policy: str = "raise") -> None:
+        if policy not in ("raise", "skip"):
+            raise ValueError(f"nonfinite must be 'raise' or 'skip', got {policy!r}")
+        self.policy = policy
+        self.skipped = 0
+
+    def check(self, loss: torch.Tensor, module: L.LightningModule, batch: dict) -> bool:
+        if torch.isfinite(loss).all():
+            return True
+        ids = batch_sample_ids(batch)
+        msg = (f"non-finite loss ({loss.item()}) at global step {module.global_step}, "
+               f"epoch {module.current_epoch}; samples: {', '.join(ids)}")
+        if self.policy == "raise":
+            raise NonFiniteLossError(msg + ". Weights were not updated. Set nonfinite: skip to drop such steps.")
+        self.skipped += 1
+        log.warning("skipping step: %s", msg)
+        module.log("train/skipped_nonfinite", float(self.skipped))
+        return False
+
+
+def drop_frozen_weights(checkpoint: dict, frozen_prefixes: Iterable[str]) -> None:
+    """Remove frozen sub-modules (DINOv2, SAM teacher) from a Lightning checkpoint: they are reloaded
+    from their official files named in the hyper-parameters, and a ViT-H teacher would otherwise add
+    2.5 GB to every checkpoint."""
+    prefixes = tuple(frozen_prefixes)
+    state = checkpoint.get("state_dict", {})
+    for k in [k for k in state if k.startswith(prefixes)]:
+        del state[k]
+    checkpoint["fsseg_frozen_prefixes"] = list(prefixes)
+
+
+def check_checkpoint_matches(module: torch.nn.Module, checkpoint: dict, frozen_prefixes: Iterable[str]) -> None:
+    """A checkpoint of another architecture gives a clear error instead of a silent partial load."""
+    from fsseg.models.weights import CheckpointMismatchError
+
+    prefixes = tuple(frozen_prefixes)
+    ours = {k: v.shape for k, v in module.state_dict().items() if not k.startswith(prefixes)}
+    theirs = {k: v.shape for k, v in checkpoint.get("state_dict", {}).items() if not k.startswith(prefixes)}
+    missing = sorted(set(ours) - set(theirs))
+    unexpected = sorted(set(theirs) - set(ours))
+    wrong = sorted(k for k in set(ours) & set(theirs) if tuple(ours[k]) != tuple(theirs[k]))
+    if missing or unexpected or wrong:
+        hp = checkpoint.get("hyper_parameters", {})
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[:3]})")
+        if wrong:
+            parts.append(f"{len(wrong)} shape mismatches (e.g. {wrong[0]}: checkpoint "
+                         f"{tuple(theirs[wrong[0]])} vs model {tuple(ours[wrong[0]])})")
+        raise CheckpointMismatchError(
+            f"checkpoint is for another architecture than {type(module).__name__} "
+            f"(checkpoint hyper-parameters: { {k: hp[k] for k in list(hp)[:6]} }): " + "; ".join(parts))
+
+
+class LeanCheckpointMixin:
+    """Lightning hooks: frozen prefixes are left out of saved checkpoints and checked on load."""
+
+    frozen_prefixes: tuple[str, ...] = ()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        drop_frozen_weights(checkpoint, self.frozen_prefixes)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_checkpoint_matches(self, checkpoint, self.frozen_prefixes)
+        self.strict_loading = False  # frozen weights come from their own files, not the checkpoint

@@ -1,0 +1,201 @@
+"""Stage 2 (paper sec. 3.4.3): episodic training of the prompt generator and SAM mask decoder.
+
+DINOv2 and the distilled adapter are frozen; SVP, the PCS path, the 4D correlation (or UINO-FSS's
+MHCM), the learnable positional encoding and the decoder are trained on base classes with
+Dice + BCE on the prior mask and on the final mask (eq. 6-8). Validation/test report the field's
+mIoU and FB-IoU (``fsseg.metrics.FewShotIoU``) on novel classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+import lightning as L
+import torch
+
+from fsseg.cache import TensorDiskCache, module_fingerprint
+from fsseg.losses import dice_bce_loss
+from fsseg.metrics import FewShotIoU, binarize_multiclass
+from fsseg.models import build_fsdino
+from fsseg.models.fsdino import ImageFeatures
+from fsseg.modules.common import LeanCheckpointMixin, NonFiniteLossGuard
+
+
+class FewShotModule(LeanCheckpointMixin, L.LightningModule):
+    """Episodic few-shot segmentation with FS-DINO / UINO-FSS.
+
+    Args:
+        variant: ``ba_pcs`` | ``compact`` | ``full`` | ``uino`` (or the paper's row names
+            ``BA+PCS``, ``BA+SVP+PCS``, ``BA+SVP+PCS+4D``).
+        backbone: DINOv2 architecture (``dinov2_vitb14`` in the paper; ``dinov2_tiny`` for tests).
+        image_size: model input size (518 in the paper).
+        dinov2_checkpoint / sam_checkpoint / adapter_checkpoint: weight files or URLs; the SAM
+            checkpoint initialises the mask decoder, mask downscaling and PE; the adapter checkpoint
+            is stage 1's output (a distillation ``.ckpt`` or a plain adapter state dict).
+        decoder_dim / decoder_depth / decoder_mlp_dim / decoder_heads: SAM mask-decoder sizes.
+        model_kwargs: further ``build_fsdino`` options (e.g. ``correlation_kwargs``, ``mamba_backend``).
+        num_classes: size of the benchmark's class-id space (linked from ``data.num_classes``).
+        prior_loss_weight: weight of L_prior in L = L_prior + L_final (1 in the paper).
+        lr / weight_decay / lr_schedule: AdamW (paper: lr 1e-3), optional cosine decay over the run.
+        feature_cache: ``off``; ``eval`` caches frozen features of val/test images (never augmented);
+            ``all`` also of training images (only valid with training augmentation off).
+        nonfinite: ``raise`` stops naming the step and samples; ``skip`` drops the step.
+    """
+
+    def __init__(
+        self,
+        variant: str = "full",
+        backbone: str = "dinov2_vitb14",
+        image_size: int = 518,
+        dinov2_checkpoint: Optional[str] = None,
+        sam_checkpoint: Optional[str] = None,
+        adapter_checkpoint: Optional[str] = None,
+        decoder_dim: int = 256,
+        decoder_depth: int = 2,
+        decoder_mlp_dim: int = 2048,
+        decoder_heads: int = 8,
+        model_kwargs: Optional[dict[str, Any]] = None,
+        num_classes: int = 1000,
+        prior_loss_weight: float = 1.0,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-2,
+        lr_schedule: Literal["none", "cosine"] = "cosine",
+        feature_cache: Literal["off", "eval", "all"] = "off",
+        nonfinite: Literal["raise", "skip"] = "raise",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        # Frozen weights loaded from a file are not repeated in checkpoints; random ones (tests) are.
+        self.frozen_prefixes = ("model.encoder.",) if dinov2_checkpoint else ()
+        self.strict_loading = False
+        self.model = build_fsdino(
+            variant=variant, backbone=backbone, image_size=image_size,
+            dinov2_checkpoint=dinov2_checkpoint, sam_checkpoint=sam_checkpoint,
+            adapter_checkpoint=adapter_checkpoint, decoder_dim=decoder_dim, decoder_depth=decoder_depth,
+            decoder_mlp_dim=decoder_mlp_dim, decoder_heads=decoder_heads, **(model_kwargs or {}))
+        self.val_metric = FewShotIoU(num_classes)
+        self.test_metric = FewShotIoU(num_classes)
+        self.feature_cache_store: Optional[TensorDiskCache] = None  # set by callbacks.FrozenFeatureCache
+        self.guard = NonFiniteLossGuard(nonfinite)
+
+    def setup(self, stage: str) -> None:
+        # The metric's class-id space follows the benchmark the data module serves.
+        n = getattr(getattr(self.trainer, "datamodule", None), "num_classes", None)
+        if n and n != self.val_metric.num_classes:
+            self.val_metric = FewShotIoU(int(n))
+            self.test_metric = FewShotIoU(int(n))
+
+    # -- frozen features, optionally cached -----------------------------------------------------
+    def feature_namespace(self) -> str:
+        m = self.model
+        return (f"fsdino-frozen|{m.encoder.arch}|adapter-frozen={m.freeze_adapter}|"
+                f"{module_fingerprint(m.encoder, m.adapter)}")
+
+    def _use_cache(self) -> bool:
+        mode = self.hparams.feature_cache
+        if self.feature_cache_store is None or mode == "off" or not self.model.freeze_adapter:
+            return False
+        return mode == "all" or not self.training
+
+    def extract(self, images: torch.Tensor, names: Optional[list[str]] = None) -> ImageFeatures:
+        """Frozen features of ``images [N,3,H,W]``; served from the cache when allowed."""
+        if names is None or not self._use_cache():
+            return self.model.extract(images)
+        cache = self.feature_cache_store
+        size = f"{images.shape[-2]}x{images.shape[-1]}"
+        keys = [f"{n}|{size}" for n in names]
+        found = [cache.get(k) for k in keys]
+        missing = [i for i, v in enumerate(found) if v is None]
+        if missing:
+            feats = self.model.extract(images[missing])
+            for j, i in enumerate(missing):
+                found[i] = {"embedding": feats.embedding[j], "semantic": feats.semantic[j]}
+                cache.put(keys[i], found[i])
+        dev, dt = images.device, images.dtype
+        return ImageFeatures(embedding=torch.stack([v["embedding"] for v in found]).to(dev, dt),
+                             semantic=torch.stack([v["semantic"] for v in found]).to(dev, dt))
+
+    # -- forward on an episode batch --------------------------------------------------------------
+    def forward_episode(self, batch: dict) -> dict:
+        """1-way batch -> ``{"logits", "prior"}`` ``[B,H,W]``; N-way -> ``{"logits" [B,N,H,W], "pred"}``."""
+        query, support, masks = batch["query"], batch["support"], batch["support_masks"]
+        if support.dim() == 6:  # N-way: [B,N,K,3,H,W]
+            return self.model.segment_multiclass(query, support, masks)
+        b, k = support.shape[:2]
+        q_feats = self.extract(query, batch.get("query_name"))
+        s_names = None
+        if "support_names" in batch:
+            s_names = [n for names in batch["support_names"] for n in names]
+        s_feats = self.extract(support.flatten(0, 1), s_names)
+        s_feats = ImageFeatures(embedding=s_feats.embedding.unflatten(0, (b, k)),
+                                semantic=s_feats.semantic.unflatten(0, (b, k)))
+        encoded = self.model.encode_support_features(s_feats, masks)
+        return self.model.decode(q_feats, encoded, out_size=query.shape[-2:])
+
+    def forward(self, query: torch.Tensor, support: torch.Tensor, support_masks: torch.Tensor) -> dict:
+        return self.model(query, support, support_masks)
+
+    def episode_loss(self, out: dict, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        final = dice_bce_loss(out["logits"], target)
+        prior = dice_bce_loss(out["prior"], target)
+        loss = self.hparams.prior_loss_weight * prior + final
+        return loss, {"loss_final": final.detach(), "loss_prior": prior.detach()}
+
+    def training_step(self, batch: dict, batch_idx: int):
+        if batch["support"].dim() == 6:
+            raise ValueError("episodic training uses 1-way episodes (data.n_way=1); N-way is for evaluation")
+        out = self.forward_episode(batch)
+        loss, parts = self.episode_loss(out, batch["query_mask"])
+        if not self.guard.check(loss, self, batch):
+            return None
+        bs = batch["query"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log_dict({f"train/{k}": v for k, v in parts.items()}, batch_size=bs)
+        return loss
+
+    @staticmethod
+    def predictions(out: dict) -> torch.Tensor:
+        if "pred" in out:
+            return out["pred"]
+        return (out["logits"] > 0).long()
+
+    def _eval_step(self, batch: dict, metric: FewShotIoU, stage: str) -> dict:
+        out = self.forward_episode(batch)
+        pred = self.predictions(out)
+        target = batch["query_mask"]
+        if batch["class_id"].dim() == 2:  # N-way: every class of the episode pooled as its own class
+            metric.update(*binarize_multiclass(pred, target, batch["class_id"]))
+        else:
+            metric.update(pred, target, batch["class_id"])
+            loss, _ = self.episode_loss(out, target)
+            self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=pred.shape[0])
+        return {"pred": pred, "logits": out["logits"]}
+
+    def validation_step(self, batch: dict, batch_idx: int):
+        return self._eval_step(batch, self.val_metric, "val")
+
+    def test_step(self, batch: dict, batch_idx: int):
+        return self._eval_step(batch, self.test_metric, "test")
+
+    def _log_metric(self, metric: FewShotIoU, stage: str) -> dict:
+        result = metric.compute()
+        self.log(f"{stage}/miou", result["miou"], prog_bar=True, sync_dist=False)
+        self.log(f"{stage}/fbiou", result["fbiou"], sync_dist=False)
+        self.last_metrics = {f"{stage}/{k}": v for k, v in result.items()}
+        metric.reset()
+        return result
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metric(self.val_metric, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metric(self.test_metric, "test")
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.lr_schedule == "none":
+            return opt
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

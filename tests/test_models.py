@@ -1,0 +1,172 @@
+"""Fast tests of fsseg.models (tiny DINOv2, tiny decoder, 56-112 px images)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fsseg.models import (
+    FSDINO,
+    VARIANTS,
+    BottleneckAdapter,
+    build_fsdino,
+    canonical_variant,
+    masked_average_pool,
+)
+from fsseg.models.__main__ import count, parameter_table
+
+TINY = dict(
+    backbone="dinov2_tiny",
+    image_size=112,
+    decoder_dim=32,
+    decoder_depth=1,
+    decoder_mlp_dim=64,
+    decoder_heads=2,
+    correlation_kwargs=dict(mid_channels=32, head_channels=(16, 8, 8)),
+    mamba_backend="torch",
+)
+
+
+def tiny(variant: str, **kw) -> FSDINO:
+    torch.manual_seed(0)
+    return build_fsdino(variant, **{**TINY, **kw})
+
+
+def rand_masks(*shape):
+    m = (torch.rand(*shape) > 0.5).float()
+    m[..., :8, :8] = 1.0  # never empty
+    return m
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_shapes_all_variants(variant):
+    m = tiny(variant).eval()
+    with torch.no_grad():
+        for K, (H, W) in [(1, (112, 112)), (5, (56, 56)), (2, (70, 98))]:
+            out = m(torch.rand(2, 3, H, W), torch.rand(2, K, 3, H, W), rand_masks(2, K, H, W))
+            assert out["logits"].shape == (2, H, W)
+            assert out["prior"].shape == (2, H, W)
+            assert torch.isfinite(out["logits"]).all() and torch.isfinite(out["prior"]).all()
+        mc = m.segment_multiclass(torch.rand(2, 3, 56, 70), torch.rand(2, 3, 2, 3, 56, 70), rand_masks(2, 3, 2, 56, 70))
+    assert mc["logits"].shape == (2, 3, 56, 70)
+    assert mc["pred"].shape == (2, 56, 70) and mc["pred"].dtype == torch.int64
+    assert 0 <= int(mc["pred"].min()) and int(mc["pred"].max()) <= 3
+    full = torch.cat([torch.zeros_like(mc["logits"][:, :1]), mc["logits"]], 1)
+    assert torch.equal(mc["pred"], full.argmax(1))
+
+
+def test_variant_aliases():
+    assert canonical_variant("BA+PCS") == "ba_pcs"
+    assert canonical_variant("BA+SVP+PCS") == "compact"
+    assert canonical_variant("BA+SVP+PCS+4D") == "full"
+    assert canonical_variant("uino") == "uino"
+    with pytest.raises(ValueError, match="unknown FS-DINO variant"):
+        canonical_variant("nope")
+
+
+def test_ba_pcs_uses_empty_sparse_prompt():
+    m = tiny("ba_pcs")
+    enc = m.encode_support(torch.rand(1, 2, 3, 56, 56), rand_masks(1, 2, 56, 56))
+    assert enc.sparse.shape == (1, 0, 32)
+    assert m.svp is None and m.correlation is None
+
+
+def test_per_shot_tokens():
+    m = tiny("compact", svp_kwargs=dict(per_shot_tokens=True))
+    enc = m.encode_support(torch.rand(1, 3, 3, 56, 56), rand_masks(1, 3, 56, 56))
+    assert enc.sparse.shape == (1, 3, 32)
+    out = m.decode(m.extract(torch.rand(1, 3, 56, 56)), enc, (56, 56))
+    assert out["logits"].shape == (1, 56, 56)
+
+
+@pytest.mark.parametrize("variant", ["compact", "full", "uino"])
+def test_gradients_frozen_and_trainable(variant):
+    m = tiny(variant)
+    m.train()
+    assert not m.encoder.training and not m.adapter.training  # frozen parts stay in eval mode
+    out = m(torch.rand(2, 3, 56, 56), torch.rand(2, 2, 3, 56, 56), rand_masks(2, 2, 56, 56))
+    (out["logits"].mean() + out["prior"].mean()).backward()
+    for name, p in list(m.encoder.named_parameters()) + list(m.adapter.named_parameters()):
+        assert not p.requires_grad and p.grad is None, name
+    for part in ("svp", "correlation", "decoder", "pe_layer", "mask_downscaling"):
+        mod = getattr(m, part)
+        if mod is None:
+            continue
+        params = [(n, p) for n, p in mod.named_parameters() if p.requires_grad]
+        assert params, part
+        for n, p in params:
+            assert p.grad is not None, f"{part}.{n} got no gradient"
+    assert any(p.grad.abs().sum() > 0 for p in m.decoder.parameters() if p.grad is not None)
+
+
+def test_unfrozen_adapter_gets_gradient():
+    m = tiny("compact", freeze_adapter=False)
+    out = m(torch.rand(1, 3, 56, 56), torch.rand(1, 1, 3, 56, 56), rand_masks(1, 1, 56, 56))
+    out["logits"].sum().backward()
+    assert all(p.grad is not None for p in m.adapter.parameters())
+    assert all(p.grad is None for p in m.encoder.parameters())
+
+
+@pytest.mark.parametrize("variant", ["compact", "full", "uino"])
+def test_encode_support_once_decode_many(variant):
+    m = tiny(variant).eval()
+    sup, sm = torch.rand(1, 3, 3, 70, 98), rand_masks(1, 3, 70, 98)
+    queries = [torch.rand(1, 3, 70, 98) for _ in range(3)]
+    with torch.no_grad():
+        enc = m.encode_support(sup, sm)
+        # cached support features path gives the same encoding
+        feats = m.extract(sup.flatten(0, 1), with_embedding=False)
+        enc2 = m.encode_support_features(feats, sm)
+        assert torch.allclose(enc.sparse, enc2.sparse) and torch.allclose(enc.prototype, enc2.prototype)
+        for q in queries:
+            a = m.decode(m.extract(q), enc, (70, 98))
+            b = m(q, sup, sm)
+            assert torch.allclose(a["logits"], b["logits"], atol=1e-5)
+            assert torch.allclose(a["prior"], b["prior"], atol=1e-5)
+        # batch of queries against a support batch of 1 (broadcast)
+        qb = torch.cat(queries)
+        c = m.decode(m.extract(qb), enc, (70, 98))
+        ref = torch.stack([m(q, sup, sm)["logits"][0] for q in queries])
+        assert torch.allclose(c["logits"], ref, atol=1e-4)
+
+
+def test_empty_support_mask_error():
+    with pytest.raises(ValueError, match="empty"):
+        masked_average_pool(torch.rand(2, 4, 5, 5), torch.zeros(2, 70, 70))
+    m = tiny("compact")
+    with pytest.raises(ValueError, match="support mask is empty"):
+        m.encode_support(torch.rand(1, 1, 3, 56, 56), torch.zeros(1, 1, 56, 56))
+    # a one-pixel mask survives the resize to the feature grid
+    mk = torch.zeros(1, 70, 70)
+    mk[0, 33, 33] = 1
+    assert torch.isfinite(masked_average_pool(torch.rand(1, 4, 5, 5), mk)).all()
+
+
+def test_shot_fusion_options():
+    for sf in ("mean_corr", "mean_prior"):
+        m = tiny("full", correlation_kwargs=dict(mid_channels=32, head_channels=(16, 8, 8), shot_fusion=sf)).eval()
+        with torch.no_grad():
+            out = m(torch.rand(1, 3, 56, 56), torch.rand(1, 3, 3, 56, 56), rand_masks(1, 3, 56, 56))
+        assert out["prior"].shape == (1, 56, 56)
+    with pytest.raises(ValueError, match="shot_fusion"):
+        tiny("full", correlation_kwargs=dict(shot_fusion="max"))
+
+
+def test_parameter_counts_dinov2_b_518():
+    assert sum(p.numel() for p in BottleneckAdapter(768).parameters()) == 1_249_408
+    models = {}
+    with torch.device("meta"):
+        for v in VARIANTS:
+            models[v] = build_fsdino(v, backbone="dinov2_vitb14", image_size=518, mamba_backend="torch")
+    full, compact = models["full"], models["compact"]
+    assert 1.1e6 <= count(full.adapter) <= 1.4e6
+    assert 3.0e6 <= count(full.correlation) <= 4.5e6  # 4D module (~3.70M)
+    assert count(full.pcs) == 0
+    # compact: SVP + decoder (trainable) + PE + downscaling = 3.71M trainable in stage 2; with the
+    # adapter (the paper's "5M upon DINOv2") 4.96M; all segmenter parameters 5.51M.
+    tr = count(compact, True)
+    assert 3.5e6 <= tr <= 4.0e6
+    assert 4.8e6 <= tr + count(compact.adapter) <= 5.2e6
+    assert 5.0e6 <= count(compact) - count(compact.encoder) <= 6.0e6
+    assert count(full.encoder) > 80e6
+    table = parameter_table()
+    assert "4D correlation" in table and "compact" in table
