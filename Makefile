@@ -13,10 +13,12 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet -e ".[dev,demo,browser]"
 	touch $(STAMP)
 
+# The web-demo browser test drives Debian's chromium; tests/browser_setup.sh installs it when missing.
 test: install
+	sh tests/browser_setup.sh
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: install
@@ -27,6 +29,10 @@ lint: install
 
 bench: install
 	$(PY) -m bench.run
+
+UI_ARGS ?= --small
+ui: install
+	$(VENV)/bin/fsseg demo-ui --host 127.0.0.1 --port 7860 $(UI_ARGS)
 
 clean:
 	rm -rf runs outputs .pytest_cache

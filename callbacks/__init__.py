@@ -2,6 +2,7 @@
 
 from callbacks.caches import FrozenFeatureCache, TeacherEmbeddingCache
 from callbacks.curriculum import ResolutionCurriculum
+from callbacks.prediction_writer import PredictionWriter
 from callbacks.visualization import PredictionPanels
 
-__all__ = ["FrozenFeatureCache", "PredictionPanels", "ResolutionCurriculum", "TeacherEmbeddingCache"]
+__all__ = ["FrozenFeatureCache", "PredictionPanels", "PredictionWriter", "ResolutionCurriculum", "TeacherEmbeddingCache"]

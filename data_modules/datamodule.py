@@ -9,12 +9,17 @@ from typing import Dict, List, Optional, Tuple
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .base import FewShotDataset
 from .benchmarks import FSS1000, Coco20i, FolderDataset, Pascal5i, UnlabelledImageFolder
-from .episodes import (EpisodeDataset, StridedDistributedSampler, TrainEpisodeSampler, collate_dicts,
-                       fixed_episode_list)
+from .episodes import (
+    EpisodeDataset,
+    StridedDistributedSampler,
+    TrainEpisodeSampler,
+    collate_dicts,
+    fixed_episode_list,
+)
 from .masks import BadSampleError, list_images, read_image
 from .synthetic import NUM_CLASSES, SyntheticFewShot, render
 from .transforms import PairTransform, image_to_tensor, resize_image
@@ -129,8 +134,8 @@ class EpisodicDataModule(L.LightningDataModule):
 
     @property
     def num_classes(self) -> int:
-        """Size of the class-id space of the datasets built so far (for ``FewShotIoU``)."""
-        ids = [c for ds in self.datasets.values() for c in ds.dataset.class_ids]
+        """Size of the benchmark's class-id space (all classes the built datasets name; for ``FewShotIoU``)."""
+        ids = [c for ds in self.datasets.values() for c in (*ds.dataset.class_ids, *ds.dataset.class_names)]
         return max(ids) + 1 if ids else 0
 
     # -- loaders ---------------------------------------------------------------------------------
@@ -153,6 +158,12 @@ class EpisodicDataModule(L.LightningDataModule):
         world_size = w if world_size is None else world_size
         ds = self.datasets[split]
         return self._loader(ds, self.eval_batch_size, sampler=StridedDistributedSampler(ds, world_size, rank))
+
+    def base_class_dataloader(self, num_episodes: int = 200) -> DataLoader:
+        """A fixed (seeded), un-augmented episode list over the *base* (training) classes, for
+        calibrating parameter-free baselines without touching the novel classes."""
+        ds = self._eval_dataset("train", num_episodes)
+        return self._loader(ds, self.eval_batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return self.episode_dataloader("val")
@@ -226,7 +237,15 @@ class UnlabelledDataModule(L.LightningDataModule):
         self.val_set = _Subset(self.full, self.val_indices)
 
     def _loader(self, ds, shuffle):
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+        # The order is a function of (seed, epoch) only -- Lightning calls ``set_epoch`` -- so a run
+        # resumed from a checkpoint sees the same batches as an uninterrupted one, and DDP ranks get
+        # disjoint shares (validation: strided, no padding duplicates).
+        rank, world = _rank_world(getattr(self, "trainer", None))
+        if shuffle:
+            sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        else:
+            sampler = StridedDistributedSampler(ds, world, rank)
+        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
                           collate_fn=collate_dicts)
 
     def train_dataloader(self):

@@ -15,6 +15,7 @@ shows every default. The config is saved into each run's folder (overwritten whe
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -53,8 +54,16 @@ class FssegCLI(LightningCLI):
         self._group_wandb_runs()
 
 
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "lightning_configs"
+
+
 def run_cli(args: list[str] | None = None, run: bool = True) -> FssegCLI:
+    # `fsseg predict --ckpt_path ... --data.support_dir s/ --data.query_dir q/` works without --config:
+    # the predict subcommand starts from lightning_configs/predict.yaml when it is there.
+    predict_cfg = REPO_CONFIGS / "predict.yaml"
+    parser_kwargs = {"predict": {"default_config_files": [str(predict_cfg)]}} if predict_cfg.exists() else {}
     return FssegCLI(
+        parser_kwargs=parser_kwargs,
         model_class=None,
         datamodule_class=None,
         subclass_mode_model=True,

@@ -8,12 +8,19 @@ from lightning.pytorch.loggers import WandbLogger
 
 
 def wandb_logged_in() -> bool:
-    """True when wandb has an API key (environment or ~/.netrc), checked without the network."""
-    try:
-        import wandb
+    """True when wandb has an API key where ``wandb login`` puts it (``WANDB_API_KEY`` or the netrc
+    entry of the W&B host), checked without the network and without prompting."""
+    import netrc
+    import os
+    from urllib.parse import urlparse
 
-        return bool(wandb.api.api_key)
-    except Exception:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
         return False
 
 
@@ -31,6 +38,8 @@ class FssegWandbLogger(WandbLogger):
                  log_model: bool = False, **kwargs: Any) -> None:
         if offline is None:
             offline = not wandb_logged_in()
+        if offline:
+            kwargs["mode"] = "offline"  # explicit: wandb >= 0.19 ignores Lightning's WANDB_MODE=dryrun
         if group is not None:
             kwargs["group"] = group
         if tags is not None:

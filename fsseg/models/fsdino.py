@@ -243,3 +243,16 @@ class FSDINO(nn.Module):
         logits = torch.stack(logits, dim=1)
         full = torch.cat([logits.new_zeros(B, 1, *logits.shape[-2:]), logits], dim=1)
         return {"logits": logits, "pred": full.argmax(dim=1)}
+
+    def segment_multiclass_encoded(self, query: torch.Tensor, encodings: "list[SupportEncoding]",
+                                   out_size: Optional[Tuple[int, int]] = None) -> Dict[str, torch.Tensor]:
+        """N-way from pre-encoded supports (one ``SupportEncoding`` per class, support batch 1 or B):
+        ``query [B,3,H,W]`` -> ``{"logits": [B,N,*out_size], "pred": [B,*out_size] in 0..N}``, the
+        same rule as ``segment_multiclass`` (background logit 0); the query is encoded once."""
+        if not encodings:
+            raise ValueError("segment_multiclass_encoded needs at least one SupportEncoding")
+        size = tuple(out_size) if out_size is not None else tuple(query.shape[-2:])
+        qf = self.extract(query)
+        logits = torch.stack([self.decode(qf, enc, out_size=size)["logits"] for enc in encodings], dim=1)
+        full = torch.cat([logits.new_zeros(logits.shape[0], 1, *logits.shape[-2:]), logits], dim=1)
+        return {"logits": logits, "pred": full.argmax(dim=1)}

@@ -4,3 +4,6 @@ from fsseg.modules.distillation import DistillationModule
 from fsseg.modules.fewshot import FewShotModule
 
 __all__ = ["DistillationModule", "FewShotModule"]
+from fsseg.modules.specialize import SpecializeModule  # noqa: E402  (issue #6)
+
+__all__ += ["SpecializeModule"]

@@ -31,6 +31,8 @@ class DistillationModule(LeanCheckpointMixin, L.LightningModule):
         sam_checkpoint / sam_sha256: official SAM checkpoint (its ``image_encoder.*`` keys are used).
         tap_block: DINOv2 block whose output feeds the adapter (3 in the paper, sec. 2.1).
         resolution: student input size at the start (the curriculum callback changes it).
+        val_resolution: student size for validation (None: the current training size). Fixing it
+            (e.g. 518) makes validation MSE comparable across curriculum stages.
         match_grid: where student and teacher meet. ``student``: the teacher's 64x64 embedding is
             area-resampled to the student grid (37x37 at 518), which is the grid the adapter output
             is used at in stage 2; ``teacher``: the student output is bilinearly upsampled to 64x64.
@@ -51,6 +53,7 @@ class DistillationModule(LeanCheckpointMixin, L.LightningModule):
         sam_sha256: Optional[str] = None,
         tap_block: int = 3,
         resolution: int = 518,
+        val_resolution: Optional[int] = None,
         match_grid: Literal["student", "teacher"] = "student",
         objective: Literal["mse", "gkd"] = "mse",
         gkd_temperature: float = 1.0,
@@ -114,9 +117,9 @@ class DistillationModule(LeanCheckpointMixin, L.LightningModule):
                 cache.put(keys[i], found[i])
         return torch.stack([v["embedding"] for v in found]).to(images.device, images.dtype)
 
-    def student_embeddings(self, images: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(images, size=(self.resolution, self.resolution), mode="bilinear",
-                          align_corners=False, antialias=True)
+    def student_embeddings(self, images: torch.Tensor, resolution: Optional[int] = None) -> torch.Tensor:
+        size = resolution or self.resolution
+        x = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         with torch.no_grad():
             early = self.encoder.forward_early(x)
         return self.adapter(early)
@@ -130,8 +133,9 @@ class DistillationModule(LeanCheckpointMixin, L.LightningModule):
             return self.gkd(student, teacher)
         return F.mse_loss(student, teacher)
 
-    def _step(self, batch: dict) -> torch.Tensor:
-        return self.distillation_loss(self.student_embeddings(batch["image"]), self.teacher_embeddings(batch))
+    def _step(self, batch: dict, resolution: Optional[int] = None) -> torch.Tensor:
+        student = self.student_embeddings(batch["image"], resolution)
+        return self.distillation_loss(student, self.teacher_embeddings(batch))
 
     def training_step(self, batch: dict, batch_idx: int):
         loss = self._step(batch)
@@ -142,7 +146,7 @@ class DistillationModule(LeanCheckpointMixin, L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int):
-        loss = self._step(batch)
+        loss = self._step(batch, self.hparams.val_resolution)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["image"].shape[0])
         return loss
 

@@ -19,9 +19,10 @@ from fsseg.metrics import FewShotIoU, binarize_multiclass
 from fsseg.models import build_fsdino
 from fsseg.models.fsdino import ImageFeatures
 from fsseg.modules.common import LeanCheckpointMixin, NonFiniteLossGuard
+from fsseg.modules.predict import SupportSetPredictionMixin
 
 
-class FewShotModule(LeanCheckpointMixin, L.LightningModule):
+class FewShotModule(SupportSetPredictionMixin, LeanCheckpointMixin, L.LightningModule):
     """Episodic few-shot segmentation with FS-DINO / UINO-FSS.
 
     Args:

@@ -1,0 +1,75 @@
+"""Stand-in checkpoints in the *official* key layouts, for machines that cannot download weights.
+
+The official DINOv2 (``dinov2_vit*14_pretrain.pth``) and SAM (``sam_vit_*.pth``) files cannot be
+fetched here, so the demo and the tests write seeded random weights in exactly the layouts those
+files use and load them through the same code paths (`DINOv2Encoder(checkpoint=...)`,
+`SAMImageEncoder(checkpoint=...)`, `build_fsdino(sam_checkpoint=...)`). Every stage of a pipeline
+then shares one frozen encoder, as it would with the real weights.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+
+def official_dinov2_state_dict(encoder) -> dict:
+    """A ``DINOv2Encoder``'s timm weights -> the layout of ``dinov2_*_pretrain.pth`` (the inverse of
+    timm's ``checkpoint_filter_fn``: ``mask_token`` present, register tokens named as in the
+    official repo, the cls slot kept in ``pos_embed``)."""
+    sd = {k: v.detach().clone() for k, v in encoder.vit.state_dict().items()}
+    dim = sd["cls_token"].shape[-1]
+    if "reg_token" in sd:
+        sd["register_tokens"] = sd.pop("reg_token")
+        sd["pos_embed"] = torch.cat([torch.zeros(1, 1, dim), sd["pos_embed"]], dim=1)
+    sd["mask_token"] = torch.zeros(1, dim)
+    return sd
+
+
+def _save(state: dict, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def write_dinov2_checkpoint(path: str | os.PathLike, arch: str = "dinov2_tiny", seed: int = 0,
+                            img_size: int = 518) -> Path:
+    """Seeded random DINOv2 weights saved in the official layout (pos_embed for ``img_size``)."""
+    from fsseg.models.encoder import DINOv2Encoder
+
+    torch.manual_seed(seed)
+    return _save(official_dinov2_state_dict(DINOv2Encoder(arch=arch, img_size=img_size)), path)
+
+
+def write_sam_checkpoint(path: str | os.PathLike, variant: str = "tiny", decoder_dim: int = 32,
+                         decoder_depth: int = 2, decoder_mlp_dim: int = 64, decoder_heads: int = 2,
+                         mask_in_chans: int = 16, seed: int = 0) -> Path:
+    """Seeded random SAM weights saved as the official plain state dict (``image_encoder.*``,
+    ``prompt_encoder.*``, ``mask_decoder.*``), built with segment-anything's own classes."""
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    from fsseg.models.teacher import SAM_ENCODER_CONFIGS, build_sam_image_encoder
+
+    torch.manual_seed(seed)
+    cfg = SAM_ENCODER_CONFIGS[variant]
+    grid = cfg["img_size"] // cfg["patch_size"]
+    sam = Sam(
+        image_encoder=build_sam_image_encoder(variant),
+        prompt_encoder=PromptEncoder(embed_dim=decoder_dim, image_embedding_size=(grid, grid),
+                                     input_image_size=(cfg["img_size"], cfg["img_size"]),
+                                     mask_in_chans=mask_in_chans),
+        mask_decoder=MaskDecoder(transformer_dim=decoder_dim,
+                                 transformer=TwoWayTransformer(depth=decoder_depth, embedding_dim=decoder_dim,
+                                                               mlp_dim=decoder_mlp_dim, num_heads=decoder_heads),
+                                 num_multimask_outputs=3, iou_head_depth=3, iou_head_hidden_dim=256),
+    )
+    # SAM zero-initialises its relative position tables; give them values so they are exercised.
+    for name, p in sam.image_encoder.named_parameters():
+        if "rel_pos" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    return _save(sam.state_dict(), path)

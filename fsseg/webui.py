@@ -1,0 +1,183 @@
+"""``fsseg demo-ui``: a Gradio web demo of few-shot segmentation (``pip install 'fsseg[demo]'``).
+
+    fsseg demo-ui --ckpt_path runs/.../best.ckpt [--host 127.0.0.1] [--port 7860]
+    fsseg demo-ui --small                       # the small built-in (untrained) model, for a look
+
+Give 1-3 support shots of one class: for each, upload an image and either upload its mask (any
+non-zero / white pixel = the object; 0/1, 0/255 and RGB masks work) or paint the object on the image
+with the brush (an uploaded mask wins over painting). Upload a query photo and press *Segment*:
+the app shows the query with the predicted object coloured and the mask (0/255, at the query's
+own size), plus the object's pixel fraction. The supports are encoded once per click
+(``FewShotModule.set_support_set``), the query decoded with ``segment_queries``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fsseg.visualize import overlay
+
+SHOTS = 3
+
+
+def _rgb(img: np.ndarray) -> np.ndarray:
+    img = np.asarray(img)
+    if img.ndim == 2:
+        img = np.stack([img] * 3, -1)
+    if img.shape[-1] == 4:
+        img = img[..., :3]
+    return img.astype(np.uint8)
+
+
+def editor_image_and_mask(value: Any) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """Gradio ImageEditor value -> (RGB background ``[H,W,3]`` uint8, painted mask ``[H,W]`` bool or None)."""
+    if value is None:
+        return None, None
+    if isinstance(value, np.ndarray):
+        return _rgb(value), None
+    bg = value.get("background")
+    layers = [np.asarray(x) for x in (value.get("layers") or []) if x is not None]
+    if bg is None:
+        bg = value.get("composite")
+    if bg is None:
+        return None, None
+    bg = np.asarray(bg)
+    painted = None
+    for layer in layers:
+        if layer.ndim == 3 and layer.shape[-1] == 4 and layer.shape[:2] == bg.shape[:2]:
+            m = layer[..., 3] > 0
+            painted = m if painted is None else painted | m
+    if painted is not None and not painted.any():
+        painted = None
+    return _rgb(bg), painted
+
+
+def mask_from_upload(mask: Optional[np.ndarray], size: tuple[int, int]) -> Optional[np.ndarray]:
+    """Uploaded mask image (grey/RGB/RGBA; 0/1, 0/255 or colours) -> bool ``[H,W]`` at ``size`` (nearest)."""
+    if mask is None:
+        return None
+    m = np.asarray(mask)
+    if m.ndim == 3:
+        m = m[..., :3].max(axis=-1) if m.shape[-1] >= 3 else m[..., 0]
+    m = m > 0
+    if m.shape != tuple(size):
+        t = torch.from_numpy(m.astype(np.float32))[None, None]
+        m = F.interpolate(t, size=size, mode="nearest")[0, 0].numpy() > 0.5
+    return m
+
+
+def _to_tensor(img: np.ndarray, size: int) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div(255.0)[None]
+    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0]
+
+
+class DemoSegmenter:
+    """The demo's model logic (no Gradio): supports -> encodings -> query mask at its own size."""
+
+    def __init__(self, module) -> None:
+        self.module = module.eval()
+        self.size = int(module.hparams.image_size)
+
+    @torch.no_grad()
+    def __call__(self, shots: list[tuple[np.ndarray, np.ndarray]], query: np.ndarray) -> dict:
+        if not shots:
+            raise ValueError("give at least one support image with a mask (uploaded or painted)")
+        if query is None:
+            raise ValueError("upload a query image")
+        s = self.size
+        imgs = torch.stack([_to_tensor(img, s) for img, _ in shots])
+        masks = torch.stack([F.interpolate(torch.from_numpy(m.astype(np.float32))[None, None], size=(s, s),
+                                           mode="nearest")[0, 0] for _, m in shots])
+        self.module.set_support_set(imgs[None, None], masks[None, None], ["object"])
+        query = _rgb(query)
+        h, w = query.shape[:2]
+        out = self.module.segment_queries(_to_tensor(query, s)[None])
+        pred = F.interpolate(out["pred"][:, None].float(), size=(h, w), mode="nearest")[0, 0]
+        mask = pred.numpy().astype(np.uint8)
+        return {"overlay": overlay(query, mask), "mask": (mask > 0).astype(np.uint8) * 255,
+                "fraction": float((mask > 0).mean())}
+
+
+def build_app(module):
+    """The Gradio Blocks app around ``module`` (a ``FewShotModule``)."""
+    import gradio as gr
+
+    seg = DemoSegmenter(module)
+    editors, uploads = [], []
+
+    def run(*values):
+        *shot_values, query = values
+        shots = []
+        for ed, up in zip(shot_values[:SHOTS], shot_values[SHOTS:]):
+            img, painted = editor_image_and_mask(ed)
+            if img is None:
+                continue
+            m = mask_from_upload(up, img.shape[:2])
+            m = m if m is not None else painted
+            if m is None or not m.any():
+                raise gr.Error("each support image needs a non-empty mask (upload one or paint the object)")
+            shots.append((img, m))
+        try:
+            res = seg(shots, query)
+        except ValueError as e:
+            raise gr.Error(str(e)) from e
+        h, w = res["mask"].shape
+        return res["overlay"], res["mask"], f"{len(shots)} shot(s); query {w}x{h}; object {100 * res['fraction']:.1f}% of pixels"
+
+    with gr.Blocks(title="fsseg few-shot segmentation") as demo:
+        gr.Markdown("## fsseg: few-shot segmentation (FS-DINO)\nUpload 1-3 support images of one class with "
+                    "a mask each (upload the mask, or paint the object on the image), upload a query, press "
+                    "**Segment**.")
+        with gr.Row():
+            for i in range(SHOTS):
+                with gr.Column():
+                    editors.append(gr.ImageEditor(label=f"Support {i + 1} (paint the object)", type="numpy",
+                                                  elem_id=f"support{i}", sources=["upload", "clipboard"],
+                                                  brush=gr.Brush(colors=["#ff0000"], default_size=20),
+                                                  format="png", height=300))
+                    uploads.append(gr.Image(label=f"Support {i + 1} mask (optional upload)", type="numpy",
+                                            elem_id=f"support_mask{i}", sources=["upload", "clipboard"],
+                                            height=200, image_mode="RGB", format="png"))
+        with gr.Row():
+            query = gr.Image(label="Query", type="numpy", elem_id="query", sources=["upload", "clipboard"],
+                             image_mode="RGB", format="png")
+            out_overlay = gr.Image(label="Prediction (overlay)", elem_id="result_overlay", format="png",
+                                   interactive=False)
+            out_mask = gr.Image(label="Predicted mask (0/255)", elem_id="result_mask", format="png",
+                                image_mode="L", interactive=False)
+        info = gr.Textbox(label="Result", elem_id="result_info", interactive=False)
+        button = gr.Button("Segment", variant="primary", elem_id="run")
+        button.click(run, inputs=[*editors, *uploads, query], outputs=[out_overlay, out_mask, info])
+    return demo
+
+
+def load_module(ckpt_path: Optional[str]):
+    from fsseg.export import load_module as _load
+
+    return _load(ckpt_path, small=not ckpt_path)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    p = argparse.ArgumentParser(prog="fsseg demo-ui", description="Gradio demo of few-shot segmentation")
+    p.add_argument("--ckpt_path", help="FewShotModule checkpoint; without it the small built-in model")
+    p.add_argument("--small", action="store_true", help="use the small built-in (untrained) model")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=7860)
+    a = p.parse_args(argv)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        import gradio  # noqa: F401
+    except ImportError as e:
+        raise SystemExit("fsseg demo-ui needs gradio: pip install 'fsseg[demo]'") from e
+    module = load_module(None if a.small else a.ckpt_path)
+    build_app(module).launch(server_name=a.host, server_port=a.port, ssr_mode=False, share=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Helpers for tests that run the real ``fsseg`` command line in a subprocess."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "lightning_configs"
+
+# Small configurations of the same classes: seconds on a CPU.
+TINY_FEWSHOT = [
+    "--model.init_args.backbone", "dinov2_tiny", "--model.init_args.image_size", "112",
+    "--model.init_args.decoder_dim", "32", "--model.init_args.decoder_mlp_dim", "64",
+    "--model.init_args.decoder_heads", "2", "--model.init_args.dinov2_checkpoint", "null",
+    "--model.init_args.sam_checkpoint", "null", "--model.init_args.adapter_checkpoint", "null",
+    "--data.init_args.image_size", "112", "--data.init_args.num_workers", "0",
+]
+TINY_DISTILL = [
+    "--model.init_args.backbone", "dinov2_tiny", "--model.init_args.teacher", "tiny",
+    "--model.init_args.dinov2_checkpoint", "null", "--model.init_args.sam_checkpoint", "null",
+    "--model.init_args.adapter_init", "null",
+    "--data.init_args.root", "null", "--data.init_args.image_size", "128", "--data.init_args.batch_size", "4",
+    "--data.init_args.num_workers", "0",
+]
+
+
+def csv_logger(save_dir: Path) -> list[str]:
+    return ["--trainer.logger", '{"class_path": "lightning.pytorch.loggers.CSVLogger", '
+            f'"init_args": {{"save_dir": "{save_dir}", "name": "csv", "version": "v"}}}}',
+            "--trainer.log_every_n_steps", "1"]
+
+
+def run_fsseg(args: list[str], cwd: Path, timeout: int = 600, check: bool = True, env: dict | None = None):
+    """Run ``fsseg ARGS`` as a user would; returns the CompletedProcess (output captured)."""
+    e = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", PYTHONPATH=str(REPO),
+             OMP_NUM_THREADS="1")
+    e.update(env or {})
+    proc = subprocess.run([sys.executable, "-m", "fsseg.cli", *args], cwd=cwd, env=e, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"fsseg {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-5000:]}")
+    return proc
+
+
+def read_metrics(save_dir: Path) -> list[dict]:
+    path = Path(save_dir) / "csv" / "v" / "metrics.csv"
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def last_value(rows: list[dict], key: str) -> float:
+    vals = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+    if not vals:
+        raise AssertionError(f"no {key} in metrics: {rows[:3]}")
+    return vals[-1]
