@@ -44,3 +44,6 @@ __all__ = [
     "build_train_transform", "build_test_transform", "EpisodicDataModule", "UnlabelledDataModule",
     "SupportQueryFolderDataModule", "build_fewshot_dataset", "DATASETS",
 ]
+from .specialize import SpecializationDataModule  # noqa: E402,F401  (issue #6)
+
+__all__ += ["SpecializationDataModule"]

@@ -28,10 +28,21 @@ TOOLS = {
 
 class FssegCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--test_after_fit", type=bool, default=False,
+                            help="After `fit`, run `test` with the best checkpoint (ablation sweeps).")
         parser.set_defaults({
             "model": {"class_path": "fsseg.modules.FewShotModule"},
             "data": {"class_path": "data_modules.EpisodicDataModule"},
         })
+
+    def _prepare_subcommand_parser(self, klass, subcommand, **kwargs):
+        # Checkpoints are read with torch.load(weights_only=True) (tensors and plain values only; no
+        # pickled code runs) unless `--weights_only false` is given. Lightning adds the Trainer-method
+        # argument after add_arguments_to_parser, so its default is set here.
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if "weights_only" in self._subcommand_method_arguments.get(subcommand, ()):
+            parser.set_defaults({"weights_only": True})
+        return parser
 
     def _group_wandb_runs(self) -> None:
         """W&B dashboards group runs by variant, fold and shot, so an ablation sweep lines up."""
@@ -46,6 +57,11 @@ class FssegCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._group_wandb_runs()
+
+    def after_fit(self) -> None:
+        if self.config[self.subcommand].get("test_after_fit"):
+            ckpt = "best" if getattr(self.trainer.checkpoint_callback, "best_model_path", "") else None
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
 
     def before_validate(self) -> None:
         self._group_wandb_runs()
@@ -76,13 +92,13 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> FssegCLI:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in TOOLS:
-        module, func = TOOLS[argv[0]].split(":")
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in TOOLS:
+        module, func = TOOLS[args[0]].split(":")
         import importlib
 
-        return getattr(importlib.import_module(module), func)(argv[1:])
-    run_cli(argv)
+        return getattr(importlib.import_module(module), func)(args[1:])
+    run_cli(argv)  # None: LightningCLI reads sys.argv itself
 
 
 if __name__ == "__main__":

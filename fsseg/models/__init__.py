@@ -42,3 +42,5 @@ __all__ = [
     "build_fsdino", "build_encoder", "build_teacher", "load_adapter_state", "load_sam_prompt_decoder",
     "canonical_variant", "VARIANT_ALIASES", "MODEL_REGISTRY",
 ]
+from .specialized import ClassSpecificPrompts, SpecializedSegmenter  # noqa: E402,F401  (issue #6)
+__all__ += ["ClassSpecificPrompts", "SpecializedSegmenter"]

@@ -1,0 +1,295 @@
+"""DistillFSS-style specialisation (seed 000; SPEC section 3): distil a support set into a
+support-free N-class student (``fsseg.models.SpecializedSegmenter``).
+
+Teacher = the episodic FS-DINO (a ``FewShotModule`` checkpoint, or a random small one for tests),
+frozen. Student = the teacher's frozen encoder + adapter (shared), a copy of its decoder, and the
+dedicated per-class layer (``ClassSpecificPrompts``) initialised from the supports so it starts
+where the teacher is.
+
+Training data = the support images and augmentations of them (``SpecializationDataModule``).
+Loss = ``distill_weight`` * T^2 * KL(teacher || student) over the N+1 classes (background logit 0
+on both sides; the teacher's N-way logits come from its per-class decoding with the *other*
+shots as supports, i.e. leave-one-out, when K > 1) + ``label_weight`` * (CE + Dice) on the
+support labels. Only the dedicated layer trains unless ``train_decoder`` (fine-tuning).
+Validation / test: ``FewShotIoU`` over the N classes (each class binarised, pooled over queries);
+``eval_teacher`` also logs the episodic teacher's score with all K supports (``*/teacher_miou``).
+``predict_step`` needs no supports.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from fsseg.losses import multiclass_ce_dice_loss
+from fsseg.metrics import FewShotIoU, binarize_multiclass
+from fsseg.models import build_fsdino
+from fsseg.models.fsdino import FSDINO, ImageFeatures
+from fsseg.models.specialized import SpecializedSegmenter
+from fsseg.modules.common import LeanCheckpointMixin, NonFiniteLossGuard
+
+
+def soft_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                           temperature: float = 1.0) -> torch.Tensor:
+    """Pixel-wise T^2 * KL(softmax(teacher/T) || softmax(student/T)) over the class dim (dim 1),
+    averaged over pixels. Both ``[B,N+1,H,W]``."""
+    if teacher_logits.shape[-2:] != student_logits.shape[-2:]:
+        teacher_logits = F.interpolate(teacher_logits, size=student_logits.shape[-2:], mode="bilinear",
+                                       align_corners=False)
+    t = temperature
+    log_s = F.log_softmax(student_logits / t, dim=1)
+    log_t = F.log_softmax(teacher_logits / t, dim=1)
+    kl = (log_t.exp() * (log_t - log_s)).sum(1)
+    return kl.mean() * t * t
+
+
+class SpecializeModule(LeanCheckpointMixin, L.LightningModule):
+    """Specialise the episodic FS-DINO on a support set into a support-free N-class segmenter.
+
+    Args:
+        teacher_ckpt: a ``FewShotModule`` checkpoint (the episodic teacher). Without it the teacher
+            is built from the arguments below (random weights unless checkpoints are given: tests,
+            demo).
+        variant / backbone / image_size / dinov2_checkpoint / sam_checkpoint / adapter_checkpoint /
+            decoder_* / model_kwargs: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
+        class_names: the classes, when the student must be built before any data is seen (loading a
+            checkpoint outside a Trainer); normally taken from the data module's support set.
+        distill_weight: weight of the soft teacher term.
+        label_weight: weight of CE + Dice on the support labels (0 = pure distillation).
+        temperature: softmax temperature of the distillation term.
+        leave_one_out: teacher targets for support k use the other K-1 shots (when K > 1).
+        train_decoder: also fine-tune the decoder / mask downscaling / PE (a copy; the teacher's
+            stays intact). Otherwise only the dedicated layer trains.
+        num_tokens: sparse tokens per class in the dedicated layer.
+        init_from_supports: start from the teacher's SVP tokens and prototypes (else random).
+        eval_teacher: also score the episodic teacher (all K supports) in validation / test.
+        lr / weight_decay / lr_schedule: AdamW on the trainable student parameters.
+    """
+
+    def __init__(
+        self,
+        teacher_ckpt: Optional[str] = None,
+        variant: str = "full",
+        backbone: str = "dinov2_vitb14",
+        image_size: int = 518,
+        dinov2_checkpoint: Optional[str] = None,
+        sam_checkpoint: Optional[str] = None,
+        adapter_checkpoint: Optional[str] = None,
+        decoder_dim: int = 256,
+        decoder_depth: int = 2,
+        decoder_mlp_dim: int = 2048,
+        decoder_heads: int = 8,
+        model_kwargs: Optional[dict[str, Any]] = None,
+        class_names: Optional[list[str]] = None,
+        distill_weight: float = 1.0,
+        label_weight: float = 0.5,
+        temperature: float = 1.0,
+        leave_one_out: bool = True,
+        train_decoder: bool = False,
+        num_tokens: int = 1,
+        init_from_supports: bool = True,
+        eval_teacher: bool = True,
+        lr: float = 5e-3,
+        weight_decay: float = 0.0,
+        lr_schedule: Literal["none", "cosine"] = "none",
+        nonfinite: Literal["raise", "skip"] = "raise",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.strict_loading = False
+        if teacher_ckpt:
+            from fsseg.modules.fewshot import FewShotModule
+
+            teacher = FewShotModule.load_from_checkpoint(teacher_ckpt, map_location="cpu", weights_only=True).model
+            # the teacher (and the encoder/adapter the student shares with it) come from that file
+            self.frozen_prefixes = ("teacher.", "student.encoder.", "student.adapter.")
+        else:
+            teacher = build_fsdino(
+                variant=variant, backbone=backbone, image_size=image_size, dinov2_checkpoint=dinov2_checkpoint,
+                sam_checkpoint=sam_checkpoint, adapter_checkpoint=adapter_checkpoint, decoder_dim=decoder_dim,
+                decoder_depth=decoder_depth, decoder_mlp_dim=decoder_mlp_dim, decoder_heads=decoder_heads,
+                **(model_kwargs or {}))
+            self.frozen_prefixes = ("teacher.encoder.", "student.encoder.") if dinov2_checkpoint else ()
+        self.teacher: FSDINO = teacher
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+        self.student: Optional[SpecializedSegmenter] = None
+        self._support: Optional[dict] = None  # cached support features for teacher targets
+        self.guard = NonFiniteLossGuard(nonfinite)
+        self.val_metric = FewShotIoU(1)
+        self.test_metric = FewShotIoU(1)
+        self.val_teacher_metric = FewShotIoU(1)
+        self.test_teacher_metric = FewShotIoU(1)
+        if class_names:
+            self.build_student(list(class_names))
+
+    # -- construction ---------------------------------------------------------------------------
+    def build_student(self, class_names: list[str], support_set: Optional[dict] = None) -> SpecializedSegmenter:
+        """Student for ``class_names``; ``support_set`` (``{"support" [N,K,3,H,W], "support_masks"}``)
+        initialises the dedicated layer from the teacher and is cached for teacher targets."""
+        hp = self.hparams
+        init = support_set if (support_set is not None and hp.init_from_supports) else None
+        self.student = SpecializedSegmenter.from_fsdino(
+            self.teacher, class_names, init_from_supports=init, num_tokens=hp.num_tokens,
+            train_decoder=hp.train_decoder).to(self.device)
+        n = len(class_names)
+        for name in ("val_metric", "test_metric", "val_teacher_metric", "test_teacher_metric"):
+            setattr(self, name, FewShotIoU(n).to(self.device))
+        if support_set is not None:
+            self.set_support(support_set)
+        return self.student
+
+    @torch.no_grad()
+    def set_support(self, support_set: dict) -> None:
+        """Cache the support set's frozen features (the teacher's conditioning)."""
+        s, m = support_set["support"], support_set["support_masks"]
+        if s.dim() == 6:
+            s, m = s[0], m[0]
+        n, k = s.shape[:2]
+        sem = self.teacher.extract(s.flatten(0, 1).to(self.device), with_embedding=False).semantic
+        self._support = {"semantic": sem.view(n, k, *sem.shape[1:]), "masks": m.to(self.device).float(),
+                         "images": s, "class_names": list(support_set.get("class_names") or self.student.class_names)}
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        support_set = dm.support_set() if dm is not None and hasattr(dm, "support_set") else None
+        if self.student is None:
+            if support_set is None:
+                return  # built from the checkpoint in on_load_checkpoint
+            self.build_student(list(support_set["class_names"]), support_set)
+        elif support_set is not None and self._support is None and stage in ("fit", "validate", "test"):
+            self.set_support(support_set)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # frozen teacher: no dropout / batch-stat updates
+        return self
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["fsseg_class_names"] = list(self.student.class_names) if self.student is not None else None
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        names = checkpoint.get("fsseg_class_names")
+        if names and (self.student is None or self.student.class_names != list(names)):
+            self.build_student(list(names), None)
+        super().on_load_checkpoint(checkpoint)
+
+    # -- teacher signal -------------------------------------------------------------------------
+    @torch.no_grad()
+    def teacher_logits(self, feats: ImageFeatures, out_size, shot_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Episodic teacher's N-way logits ``[B,N+1,H,W]`` (background 0) on query features;
+        with ``shot_index`` (and ``leave_one_out``, K > 1) sample b's supports exclude shot
+        ``shot_index[b]`` of every class (so a support image never conditions its own target)."""
+        if self._support is None:
+            raise RuntimeError("no support set cached (set_support)")
+        sem, masks = self._support["semantic"], self._support["masks"]
+        n_cls, k = sem.shape[:2]
+        b = feats.embedding.shape[0]
+        loo = shot_index is not None and self.hparams.leave_one_out and k > 1
+        if loo:
+            keep = torch.tensor([[j for j in range(k) if j != int(s)] for s in shot_index], device=sem.device)
+        out = []
+        for c in range(n_cls):
+            if loo:
+                s, m = sem[c][keep], masks[c][keep]  # [B,K-1,...]
+            else:
+                s, m = sem[c:c + 1], masks[c:c + 1]  # batch 1, broadcast
+            enc = self.teacher.encode_support_features(s, m)
+            out.append(self.teacher.decode(feats, enc, out_size=tuple(out_size))["logits"])
+        logits = torch.stack(out, 1)
+        return torch.cat([logits.new_zeros(b, 1, *logits.shape[-2:]), logits], 1)
+
+    # -- steps ----------------------------------------------------------------------------------
+    def forward(self, query: torch.Tensor) -> dict:
+        return self.student(query)
+
+    def losses(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        images = batch["image"]
+        feats = self.student.extract(images)
+        out = self.student.decode(feats, out_size=images.shape[-2:])
+        hp = self.hparams
+        parts: dict = {}
+        loss = images.new_zeros(())
+        if hp.distill_weight:
+            t = self.teacher_logits(feats, images.shape[-2:], batch.get("shot_index"))
+            kd = soft_distillation_loss(out["logits"], t, hp.temperature)
+            loss = loss + hp.distill_weight * kd
+            parts["distill"] = kd.detach()
+            parts["agreement"] = (out["pred"] == t.argmax(1)).float().mean()
+        if hp.label_weight and "label" in batch:
+            lab = multiclass_ce_dice_loss(out["logits"], batch["label"])
+            loss = loss + hp.label_weight * lab
+            parts["label"] = lab.detach()
+            valid = batch["label"] != 255
+            parts["label_acc"] = ((out["pred"] == batch["label"]) & valid).sum() / valid.sum().clamp(min=1)
+        return loss, parts
+
+    def training_step(self, batch: dict, batch_idx: int):
+        loss, parts = self.losses(batch)
+        if not self.guard.check(loss, self, batch):
+            return None
+        bs = batch["image"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log_dict({f"train/{k}": v for k, v in parts.items()}, batch_size=bs)
+        return loss
+
+    def _eval_step(self, batch: dict, metric: FewShotIoU, teacher_metric: FewShotIoU) -> dict:
+        query, target = batch["query"], batch["query_mask"]
+        feats = self.student.extract(query)
+        out = self.student.decode(feats, out_size=query.shape[-2:])
+        metric.update(*binarize_multiclass(out["pred"], target, batch["class_id"]))
+        if self.hparams.eval_teacher and self._support is not None:
+            t = self.teacher_logits(feats, query.shape[-2:])
+            teacher_metric.update(*binarize_multiclass(t.argmax(1), target, batch["class_id"]))
+        return {"pred": out["pred"], "logits": out["logits"]}
+
+    def validation_step(self, batch: dict, batch_idx: int):
+        return self._eval_step(batch, self.val_metric, self.val_teacher_metric)
+
+    def test_step(self, batch: dict, batch_idx: int):
+        return self._eval_step(batch, self.test_metric, self.test_teacher_metric)
+
+    def _log_metrics(self, stage: str, metric: FewShotIoU, teacher_metric: FewShotIoU) -> None:
+        res = metric.compute()
+        self.log(f"{stage}/miou", res["miou"], prog_bar=True)
+        self.log(f"{stage}/fbiou", res["fbiou"])
+        self.last_metrics = {f"{stage}/{k}": v for k, v in res.items()}
+        metric.reset()
+        if teacher_metric.episodes.sum() > 0:
+            tr = teacher_metric.compute()
+            self.log(f"{stage}/teacher_miou", tr["miou"])
+            self.last_metrics[f"{stage}/teacher_miou"] = tr["miou"]
+            teacher_metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val", self.val_metric, self.val_teacher_metric)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test", self.test_metric, self.test_teacher_metric)
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        if self.student is None:
+            raise RuntimeError("no specialised student: give --ckpt_path of a SpecializeModule run, or a data "
+                               "module with a support set")
+        out = self.student(batch["query"])
+        return {"pred": out["pred"], "logits": out["logits"], "query_path": batch.get("query_path"),
+                "query_original_size": batch.get("query_original_size"),
+                "class_names": list(self.student.class_names)}
+
+    def configure_optimizers(self):
+        if self.student is None:
+            raise RuntimeError("the student is built in setup() from the data module's support_set()")
+        params = self.student.trainable_parameters()
+        opt = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.lr_schedule == "none":
+            return opt
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
