@@ -321,6 +321,9 @@ class SupportQueryFolderDataModule(L.LightningDataModule):
             wi, wm, wn = [], [], []
             for key in ds.samples_by_class[c][:k]:
                 img, (m,) = ds.load(key, [c])
+                if not (m == 1).any():
+                    raise BadSampleError(ds.records[key][1], f"empty support mask: no foreground pixels for "
+                                         f"class {ds.class_names[c]!r} (image {ds.describe(key)})")
                 img, (m,) = tf(img, [m])
                 if not (m == 1).any():
                     warnings.warn(f"support mask {ds.records[key][1]} is empty after resizing", stacklevel=2)

@@ -215,8 +215,10 @@ class EpisodeDataset(Dataset):
                     raise
                 self.num_skipped += 1
                 self.bad_keys.add(e.path)
+                records = getattr(self.dataset, "records", {})  # a bad *mask* file bans its sample too
                 bad = frozenset(k for k in self.dataset.all_keys()
-                                if self.dataset.describe(k) in self.bad_keys or k in self.bad_keys)
+                                if self.dataset.describe(k) in self.bad_keys or k in self.bad_keys
+                                or any(p in self.bad_keys for p in records.get(k, ())))
                 warnings.warn(f"skip_bad_samples: skipped bad sample {e.path} ({e.reason}); "
                               f"{self.num_skipped} skipped so far in this process", stacklevel=2)
                 rng = np.random.default_rng([self.seed, index, attempt + 1])
@@ -239,6 +241,10 @@ class EpisodeDataset(Dataset):
             wi, wm = [], []
             for s, key in enumerate(keys):
                 img, (m,) = ds.load(key, [c])
+                if not (m == 1).any():  # a support without foreground gives the model no prototype
+                    raise BadSampleError(getattr(ds, "records", {}).get(key, (None, ds.describe(key)))[1],
+                                         f"empty support mask: no foreground pixels for class "
+                                         f"{ds.class_names.get(c, c)!r} (image {ds.describe(key)})")
                 img, (m,) = self.transform(img, [m], None if base_seed is None else base_seed + 1 + w * 1000 + s)
                 wi.append(image_to_tensor(img))
                 wm.append(_binary_support(m))

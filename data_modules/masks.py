@@ -42,10 +42,16 @@ IGNORE_INDEX = 255
 class BadSampleError(ValueError):
     """A sample (image or mask file) that cannot be used. ``path`` names the offending file."""
 
-    def __init__(self, path: Union[str, os.PathLike], reason: str):
+    def __init__(self, path: Union[str, os.PathLike], reason: Optional[str] = None):
+        if reason is None:  # re-raised from a DataLoader worker, which passes only the formatted text
+            text = str(path)
+            last = text.rstrip().splitlines()[-1] if text.strip() else text
+            path, _, reason = last.split("BadSampleError: ", 1)[-1].partition(": ")
+            super().__init__(text)
+        else:
+            super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
 
 
 def is_image_file(path: Union[str, os.PathLike]) -> bool:

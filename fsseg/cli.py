@@ -78,7 +78,7 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> FssegCLI:
     # the predict subcommand starts from lightning_configs/predict.yaml when it is there.
     predict_cfg = REPO_CONFIGS / "predict.yaml"
     parser_kwargs = {"predict": {"default_config_files": [str(predict_cfg)]}} if predict_cfg.exists() else {}
-    return FssegCLI(
+    cli = FssegCLI(
         parser_kwargs=parser_kwargs,
         model_class=None,
         datamodule_class=None,
@@ -89,6 +89,16 @@ def run_cli(args: list[str] | None = None, run: bool = True) -> FssegCLI:
         args=args,
         run=run,
     )
+    if run:
+        _finish_wandb()
+    return cli
+
+
+def _finish_wandb() -> None:
+    """Close the W&B run a subcommand opened, so the next run in this process gets its own."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 def main(argv: list[str] | None = None) -> None:

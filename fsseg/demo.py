@@ -64,7 +64,7 @@ def _test(common: list[str], shots: int, ckpt: str | None) -> dict:
     return cli.model.last_metrics
 
 
-def _pcs_baseline(dinov2: str, shots_list: list[int], test_episodes: int) -> dict:
+def _pcs_baseline(dinov2: str, shots_list: list[int], test_episodes: int, base_episodes: int) -> dict:
     """Parameter-free PCS-threshold baseline on the same frozen encoder, threshold from base classes."""
     from data_modules import EpisodicDataModule
     from fsseg.baselines import PCSThreshold
@@ -78,7 +78,7 @@ def _pcs_baseline(dinov2: str, shots_list: list[int], test_episodes: int) -> dic
                                 val_episodes=200, test_episodes=test_episodes)
         dm.setup("test")
         base = PCSThreshold(module.model)
-        tau = base.fit_threshold(dm.base_class_dataloader(200), num_classes=dm.num_classes)
+        tau = base.fit_threshold(dm.base_class_dataloader(base_episodes), num_classes=dm.num_classes)
         res = base.evaluate(dm.test_dataloader(), num_classes=dm.num_classes)
         results[shots] = {"test/miou": res["miou"], "test/fbiou": res["fbiou"], "threshold": tau}
     return results
@@ -89,39 +89,45 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fewshot-epochs", type=int, default=8)
     parser.add_argument("--train-episodes", type=int, default=800)
     parser.add_argument("--test-episodes", type=int, default=300)
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run of every step in about a minute (numbers meaningless)")
     args = parser.parse_args(argv)
+    limits: list[str] = []
+    if args.quick:
+        args.fewshot_epochs, args.train_episodes, args.test_episodes = 1, 16, 16
+        limits = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
     os.environ.setdefault("WANDB_SILENT", "true")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     out = Path("outputs/demo")  # the run folders in lightning_configs/demo/*.yaml live here
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
-    print("[1/4] stand-in DINOv2-tiny and SAM-tiny checkpoints in the official layouts", flush=True)
+    print(f"[1/4] ({time.time() - t0:.0f} s) stand-in DINOv2-tiny and SAM-tiny checkpoints in the official layouts", flush=True)
     dinov2, sam = _weights(out)
 
-    print("[2/4] stage 1: adapter distillation through the curriculum 56 -> 84 -> 112", flush=True)
+    print(f"[2/4] ({time.time() - t0:.0f} s) stage 1: adapter distillation through the curriculum 56 -> 84 -> 112", flush=True)
     distill_dir = out / "distill"
     _cli(["fit", "--config", str(CONFIGS / "distill.yaml"),
-          "--model.init_args.dinov2_checkpoint", dinov2, "--model.init_args.sam_checkpoint", sam])
+          "--model.init_args.dinov2_checkpoint", dinov2, "--model.init_args.sam_checkpoint", sam, *limits])
     adapter = str(distill_dir / "checkpoints" / "last.ckpt")
     curve = _distill_curve(distill_dir)
 
-    print("[3/4] stage 2: episodic training on the base classes", flush=True)
+    print(f"[3/4] ({time.time() - t0:.0f} s) stage 2: episodic training on the base classes", flush=True)
     fs_dir = out / "fewshot"
     model_args = ["--model.init_args.dinov2_checkpoint", dinov2, "--model.init_args.sam_checkpoint", sam,
                   "--model.init_args.adapter_checkpoint", adapter]
     common = ["--config", str(CONFIGS / "fewshot.yaml"), *model_args,
               "--data.init_args.test_episodes", str(args.test_episodes)]
     fit = _cli(["fit", *common, "--trainer.max_epochs", str(args.fewshot_epochs),
-                "--data.init_args.train_episodes_per_epoch", str(args.train_episodes)])
+                "--data.init_args.train_episodes_per_epoch", str(args.train_episodes), *limits])
     best = fit.trainer.checkpoint_callback.best_model_path or str(fs_dir / "checkpoints" / "last.ckpt")
 
-    print("[4/4] test on the 30 novel classes: trained vs untrained vs PCS-threshold baseline", flush=True)
+    print(f"[4/4] ({time.time() - t0:.0f} s) test on the 30 novel classes: trained vs untrained vs PCS-threshold baseline", flush=True)
     rows = {"FS-DINO trained": {}, "FS-DINO untrained": {}}
     for shots in (1, 5):
         rows["FS-DINO trained"][shots] = _test(common, shots, best)
         rows["FS-DINO untrained"][shots] = _test(common, shots, None)
-    pcs = _pcs_baseline(dinov2, [1, 5], args.test_episodes)
+    pcs = _pcs_baseline(dinov2, [1, 5], args.test_episodes, base_episodes=16 if args.quick else 200)
     rows = {"PCS threshold (no training)": pcs, **rows}
 
     lines = ["| model (novel classes, fold 0) | 1-shot mIoU | 1-shot FB-IoU | 5-shot mIoU | 5-shot FB-IoU |",

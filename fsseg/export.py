@@ -75,7 +75,7 @@ def load_module(ckpt_path: Optional[str], small: bool):
     from fsseg.modules import FewShotModule
 
     if ckpt_path:
-        return FewShotModule.load_from_checkpoint(ckpt_path, map_location="cpu").eval()
+        return FewShotModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True).eval()
     if not small:
         raise SystemExit("fsseg export: give --ckpt_path, or --small for the built-in small (untrained) model")
     torch.manual_seed(0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from typing import Iterable, Optional
 
 import lightning as L
 import torch
@@ -85,8 +85,92 @@ def check_checkpoint_matches(module: torch.nn.Module, checkpoint: dict, frozen_p
             f"(checkpoint hyper-parameters: { {k: hp[k] for k in list(hp)[:6]} }): " + "; ".join(parts))
 
 
-class LeanCheckpointMixin:
-    """Lightning hooks: frozen prefixes are left out of saved checkpoints and checked on load."""
+# -- which samples was the trainer working on when it failed ------------------------------------
+def _describe_batch(batch) -> list[str]:
+    """Sample ids of a batch: query and support names of episodes, paths of unlabelled images."""
+    if not isinstance(batch, dict):
+        return []
+    ids = batch_sample_ids(batch) if any(k in batch for k in ("query_name", "path", "name", "episode_index")) else []
+    if "query_path" in batch:
+        ids = [str(p) for p in batch["query_path"]]
+    if "support_names" in batch:
+        flat = []
+        for names in batch["support_names"]:
+            flat += [str(n) for n in names] if isinstance(names, (list, tuple)) else [str(names)]
+        ids = ids + [f"support {n}" for n in flat]
+    return ids
+
+
+class _ReportFailingBatch(L.Callback):
+    """Forwards Lightning's ``on_exception`` (called for callbacks, not for modules) to the module."""
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        hook = getattr(pl_module, "report_failing_batch", None)
+        if hook is not None:
+            hook(exception)
+
+
+class SampleTrackingMixin:
+    """Records the ids of the batch in progress (``on_*_batch_start``) and, when anything raises while
+    that batch is processed, attaches them to the exception (``add_note``; shown in the traceback) and
+    logs them: a crash always says which samples did it. Errors raised while a batch is *loaded* (a
+    ``BadSampleError`` in the DataLoader) come before any batch is in progress; they name the file
+    themselves (``BadSampleError.path``)."""
+
+    _current_batch: Optional[dict] = None
+
+    def _track(self, stage: str, batch, batch_idx: int) -> None:
+        self._current_batch = {"stage": stage, "batch_idx": int(batch_idx), "ids": _describe_batch(batch),
+                               "global_step": int(getattr(self, "global_step", 0) or 0),
+                               "epoch": int(getattr(self, "current_epoch", 0) or 0)}
+
+    def _untrack(self) -> None:
+        self._current_batch = None
+
+    def on_train_batch_start(self, batch, batch_idx: int):
+        self._track("train", batch, batch_idx)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self._untrack()
+
+    def on_validation_batch_start(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._track("validation", batch, batch_idx)
+
+    def on_validation_batch_end(self, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._untrack()
+
+    def on_test_batch_start(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._track("test", batch, batch_idx)
+
+    def on_test_batch_end(self, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._untrack()
+
+    def failing_batch_message(self) -> Optional[str]:
+        cur = self._current_batch
+        if not cur:
+            return None
+        return (f"fsseg: failed in {cur['stage']} batch {cur['batch_idx']} (global step {cur['global_step']}, "
+                f"epoch {cur['epoch']}); samples: {', '.join(cur['ids']) or '<unknown>'}")
+
+    def report_failing_batch(self, exception: BaseException) -> None:
+        msg = self.failing_batch_message()
+        if msg is None or getattr(exception, "_fsseg_reported", False):
+            return
+        try:
+            exception._fsseg_reported = True
+        except Exception:  # noqa: BLE001 - some builtin exceptions refuse attributes
+            pass
+        if hasattr(exception, "add_note"):  # Python 3.11+
+            exception.add_note(msg)
+        log.error("%s: %s", type(exception).__name__, msg)
+
+    def configure_callbacks(self):
+        return [_ReportFailingBatch()]
+
+
+class LeanCheckpointMixin(SampleTrackingMixin):
+    """Lightning hooks: frozen prefixes are left out of saved checkpoints and checked on load; the
+    batch in progress is named in any exception (``SampleTrackingMixin``)."""
 
     frozen_prefixes: tuple[str, ...] = ()
 
