@@ -32,6 +32,7 @@ from .masks import (
     read_image,
     read_mask,
 )
+from .specialize import SpecializationDataModule
 from .synthetic import SyntheticFewShot, base_classes, novel_classes
 from .transforms import PairTransform, build_test_transform, build_train_transform
 
@@ -42,8 +43,5 @@ __all__ = [
     "Episode", "EpisodeDataset", "StridedDistributedSampler", "collate_dicts", "collate_episodes",
     "eligible_classes", "fixed_episode_list", "rank_slice", "sample_episode", "PairTransform",
     "build_train_transform", "build_test_transform", "EpisodicDataModule", "UnlabelledDataModule",
-    "SupportQueryFolderDataModule", "build_fewshot_dataset", "DATASETS",
+    "SupportQueryFolderDataModule", "SpecializationDataModule", "build_fewshot_dataset", "DATASETS",
 ]
-from .specialize import SpecializationDataModule  # noqa: E402,F401  (issue #6)
-
-__all__ += ["SpecializationDataModule"]

@@ -23,6 +23,7 @@ from .prompts import (
     SemanticVisualPrompt,
     masked_average_pool,
 )
+from .specialized import ClassSpecificPrompts, SpecializedSegmenter
 from .teacher import SAM_ENCODER_CONFIGS, SAM_URLS, SAMImageEncoder
 from .weights import (
     CheckpointMismatchError,
@@ -40,7 +41,5 @@ __all__ = [
     "masked_average_pool", "SAMImageEncoder", "SAM_ENCODER_CONFIGS", "SAM_URLS", "WeightsError",
     "CheckpointMismatchError", "CheckpointNotFoundError", "resolve_checkpoint", "load_state_dict_file",
     "build_fsdino", "build_encoder", "build_teacher", "load_adapter_state", "load_sam_prompt_decoder",
-    "canonical_variant", "VARIANT_ALIASES", "MODEL_REGISTRY",
+    "canonical_variant", "VARIANT_ALIASES", "MODEL_REGISTRY", "ClassSpecificPrompts", "SpecializedSegmenter",
 ]
-from .specialized import ClassSpecificPrompts, SpecializedSegmenter  # noqa: E402,F401  (issue #6)
-__all__ += ["ClassSpecificPrompts", "SpecializedSegmenter"]

@@ -2,8 +2,6 @@
 
 from fsseg.modules.distillation import DistillationModule
 from fsseg.modules.fewshot import FewShotModule
+from fsseg.modules.specialize import SpecializeModule
 
-__all__ = ["DistillationModule", "FewShotModule"]
-from fsseg.modules.specialize import SpecializeModule  # noqa: E402  (issue #6)
-
-__all__ += ["SpecializeModule"]
+__all__ = ["DistillationModule", "FewShotModule", "SpecializeModule"]
