@@ -35,6 +35,18 @@ class FssegCLI(LightningCLI):
             "data": {"class_path": "data_modules.EpisodicDataModule"},
         })
 
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        # Checkpoints are written through a same-folder temporary file + rename (never torn, whatever
+        # $TMPDIR is), unless the user configured a CheckpointIO plugin of their own.
+        from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+        from fsseg.checkpoint_io import AtomicCheckpointIO
+
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
     def _prepare_subcommand_parser(self, klass, subcommand, **kwargs):
         # Checkpoints are read with torch.load(weights_only=True) (tensors and plain values only; no
         # pickled code runs) unless `--weights_only false` is given. Lightning adds the Trainer-method

@@ -18,7 +18,6 @@ import os
 import random
 import re
 import signal
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -451,24 +450,23 @@ def test_fsseg_test_deterministic_across_runs_workers_and_resume(runs):
 
 
 def _rewrite_forever(path: str, naive: bool, q) -> None:
-    from lightning.fabric.utilities.cloud_io import _atomic_save
+    from fsseg.checkpoint_io import AtomicCheckpointIO
 
     torch.set_num_threads(1)
+    io = AtomicCheckpointIO()
     i = 0
     while True:
         ck = {"state_dict": {"w": torch.full((4_000_000,), float(i))}, "i": i}
-        torch.save(ck, path) if naive else _atomic_save(ck, path)
+        torch.save(ck, path) if naive else io.save_checkpoint(ck, path)
         q.put(i)
         i += 1
 
 
-def test_lightning_checkpoint_write_is_atomic(tmp_path):
-    """Lightning writes a checkpoint to a temporary file and renames it over the old one (fsspec
-    transaction: ``tempfile.mkstemp()`` then ``shutil.move``). SIGKILL a process that rewrites a
-    large checkpoint in a loop at random moments: the file always loads and is one whole version. A
-    plain ``torch.save`` to the same path, killed the same way, is left corrupt -- the test can tell.
-    (Atomic only when $TMPDIR is on the checkpoint's filesystem; otherwise shutil.move copies.)"""
-    assert os.stat(tempfile.gettempdir()).st_dev == os.stat(tmp_path).st_dev
+def test_checkpoint_write_is_atomic(tmp_path):
+    """fsseg's trainers write checkpoints with ``AtomicCheckpointIO``: a temporary file in the same
+    folder, fsync, ``os.replace``. SIGKILL a process that rewrites a large checkpoint in a loop at
+    random moments: the file always loads and is one whole version, whatever $TMPDIR is. A plain
+    ``torch.save`` to the same path, killed the same way, is left corrupt -- the test can tell."""
     rng = random.Random(0)
 
     def kill_and_check(naive: bool) -> list[bool]:
@@ -494,6 +492,16 @@ def test_lightning_checkpoint_write_is_atomic(tmp_path):
 
     assert all(kill_and_check(naive=False))
     assert not all(kill_and_check(naive=True))
+
+
+def test_cli_trainers_write_checkpoints_atomically():
+    from fsseg.checkpoint_io import AtomicCheckpointIO
+    from fsseg.cli import run_cli
+
+    cli = run_cli(["--trainer.logger", "false", "--model.init_args.backbone", "dinov2_tiny",
+                   "--model.init_args.image_size", "112", "--model.init_args.decoder_dim", "32",
+                   "--model.init_args.decoder_mlp_dim", "64", "--model.init_args.decoder_heads", "2"], run=False)
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
 # ================================================================================ 6. safe loading
