@@ -139,24 +139,29 @@ def _few(keys: Iterable[str], n: int = 5) -> str:
     return s + (f", ... ({len(keys)} in total)" if len(keys) > n else "")
 
 
-def strict_load(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "<state dict>") -> None:
-    """``load_state_dict(strict=True)`` with a ``CheckpointMismatchError`` that lists offending keys."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
+def describe_state_mismatch(own: Mapping[str, torch.Tensor], theirs: Mapping[str, torch.Tensor]) -> list[str]:
+    """Why ``theirs`` does not fit ``own``: missing / unexpected keys and shape mismatches (empty if it fits)."""
+    missing = [k for k in own if k not in theirs]
+    unexpected = [k for k in theirs if k not in own]
     shapes = [
         f"{k} (checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)})"
-        for k, v in state_dict.items()
+        for k, v in theirs.items()
         if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
     ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {_few(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_few(unexpected)}")
-        if shapes:
-            parts.append(f"shape mismatch: {_few(shapes, 3)}")
+    parts = []
+    if missing:
+        parts.append(f"missing keys: {_few(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys: {_few(unexpected)}")
+    if shapes:
+        parts.append(f"shape mismatch: {_few(shapes, 3)}")
+    return parts
+
+
+def strict_load(module: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "<state dict>") -> None:
+    """``load_state_dict(strict=True)`` with a ``CheckpointMismatchError`` that lists offending keys."""
+    parts = describe_state_mismatch(module.state_dict(), state_dict)
+    if parts:
         raise CheckpointMismatchError(
             f"checkpoint {source} does not match {type(module).__name__} (another architecture?): "
             + "; ".join(parts)

@@ -62,24 +62,14 @@ def drop_frozen_weights(checkpoint: dict, frozen_prefixes: Iterable[str]) -> Non
 
 def check_checkpoint_matches(module: torch.nn.Module, checkpoint: dict, frozen_prefixes: Iterable[str]) -> None:
     """A checkpoint of another architecture gives a clear error instead of a silent partial load."""
-    from fsseg.models.weights import CheckpointMismatchError
+    from fsseg.models.weights import CheckpointMismatchError, describe_state_mismatch
 
     prefixes = tuple(frozen_prefixes)
-    ours = {k: v.shape for k, v in module.state_dict().items() if not k.startswith(prefixes)}
-    theirs = {k: v.shape for k, v in checkpoint.get("state_dict", {}).items() if not k.startswith(prefixes)}
-    missing = sorted(set(ours) - set(theirs))
-    unexpected = sorted(set(theirs) - set(ours))
-    wrong = sorted(k for k in set(ours) & set(theirs) if tuple(ours[k]) != tuple(theirs[k]))
-    if missing or unexpected or wrong:
+    ours = {k: v for k, v in module.state_dict().items() if not k.startswith(prefixes)}
+    theirs = {k: v for k, v in checkpoint.get("state_dict", {}).items() if not k.startswith(prefixes)}
+    parts = describe_state_mismatch(ours, theirs)
+    if parts:
         hp = checkpoint.get("hyper_parameters", {})
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[:3]})")
-        if wrong:
-            parts.append(f"{len(wrong)} shape mismatches (e.g. {wrong[0]}: checkpoint "
-                         f"{tuple(theirs[wrong[0]])} vs model {tuple(ours[wrong[0]])})")
         raise CheckpointMismatchError(
             f"checkpoint is for another architecture than {type(module).__name__} "
             f"(checkpoint hyper-parameters: { {k: hp[k] for k in list(hp)[:6]} }): " + "; ".join(parts))
