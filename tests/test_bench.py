@@ -1,0 +1,98 @@
+"""`make bench` smoke test: `bench.run --quick` writes results.json / results.md / PNGs with the
+expected keys and sane numbers. No timing assertions (timings depend on the machine and its load)."""
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # bench/ is a top-level folder, not an installed package
+
+
+def _numbers(obj):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _numbers(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _numbers(v)
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield obj
+
+
+def _positive_finite(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    from bench import run
+
+    out = tmp_path_factory.mktemp("bench")
+    assert run.main(["--quick", "--output-dir", str(out)]) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_files_written(quick_run):
+    out, res = quick_run
+    md = (out / "results.md").read_text()
+    assert "## Targets" in md and "Machine:" in md
+    assert ("PASS" in md) or ("MISS" in md)
+    for name in res["plots"]:
+        p = out / name
+        assert p.exists() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert {"latency_inference.png", "scaling_shots.png", "scaling_resolution.png", "scaling_classes.png"} <= set(res["plots"])
+
+
+def test_keys_and_numbers(quick_run):
+    _, res = quick_run
+    for key in ("machine", "config", "inference", "reuse", "training", "scaling", "specialized_vs_episodic",
+                "targets", "runtime_s"):
+        assert key in res, key
+    m = res["machine"]
+    for key in ("cpu", "cores", "ram_gib", "torch", "threads"):
+        assert key in m
+    assert all(math.isfinite(x) for x in _numbers(res))
+
+    inf = res["inference"]["cpu"]
+    kinds = {r["kind"] for r in inf["rows"]}
+    assert {"floor", "dual_sam_h", "dual_sam_b", "fsdino_ba_pcs", "fsdino_compact", "fsdino_full",
+            "fsdino_uino"} <= kinds
+    assert {r["shots"] for r in inf["rows"]} == {1, 5}
+    for r in inf["rows"]:
+        assert _positive_finite(r["latency_s"]) and _positive_finite(r["params"]) and r["peak_mem_mb"] >= 0
+        if r["kind"].startswith("fsdino"):
+            assert _positive_finite(r["speedup_vs_dual_sam_h"]) and _positive_finite(r["segmenter_only_s"])
+            assert r["timing"]["runs"] >= 2 and r["timing"]["median_s"] > 0
+
+    reuse = res["reuse"]
+    assert set(reuse["variants"]) == {"ba_pcs", "compact", "full", "uino"}
+    for d in reuse["variants"].values():
+        assert _positive_finite(d["encode_once_s"]) and _positive_finite(d["reencode_s"])
+        assert _positive_finite(d["ratio_once_vs_encoder_passes"])
+
+    tr = res["training"]
+    for key in ("distillation", "fewshot"):
+        assert _positive_finite(tr[key]["speedup"])
+        assert _positive_finite(tr[key]["no_cache"]["steps_per_s"]) and _positive_finite(tr[key]["warm_cache"]["steps_per_s"])
+    assert tr["distillation"]["warm_cache"]["teacher_calls"] == 0  # a warm cache never runs the teacher
+
+    sc = res["scaling"]
+    assert [r["shots"] for r in sc["shots"]["rows"]] == res["config"]["sweep_shots"]
+    assert [r["resolution"] for r in sc["resolution"]["rows"]] == res["config"]["resolutions"]
+    assert [r["classes"] for r in sc["classes"]["rows"]] == res["config"]["classes"]
+    for group in ("shots", "resolution", "classes"):
+        assert all(_positive_finite(r["fsdino"]["median_s"]) for r in sc[group]["rows"])
+
+    sp = res["specialized_vs_episodic"]
+    if not sp.get("skipped"):  # another engineer's module; skipped with a reason when absent
+        assert [r["shots"] for r in sp["rows"]] == res["config"]["spec_shots"]
+        assert all(_positive_finite(r["ratio_episodic_vs_specialized"]) for r in sp["rows"])
+
+    names = " ".join(t["name"] for t in res["targets"])
+    for word in ("20x", "10%", "1.15x", "teacher cache"):
+        assert word in names
+    for t in res["targets"]:
+        assert isinstance(t["passed"], bool) and math.isfinite(t["value"])
