@@ -128,6 +128,9 @@ def test_specialize_module_fit_improves_agreement_and_predicts_without_supports(
     trainer.save_checkpoint(path)
     loaded = SpecializeModule.load_from_checkpoint(path).eval()
     assert loaded.student.class_names == dm.class_names
+    # the class names travel in the hyper-parameters: `fsseg predict --ckpt_path` builds the student
+    # in __init__ and needs no support folder
+    assert list(loaded.hparams.class_names) == dm.class_names
     q = batch["image"][:2]
     pred = loaded.predict_step({"query": q, "query_path": ["a.png", "b.png"],
                                 "query_original_size": torch.tensor([[112, 112], [112, 112]])}, 0)

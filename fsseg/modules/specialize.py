@@ -133,6 +133,9 @@ class SpecializeModule(LeanCheckpointMixin, L.LightningModule):
         """Student for ``class_names``; ``support_set`` (``{"support" [N,K,3,H,W], "support_masks"}``)
         initialises the dedicated layer from the teacher and is cached for teacher targets."""
         hp = self.hparams
+        # saved with the hyper-parameters, so `fsseg predict --ckpt_path` rebuilds the student in
+        # __init__ and needs no support folder at all
+        hp["class_names"] = list(class_names)
         init = support_set if (support_set is not None and hp.init_from_supports) else None
         self.student = SpecializedSegmenter.from_fsdino(
             self.teacher, class_names, init_from_supports=init, num_tokens=hp.num_tokens,
@@ -156,6 +159,8 @@ class SpecializeModule(LeanCheckpointMixin, L.LightningModule):
                          "images": s, "class_names": list(support_set.get("class_names") or self.student.class_names)}
 
     def setup(self, stage: str) -> None:
+        if stage == "predict" and self.student is not None:
+            return  # support-free: the student (and its class names) came from the checkpoint
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         support_set = dm.support_set() if dm is not None and hasattr(dm, "support_set") else None
         if self.student is None:
