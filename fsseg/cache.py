@@ -16,10 +16,11 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from fsseg.atomic import atomic_write
 
 
 def _digest(text: str) -> str:
@@ -45,25 +46,11 @@ class TensorDiskCache:
         self.misses = 0
         meta = self.dir / "namespace.json"
         if not meta.exists():
-            self._atomic_write(meta, json.dumps({"namespace": namespace}).encode())
+            atomic_write(meta, json.dumps({"namespace": namespace}).encode())
 
     def _path(self, key: str) -> Path:
         d = _digest(key)
         return self.dir / d[:2] / f"{d}.pt"
-
-    def _atomic_write(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
 
     def get(self, key: str) -> dict[str, torch.Tensor] | None:
         path = self._path(key)
@@ -91,7 +78,7 @@ class TensorDiskCache:
             stored[name] = t.contiguous().clone()
         buf = io.BytesIO()
         torch.save(stored, buf)
-        self._atomic_write(self._path(key), buf.getvalue())
+        atomic_write(self._path(key), buf.getvalue())
 
     def __contains__(self, key: str) -> bool:
         return self._path(key).exists()

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
+import io
 from typing import Any, Optional
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
 
+from fsseg.atomic import atomic_write
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write ``path`` through a temporary file *in the same folder*, fsync it, then ``os.replace``.
+    """Write ``path`` through a temporary file *in the same folder*, fsync it, then ``os.replace``
+    (``fsseg.atomic.atomic_write``).
 
     Lightning's default goes through fsspec's transaction, whose temporary file lives in ``$TMPDIR``:
     when that is another filesystem (common on clusters: local /tmp, shared run folder), the final
@@ -26,16 +27,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         fs = get_filesystem(path)
         if type(fs).__name__ != "LocalFileSystem":
             return super().save_checkpoint(checkpoint, path, storage_options)
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        atomic_write(path, buf.getvalue())

@@ -9,10 +9,13 @@ then shares one frozen encoder, as it would with the real weights.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import torch
+
+from fsseg.atomic import atomic_write
 
 
 def official_dinov2_state_dict(encoder) -> dict:
@@ -29,12 +32,9 @@ def official_dinov2_state_dict(encoder) -> dict:
 
 
 def _save(state: dict, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return atomic_write(path, buf.getvalue())
 
 
 def write_dinov2_checkpoint(path: str | os.PathLike, arch: str = "dinov2_tiny", seed: int = 0,
