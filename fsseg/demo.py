@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         limits = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
     os.environ.setdefault("WANDB_SILENT", "true")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    out = Path("outputs/demo")  # the run folders in lightning_configs/demo/*.yaml live here
+    out = Path("outputs/demo").resolve()  # the run folders in lightning_configs/demo/*.yaml live here
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
               "--data.init_args.test_episodes", str(args.test_episodes)]
     fit = _cli(["fit", *common, "--trainer.max_epochs", str(args.fewshot_epochs),
                 "--data.init_args.train_episodes_per_epoch", str(args.train_episodes), *limits])
-    best = fit.trainer.checkpoint_callback.best_model_path or str(fs_dir / "checkpoints" / "last.ckpt")
+    best = str(Path(fit.trainer.checkpoint_callback.best_model_path or fs_dir / "checkpoints" / "last.ckpt").resolve())
 
     print(f"[4/4] ({time.time() - t0:.0f} s) test on the 30 novel classes: trained vs untrained vs PCS-threshold baseline", flush=True)
     rows = {"FS-DINO trained": {}, "FS-DINO untrained": {}}
