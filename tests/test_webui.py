@@ -111,21 +111,31 @@ def _fetch_image(src: str, base: str) -> Image.Image:
 
 
 def test_webui_in_browser(browser, app_url, tmp_path):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
     paths = _images(tmp_path)
     page = browser.new_page()
     page.set_default_timeout(60_000)
     page.goto(app_url)
-    page.locator("#support0 input[type=file]").first.set_input_files(str(paths["support"]))
-    page.locator("#support_mask0 input[type=file]").first.set_input_files(str(paths["mask"]))
-    page.locator("#query input[type=file]").first.set_input_files(str(paths["query"]))
-    # wait for the three uploads to show before running
-    page.locator("#support_mask0 img").first.wait_for()
-    page.locator("#query img").first.wait_for()
-    page.wait_for_timeout(1000)
-    page.locator("#run").click()
-    page.wait_for_function(
-        "() => { const t = document.querySelector('#result_info textarea'); return t && t.value.length > 0; }",
-        timeout=120_000)
+    done = "() => { const t = document.querySelector('#result_info textarea'); return t && t.value.length > 0; }"
+    # Gradio's ImageEditor (a WebGL canvas, software-rendered in headless chromium) registers an upload
+    # asynchronously; on a loaded machine a click can reach the server before the support image does
+    # (the app then answers "give at least one support image"). Upload and click again a few times; a
+    # broken app fails every attempt.
+    for attempt in range(4):
+        page.locator("#support0 input[type=file]").first.set_input_files(str(paths["support"]))
+        page.locator("#support_mask0 input[type=file]").first.set_input_files(str(paths["mask"]))
+        page.locator("#query input[type=file]").first.set_input_files(str(paths["query"]))
+        page.locator("#support_mask0 img").first.wait_for()
+        page.locator("#query img").first.wait_for()
+        page.wait_for_timeout(2000 * (attempt + 1))
+        page.locator("#run").click()
+        try:
+            page.wait_for_function(done, timeout=30_000)
+            break
+        except PlaywrightTimeoutError:
+            if attempt == 3:
+                raise
     info = page.locator("#result_info textarea").input_value()
     assert "1 shot(s)" in info and "query 143x77" in info, info
     overlay = _fetch_image(page.locator("#result_overlay img").first.get_attribute("src"), app_url)
