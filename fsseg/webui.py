@@ -113,13 +113,16 @@ def build_app(module):
 
     def run(*values):
         *shot_values, query = values
+        images, mask_uploads, paintings = (shot_values[i * SHOTS:(i + 1) * SHOTS] for i in range(3))
         shots = []
-        for ed, up in zip(shot_values[:SHOTS], shot_values[SHOTS:]):
-            img, painted = editor_image_and_mask(ed)
+        for image, up, ed in zip(images, mask_uploads, paintings):
+            bg, painted = editor_image_and_mask(ed)
+            img = _rgb(image) if image is not None else bg
             if img is None:
                 continue
             m = mask_from_upload(up, img.shape[:2])
-            m = m if m is not None else painted
+            if m is None and painted is not None and painted.shape == img.shape[:2]:
+                m = painted
             if m is None or not m.any():
                 raise gr.Error("each support image needs a non-empty mask (upload one or paint the object)")
             shots.append((img, m))
@@ -134,16 +137,24 @@ def build_app(module):
         gr.Markdown("## fsseg: few-shot segmentation (FS-DINO)\nUpload 1-3 support images of one class with "
                     "a mask each (upload the mask, or paint the object on the image), upload a query, press "
                     "**Segment**.")
+        images = []
         with gr.Row():
             for i in range(SHOTS):
                 with gr.Column():
-                    editors.append(gr.ImageEditor(label=f"Support {i + 1} (paint the object)", type="numpy",
-                                                  elem_id=f"support{i}", sources=["upload", "clipboard"],
-                                                  brush=gr.Brush(colors=["#ff0000"], default_size=20),
-                                                  format="png", height=300))
-                    uploads.append(gr.Image(label=f"Support {i + 1} mask (optional upload)", type="numpy",
+                    # a plain upload for the image (reliable in every browser), then the mask: uploaded,
+                    # or painted on a copy of the image in the editor below it
+                    images.append(gr.Image(label=f"Support {i + 1} image", type="numpy", elem_id=f"support{i}",
+                                           sources=["upload", "clipboard"], image_mode="RGB", format="png",
+                                           height=200))
+                    uploads.append(gr.Image(label=f"Support {i + 1} mask (upload)", type="numpy",
                                             elem_id=f"support_mask{i}", sources=["upload", "clipboard"],
                                             height=200, image_mode="RGB", format="png"))
+                    editors.append(gr.ImageEditor(label=f"... or paint the object on support {i + 1}",
+                                                  type="numpy", elem_id=f"support_paint{i}",
+                                                  sources=["upload", "clipboard"],
+                                                  brush=gr.Brush(colors=["#ff0000"], default_size=20),
+                                                  format="png", height=300))
+                    images[-1].upload(lambda x: x, inputs=images[-1], outputs=editors[-1])
         with gr.Row():
             query = gr.Image(label="Query", type="numpy", elem_id="query", sources=["upload", "clipboard"],
                              image_mode="RGB", format="png")
@@ -153,7 +164,7 @@ def build_app(module):
                                 image_mode="L", interactive=False)
         info = gr.Textbox(label="Result", elem_id="result_info", interactive=False)
         button = gr.Button("Segment", variant="primary", elem_id="run")
-        button.click(run, inputs=[*editors, *uploads, query], outputs=[out_overlay, out_mask, info])
+        button.click(run, inputs=[*images, *uploads, *editors, query], outputs=[out_overlay, out_mask, info])
     return demo
 
 

@@ -118,16 +118,14 @@ def test_webui_in_browser(browser, app_url, tmp_path):
     page.set_default_timeout(60_000)
     page.goto(app_url)
     done = "() => { const t = document.querySelector('#result_info textarea'); return t && t.value.length > 0; }"
-    # Gradio's ImageEditor (a WebGL canvas, software-rendered in headless chromium) registers an upload
-    # asynchronously; on a loaded machine a click can reach the server before the support image does
-    # (the app then answers "give at least one support image"). Upload and click again a few times; a
-    # broken app fails every attempt.
+    # Gradio registers uploads asynchronously; on a loaded machine a click can reach the server before
+    # an upload does. Upload and click again a few times; a broken app fails every attempt.
     for attempt in range(4):
         page.locator("#support0 input[type=file]").first.set_input_files(str(paths["support"]))
         page.locator("#support_mask0 input[type=file]").first.set_input_files(str(paths["mask"]))
         page.locator("#query input[type=file]").first.set_input_files(str(paths["query"]))
-        page.locator("#support_mask0 img").first.wait_for()
-        page.locator("#query img").first.wait_for()
+        for elem in ("#support0", "#support_mask0", "#query"):
+            page.locator(f"{elem} img").first.wait_for()
         page.wait_for_timeout(2000 * (attempt + 1))
         page.locator("#run").click()
         try:
