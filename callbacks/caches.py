@@ -35,7 +35,7 @@ class TeacherEmbeddingCache(L.Callback):
 
 class FrozenFeatureCache(L.Callback):
     """Cache frozen DINOv2 + adapter features of un-augmented images (stage 2). Which stages use it
-    is the module's ``feature_cache`` argument (``eval`` or ``all``)."""
+    is the module's ``feature_cache`` argument (``eval``, the default when a store is attached, or ``all``)."""
 
     def __init__(self, cache_dir: str = ".cache/fsseg/features",
                  dtype: Literal["float32", "float16"] = "float32") -> None:
@@ -45,5 +45,3 @@ class FrozenFeatureCache(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         ns = pl_module.feature_namespace() + f"|{self.dtype}"
         pl_module.feature_cache_store = TensorDiskCache(self.cache_dir, ns, dtype=_DTYPES[self.dtype])
-        if pl_module.hparams.feature_cache == "off":
-            pl_module.hparams.feature_cache = "eval"

@@ -26,7 +26,6 @@ states across ranks, so uneven shards are fine (do not sync per step). It subcla
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -282,7 +281,3 @@ def collate_dicts(items: List[Dict]) -> Dict:
 
 
 collate_episodes = collate_dicts
-
-
-def num_batches(n: int, batch_size: int) -> int:
-    return math.ceil(n / batch_size)

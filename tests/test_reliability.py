@@ -63,6 +63,15 @@ def _test_dm(root, **kw):
     return EpisodicDataModule(**kw)
 
 
+def _folder_case(root, skip, skipped, *needles):
+    """A bad file in a folder dataset, found while iterating the test episodes: a BadSampleError whose
+    message holds every needle, or (skip mode) the data module and the file that must never be served."""
+    dm = _test_dm(root, skip_bad_samples=skip)
+    if not skip:
+        return _expect(lambda: _iterate(dm.test_dataloader()), BadSampleError, *needles)
+    return dm, skipped
+
+
 def _names(batches):
     return [n for b in batches for n in (*b["query_name"], *[s for ss in b["support_names"] for s in ss])]
 
@@ -83,10 +92,7 @@ def case_corrupt_jpeg(tmp, skip):
     root = tmp / "data"
     _make_folder(root, n=5)
     (root / "images" / "2.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
-    dm = _test_dm(root, skip_bad_samples=skip)
-    if not skip:
-        return _expect(lambda: _iterate(dm.test_dataloader()), BadSampleError, "images/2.jpg", "cannot decode")
-    return dm, "images/2.jpg"
+    return _folder_case(root, skip, "images/2.jpg", "images/2.jpg", "cannot decode")
 
 
 def case_truncated_png(tmp, skip):
@@ -94,20 +100,13 @@ def case_truncated_png(tmp, skip):
     _make_folder(root, n=5)
     data = (root / "masks" / "1.png").read_bytes()
     (root / "masks" / "1.png").write_bytes(data[: len(data) // 2])
-    dm = _test_dm(root, skip_bad_samples=skip)
-    if not skip:
-        return _expect(lambda: _iterate(dm.test_dataloader()), BadSampleError, "masks/1.png", "cannot decode")
-    return dm, "masks/1.png"
+    return _folder_case(root, skip, "masks/1.png", "masks/1.png", "cannot decode")
 
 
 def case_mask_size_mismatch(tmp, skip):
     root = tmp / "data"
     _make_folder(root, n=5, mask_fn=lambda i, m: np.zeros((30, 30), np.uint8) if i == 3 else m)
-    dm = _test_dm(root, skip_bad_samples=skip)
-    if not skip:
-        return _expect(lambda: _iterate(dm.test_dataloader()), BadSampleError,
-                       "masks/3.png", "images/3.jpg", "30x30", "differs")
-    return dm, "3.png"
+    return _folder_case(root, skip, "3.png", "masks/3.png", "images/3.jpg", "30x30", "differs")
 
 
 def case_unexpected_mask_values(tmp, skip):
@@ -119,10 +118,7 @@ def case_unexpected_mask_values(tmp, skip):
             m[30:, :] = 7
         return m
     _make_folder(root, n=5, mask_fn=odd)
-    dm = _test_dm(root, skip_bad_samples=skip)
-    if not skip:
-        return _expect(lambda: _iterate(dm.test_dataloader()), BadSampleError, "masks/4.png", "unexpected mask values")
-    return dm, "4.png"
+    return _folder_case(root, skip, "4.png", "masks/4.png", "unexpected mask values")
 
 
 def case_empty_support_mask_episode(tmp, skip):

@@ -202,3 +202,26 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
         rows = read_metrics(out)
         results[devices] = (last_value(rows, "test/miou"), last_value(rows, "test/fbiou"))
     assert results["1"] == pytest.approx(results["2"], abs=1e-4)
+
+
+def test_frozen_feature_cache_serves_eval_features(tmp_path):
+    """With callbacks.FrozenFeatureCache attached, evaluation reads frozen features from disk
+    (default feature_cache 'off' becomes 'eval'), training recomputes them (augmented images)."""
+    from callbacks import FrozenFeatureCache
+    from fsseg.modules import FewShotModule
+
+    torch.manual_seed(0)
+    module = FewShotModule(variant="compact", backbone="dinov2_tiny", image_size=112, decoder_dim=32,
+                           decoder_mlp_dim=64, decoder_heads=2)
+    FrozenFeatureCache(cache_dir=str(tmp_path / "feats")).setup(None, module, "test")
+    assert module.hparams.feature_cache == "off"  # derived, not rewritten into the checkpoint
+    images, names = torch.rand(2, 3, 112, 112), ["a.jpg", "b.jpg"]
+    module.eval()
+    first = module.extract(images, names)
+    second = module.extract(images, names)
+    store = module.feature_cache_store
+    assert (store.misses, store.hits) == (2, 2)
+    assert torch.equal(first.embedding, second.embedding) and torch.equal(first.semantic, second.semantic)
+    module.train()
+    module.extract(images, names)
+    assert (store.misses, store.hits) == (2, 2)

@@ -38,7 +38,7 @@ class FewShotModule(SupportSetPredictionMixin, LeanCheckpointMixin, L.LightningM
         num_classes: size of the benchmark's class-id space (linked from ``data.num_classes``).
         prior_loss_weight: weight of L_prior in L = L_prior + L_final (1 in the paper).
         lr / weight_decay / lr_schedule: AdamW (paper: lr 1e-3), optional cosine decay over the run.
-        feature_cache: ``off``; ``eval`` caches frozen features of val/test images (never augmented);
+        feature_cache: ``off`` (``eval`` once a ``FrozenFeatureCache`` is attached); ``eval`` caches frozen features of val/test images (never augmented);
             ``all`` also of training images (only valid with training augmentation off).
         nonfinite: ``raise`` stops naming the step and samples; ``skip`` drops the step.
     """
@@ -93,10 +93,11 @@ class FewShotModule(SupportSetPredictionMixin, LeanCheckpointMixin, L.LightningM
                 f"{module_fingerprint(m.encoder, m.adapter)}")
 
     def _use_cache(self) -> bool:
-        mode = self.hparams.feature_cache
-        if self.feature_cache_store is None or mode == "off" or not self.model.freeze_adapter:
+        # An attached store with feature_cache "off" means "eval": derived here rather than written
+        # back into the saved hyper-parameters.
+        if self.feature_cache_store is None or not self.model.freeze_adapter:
             return False
-        return mode == "all" or not self.training
+        return self.hparams.feature_cache == "all" or not self.training
 
     def extract(self, images: torch.Tensor, names: Optional[list[str]] = None) -> ImageFeatures:
         """Frozen features of ``images [N,3,H,W]``; served from the cache when allowed."""
