@@ -1059,48 +1059,38 @@ def make_plots(cfg: dict, res: dict, outdir: Path) -> List[str]:
         save(fig, "latency_inference.png")
     sc = res.get("scaling", {})
     sp = res.get("specialized_vs_episodic", {})
+
+    def line_plot(name, rows, x, series, xlabel, ylabel, title):
+        """One latency curve per (key, style, label) of ``series``, read from ``rows`` as r[key]["median_s"]."""
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for key, style, label in series:
+            ax.plot([r[x] for r in rows], [r[key]["median_s"] for r in rows], style, label=label)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend()
+        save(fig, name)
+
+    floor = ("dinov2_floor", "s--", "DINOv2 alone")
     if "shots" in sc:
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-        rows = sc["shots"]["rows"]
-        ax.plot([r["shots"] for r in rows], [r["fsdino"]["median_s"] for r in rows], "o-", label="FS-DINO full")
-        ax.plot([r["shots"] for r in rows], [r["dinov2_floor"]["median_s"] for r in rows], "s--", label="DINOv2 alone")
-        ax.set_xlabel("shots K")
-        ax.set_ylabel("latency (s)")
-        ax.set_title(f"latency vs K ({sc['shots']['size']})")
-        ax.legend()
-        save(fig, "scaling_shots.png")
+        line_plot("scaling_shots.png", sc["shots"]["rows"], "shots", [("fsdino", "o-", "FS-DINO full"), floor],
+                  "shots K", "latency (s)", f"latency vs K ({sc['shots']['size']})")
     if sp.get("rows"):
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-        ax.plot([r["shots"] for r in sp["rows"]], [r["episodic"]["median_s"] for r in sp["rows"]], "o-",
-                label="episodic FS-DINO (K support passes)")
-        ax.plot([r["shots"] for r in sp["rows"]], [r["specialized"]["median_s"] for r in sp["rows"]], "s-",
-                label="specialised (support-free)")
-        ax.set_xlabel("shots K")
-        ax.set_ylabel("latency per query (s)")
-        ax.set_title(f"specialised vs episodic ({sp['size']})")
-        ax.legend()
-        save(fig, "specialized_vs_episodic.png")
+        line_plot("specialized_vs_episodic.png", sp["rows"], "shots",
+                  [("episodic", "o-", "episodic FS-DINO (K support passes)"),
+                   ("specialized", "s-", "specialised (support-free)")],
+                  "shots K", "latency per query (s)", f"specialised vs episodic ({sp['size']})")
     if "resolution" in sc:
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-        rows = sc["resolution"]["rows"]
-        ax.plot([r["resolution"] for r in rows], [r["fsdino"]["median_s"] for r in rows], "o-", label="FS-DINO full 1-shot")
-        ax.plot([r["resolution"] for r in rows], [r["dinov2_floor"]["median_s"] for r in rows], "s--", label="DINOv2 alone")
-        ax.set_xlabel("input resolution (px)")
-        ax.set_ylabel("latency (s)")
-        ax.set_title("latency vs resolution")
-        ax.legend()
-        save(fig, "scaling_resolution.png")
+        line_plot("scaling_resolution.png", sc["resolution"]["rows"], "resolution",
+                  [("fsdino", "o-", "FS-DINO full 1-shot"), floor], "input resolution (px)", "latency (s)",
+                  "latency vs resolution")
     if "classes" in sc:
-        fig, ax = plt.subplots(figsize=(5.5, 4))
         rows = sc["classes"]["rows"]
-        ax.plot([r["classes"] for r in rows], [r["fsdino"]["median_s"] for r in rows], "o-", label="episodic segment_multiclass")
+        series = [("fsdino", "o-", "episodic segment_multiclass")]
         if all("specialized" in r for r in rows):
-            ax.plot([r["classes"] for r in rows], [r["specialized"]["median_s"] for r in rows], "s-", label="specialised")
-        ax.set_xlabel("classes N (1-shot each)")
-        ax.set_ylabel("latency (s)")
-        ax.set_title(f"latency vs classes ({sc['classes']['size']})")
-        ax.legend()
-        save(fig, "scaling_classes.png")
+            series.append(("specialized", "s-", "specialised"))
+        line_plot("scaling_classes.png", rows, "classes", series, "classes N (1-shot each)", "latency (s)",
+                  f"latency vs classes ({sc['classes']['size']})")
     return files
 
 
