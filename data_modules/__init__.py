@@ -4,7 +4,7 @@ Stand-alone: imports nothing from ``fsseg``. Batch formats: docs/CONTRACTS.md.
 """
 
 from .base import FewShotDataset, FileFewShotDataset
-from .benchmarks import FSS1000, Coco20i, FolderDataset, Pascal5i, UnlabelledImageFolder
+from .coco import Coco20i
 from .datamodule import (
     DATASETS,
     EpisodicDataModule,
@@ -23,6 +23,8 @@ from .episodes import (
     rank_slice,
     sample_episode,
 )
+from .folder import FolderDataset, UnlabelledImageFolder
+from .fss import FSS1000
 from .masks import (
     IGNORE_INDEX,
     BadSampleError,
@@ -32,6 +34,7 @@ from .masks import (
     read_image,
     read_mask,
 )
+from .pascal import Pascal5i
 from .specialize import SpecializationDataModule
 from .synthetic import SyntheticFewShot, base_classes, novel_classes
 from .transforms import PairTransform, build_test_transform, build_train_transform

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .base import FewShotDataset
-from .benchmarks import FSS1000, Coco20i, FolderDataset, Pascal5i, UnlabelledImageFolder
+from .coco import Coco20i
 from .episodes import (
     EpisodeDataset,
     StridedDistributedSampler,
@@ -20,7 +20,10 @@ from .episodes import (
     collate_dicts,
     fixed_episode_list,
 )
+from .folder import FolderDataset, UnlabelledImageFolder
+from .fss import FSS1000
 from .masks import BadSampleError, list_images, read_image
+from .pascal import Pascal5i
 from .synthetic import NUM_CLASSES, SyntheticFewShot, render
 from .transforms import PairTransform, image_to_tensor, resize_image
 

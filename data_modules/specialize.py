@@ -28,9 +28,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .base import FewShotDataset, FileFewShotDataset
-from .benchmarks import FolderDataset
 from .datamodule import _QueryFolder
 from .episodes import collate_dicts
+from .folder import FolderDataset
 from .masks import IGNORE_INDEX, list_images
 from .synthetic import SyntheticFewShot, novel_classes
 from .transforms import PairTransform, image_to_tensor

@@ -1,0 +1,95 @@
+"""Generic folders: your own labelled data (``FolderDataset``) and unlabelled images."""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .base import FileFewShotDataset
+from .layout import pair_folder, read_lines, single_class_dirs
+from .masks import list_images, read_image, read_mask
+
+
+class FolderDataset(FileFewShotDataset):
+    """Generic layout for your own data. Detected in this order:
+
+    1. per-class folders ``root/<class>/images`` + ``root/<class>/masks`` (binary masks);
+    2. one folder ``root/images`` + ``root/masks`` (or ``image``/``label``, ``support/image``/``support/label``):
+       * binary masks -> a single class named after ``root`` (or ``class_name``);
+       * ``mask_encoding='index'`` -> class-index masks; classes = values 1..254 found (names from
+         ``root/classes.txt`` when present, line k-1 = value k).
+    Images and masks are matched by file stem; non-image files are skipped with a warning.
+    """
+
+    name = "folder"
+
+    def __init__(self, root: str, mask_encoding: str = "auto", class_name: Optional[str] = None) -> None:
+        super().__init__(mask_encoding)
+        self.root = root
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"folder dataset root {root!r} does not exist")
+        self._values: Optional[Dict[int, int]] = None
+        single = single_class_dirs(root)
+        if single is not None:
+            self.records = pair_folder(*single)
+            if mask_encoding == "index":
+                self._init_index(root)
+            else:
+                self.class_ids = [0]
+                self.class_names = {0: class_name or os.path.basename(os.path.normpath(root))}
+                self.samples_by_class = {0: sorted(self.records)}
+            return
+        classes = sorted(d for d in os.listdir(root) if single_class_dirs(os.path.join(root, d)))
+        if not classes:
+            raise FileNotFoundError(
+                f"{root!r}: no recognised layout (expected images/+masks/, image/+label/ or <class>/images+masks/)")
+        self.class_ids = list(range(len(classes)))
+        self.class_names = dict(enumerate(classes))
+        self.samples_by_class = {}
+        for i, c in enumerate(classes):
+            recs = pair_folder(*single_class_dirs(os.path.join(root, c)))
+            self.records.update(recs)
+            self.samples_by_class[i] = sorted(recs)
+
+    def _init_index(self, root: str) -> None:
+        names_file = os.path.join(root, "classes.txt")
+        names = read_lines(names_file) if os.path.isfile(names_file) else None
+        members: Dict[int, List[str]] = {}
+        for key, (_, mp) in self.records.items():
+            for v in np.unique(read_mask(mp, "index")):
+                if 1 <= v <= 254:
+                    members.setdefault(int(v), []).append(key)
+        values = sorted(members)
+        self._values = {i: v for i, v in enumerate(values)}
+        self.class_ids = list(range(len(values)))
+        self.class_names = {i: (names[v - 1] if names and v - 1 < len(names) else str(v)) for i, v in self._values.items()}
+        self.samples_by_class = {i: sorted(members[v]) for i, v in self._values.items()}
+
+    def mask_value(self, key: str, class_id: int) -> Optional[int]:
+        return None if self._values is None else self._values[class_id]
+
+
+class UnlabelledImageFolder:
+    """Any folder of images (recursive, sorted). Items: ``{"image": [3,S,S] float, "path", "index"}``.
+
+    Non-image files are skipped with one counted warning; an empty folder is an error naming it.
+    Images are resized to ``image_size`` x ``image_size`` without augmentation (cacheable).
+    """
+
+    def __init__(self, root: str, image_size: int = 1024) -> None:
+        self.root, self.image_size = root, image_size
+        self.paths = list_images(root, recursive=True, what="unlabelled image folder")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        from .transforms import image_to_tensor, resize_image
+
+        img = resize_image(read_image(self.paths[index]), self.image_size)
+        import torch
+
+        return {"image": image_to_tensor(img), "path": self.paths[index],
+                "index": torch.tensor(index, dtype=torch.int64)}

@@ -1,0 +1,47 @@
+"""Shared file-layout helpers of the benchmark readers (split aliases, list files, image/mask pairing)."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Dict, List
+
+from .base import stem
+from .masks import is_image_file, list_images
+
+SPLIT_ALIASES = {"train": "trn", "trn": "trn", "val": "val", "test": "test"}
+
+
+def read_lines(path: str) -> List[str]:
+    with open(path) as f:
+        return [x.strip() for x in f if x.strip()]
+
+
+def pair_folder(image_dir: str, mask_dir: str) -> Dict[str, tuple]:
+    """Match images with masks by file stem; images without a mask are skipped with a warning."""
+    images = list_images(image_dir, recursive=False, what="image folder")
+    masks = {}
+    for f in sorted(os.listdir(mask_dir)):
+        if is_image_file(f):
+            masks.setdefault(stem(f), os.path.join(mask_dir, f))
+    out, missing = {}, []
+    for p in images:
+        m = masks.get(stem(p))
+        if m is None:
+            missing.append(p)
+        else:
+            out[p] = (p, m)
+    if missing:
+        warnings.warn(f"{image_dir}: {len(missing)} image(s) without a mask in {mask_dir} skipped, "
+                      f"e.g. {missing[:3]}", stacklevel=3)
+    if not out:
+        raise FileNotFoundError(f"no image/mask pairs found in {image_dir!r} + {mask_dir!r} (matched by file stem)")
+    return out
+
+
+def single_class_dirs(root: str):
+    for img, lab in (("support/image", "support/label"), ("image", "label"), ("images", "masks")):
+        a, b = os.path.join(root, img), os.path.join(root, lab)
+        if os.path.isdir(a) and os.path.isdir(b):
+            return a, b
+    return None
