@@ -9,10 +9,12 @@ from typing import Dict, List, Optional, Tuple
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .base import FewShotDataset
 from .coco import Coco20i
+from .episode_files import episodes_to_json, read_episodes_file
 from .episodes import (
     EpisodeDataset,
     StridedDistributedSampler,
@@ -24,6 +26,7 @@ from .folder import FolderDataset, UnlabelledImageFolder
 from .fss import FSS1000
 from .masks import BadSampleError, list_images, read_image
 from .pascal import Pascal5i
+from .protocols import get_protocol
 from .synthetic import NUM_CLASSES, SyntheticFewShot, render
 from .transforms import PairTransform, image_to_tensor, resize_image
 
@@ -40,8 +43,12 @@ def _rank_world(trainer) -> Tuple[int, int]:
 
 def build_fewshot_dataset(dataset: str, split: str, root: Optional[str] = None, fold: int = 0,
                           split_dir: Optional[str] = None, mask_encoding: str = "auto", seed: int = 0,
-                          synthetic_image_size: int = 112, synthetic_images_per_class: int = 50) -> FewShotDataset:
-    """Factory used by ``EpisodicDataModule`` (``split`` in train/val/test)."""
+                          synthetic_image_size: int = 112, synthetic_images_per_class: int = 50,
+                          options: Optional[Dict] = None) -> FewShotDataset:
+    """Factory used by ``EpisodicDataModule`` (``split`` in train/val/test). ``split_dir`` is the list
+    folder of the benchmark (PASCAL-5i: HSNet's, BAM's or PFENet's lists; COCO-20i: HSNet's pickled
+    pools; FSS-1000: the class lists). ``options``: the protocol's reader options (area filtering)."""
+    options = options or {}
     if dataset == "synthetic":
         return SyntheticFewShot(fold=fold, split=split, seed=seed, image_size=synthetic_image_size,
                                 images_per_class=synthetic_images_per_class)
@@ -50,22 +57,28 @@ def build_fewshot_dataset(dataset: str, split: str, root: Optional[str] = None, 
     if not root:
         raise ValueError(f"dataset {dataset!r} needs data.root (path to the data on disk)")
     if dataset == "pascal5i":
-        return Pascal5i(root, fold, split, list_dir=split_dir, mask_encoding=mask_encoding)
+        return Pascal5i(root, fold, split, list_dir=split_dir, mask_encoding=mask_encoding, **options)
     if dataset == "coco20i":
-        return Coco20i(root, fold, split, mask_encoding=mask_encoding)
+        return Coco20i(root, fold, split, mask_encoding=mask_encoding, list_dir=split_dir, **options)
     if dataset == "fss1000":
         return FSS1000(root, split, split_dir=split_dir, mask_encoding=mask_encoding)
     return FolderDataset(root, mask_encoding=mask_encoding)
 
 
 class EpisodicDataModule(L.LightningDataModule):
-    """Few-shot episodes (batch format: docs/CONTRACTS.md).
+    """Few-shot episodes (batch format: docs/CONTRACTS.md), drawn by a named ``protocol``
+    (``protocols.py``; cards in docs/protocols/): ``fsseg`` (default), ``hsnet`` or ``hdmnet``.
 
-    Train: ``train_episodes_per_epoch`` random episodes over base classes (augmented if ``augment``).
-    Val/test: fixed lists drawn once from ``seed`` (``val_episodes``/``test_episodes`` episodes; a value
-    <= 0 means every (image, class) pair once as query; ``fss1000`` test uses that when
-    ``test_episodes`` is left at 1000; ``episodes_per_class`` overrides both),
-    split across DDP ranks by ``StridedDistributedSampler`` (disjoint, no padding).
+    Train: ``train_episodes_per_epoch`` episodes over the base classes (``null`` = one pass over the
+    training list), augmented if ``augment``. Val/test: fixed lists computed once in the main process
+    (``val_episodes``/``test_episodes`` per evaluation seed; a value <= 0 means every (image, class)
+    pair once as query; ``fss1000`` test uses that when ``test_episodes`` is left at 1000;
+    ``episodes_per_class`` overrides both for ``fsseg``), split across DDP ranks by
+    ``StridedDistributedSampler`` (disjoint, no padding). ``episodes_file``: evaluate the test split on
+    that JSON episode list (``fsseg episodes`` writes them), whatever the protocol.
+    Validation is not the test: it draws from ``val_seed`` (default ``seed + 1``; FSS-1000 validates on
+    its own val classes); ``val_on_test: true`` validates on the test episodes, as the reference code
+    does, and says so in the log.
     """
 
     def __init__(
@@ -78,7 +91,7 @@ class EpisodicDataModule(L.LightningDataModule):
         image_size: int = 518,
         batch_size: int = 8,
         num_workers: int = 0,
-        train_episodes_per_epoch: int = 1000,
+        train_episodes_per_epoch: Optional[int] = 1000,
         val_episodes: int = 1000,
         test_episodes: int = 1000,
         episodes_per_class: Optional[int] = None,
@@ -90,6 +103,11 @@ class EpisodicDataModule(L.LightningDataModule):
         synthetic_image_size: int = 112,
         synthetic_images_per_class: int = 50,
         eval_batch_size: Optional[int] = None,
+        # -- episode protocol (issue 11) --
+        protocol: str = "fsseg",
+        episodes_file: Optional[str] = None,
+        val_seed: Optional[int] = None,
+        val_on_test: bool = False,
     ) -> None:
         super().__init__()
         if shots < 1 or n_way < 1:
@@ -106,34 +124,60 @@ class EpisodicDataModule(L.LightningDataModule):
         self.synthetic_image_size = synthetic_image_size
         self.synthetic_images_per_class = synthetic_images_per_class
         self.eval_batch_size = eval_batch_size or batch_size
+        self.protocol_name, self.protocol = protocol, get_protocol(protocol)
+        self.episodes_file, self.val_on_test = episodes_file, val_on_test
+        self.val_seed = seed + 1 if val_seed is None else val_seed
         self.datasets: Dict[str, EpisodeDataset] = {}
+        self._file_seeds: Optional[List[int]] = None
 
     # -- building --------------------------------------------------------------------------------
     def _fewshot(self, split: str) -> FewShotDataset:
         return build_fewshot_dataset(self.dataset_name, split, self.root, self.fold, self.split_dir,
                                      self.mask_encoding, self.seed, self.synthetic_image_size,
-                                     self.synthetic_images_per_class)
+                                     self.synthetic_images_per_class,
+                                     options=self.protocol.dataset_options(self.dataset_name, split))
+
+    @property
+    def eval_seeds(self) -> List[int]:
+        """The test list's evaluation seeds; ``Episode.seed_index`` / batch ``eval_seed`` index them."""
+        if self.episodes_file:
+            if self._file_seeds is None:
+                self.setup("test")
+            return list(self._file_seeds)
+        return self.protocol.eval_seeds(self.seed, "test")
 
     def _eval_dataset(self, split: str, n: int) -> EpisodeDataset:
         ds = self._fewshot(split)
-        num = None if n <= 0 else n
-        if self.dataset_name == "fss1000" and split == "test" and n == 1000:
-            num = None  # FSS-1000 protocol (default test_episodes): every test image once as query
-        episodes = fixed_episode_list(ds, self.shots, self.n_way, num_episodes=num,
-                                      episodes_per_class=self.episodes_per_class, seed=self.seed)
+        if split == "test" and self.episodes_file:
+            episodes, self._file_seeds = read_episodes_file(self.episodes_file, ds)
+        else:
+            seeds = self.protocol.eval_seeds(self.val_seed if split == "val" else self.seed, split)
+            episodes = self.protocol.eval_episodes(
+                ds, self.dataset_name, split, self.shots, self.n_way,
+                self.protocol.default_num_episodes(self.dataset_name, split, n), seeds, self.episodes_per_class)
         return EpisodeDataset(ds, self.shots, self.n_way, episodes=episodes, image_size=self.image_size,
                               train=False, seed=self.seed, skip_bad_samples=self.skip_bad_samples)
 
+    def _train_dataset(self) -> EpisodeDataset:
+        ds = self._fewshot("train")
+        draw, length = self.protocol.train_draw(ds, self.dataset_name, self.shots, self.n_way, self.seed,
+                                                self.train_episodes_per_epoch)
+        return EpisodeDataset(ds, self.shots, self.n_way, episodes=None, length=length,
+                              image_size=self.image_size, train=True, augment=self.augment, seed=self.seed,
+                              skip_bad_samples=self.skip_bad_samples, train_draw=draw)
+
     def setup(self, stage: Optional[str] = None) -> None:
         if stage in (None, "fit") and "train" not in self.datasets:
-            self.datasets["train"] = EpisodeDataset(
-                self._fewshot("train"), self.shots, self.n_way, episodes=None,
-                length=self.train_episodes_per_epoch, image_size=self.image_size, train=True,
-                augment=self.augment, seed=self.seed, skip_bad_samples=self.skip_bad_samples)
-        if stage in (None, "fit", "validate") and "val" not in self.datasets:
-            self.datasets["val"] = self._eval_dataset("val", self.val_episodes)
+            self.datasets["train"] = self._train_dataset()
         if stage in (None, "test") and "test" not in self.datasets:
             self.datasets["test"] = self._eval_dataset("test", self.test_episodes)
+        if stage in (None, "fit", "validate") and "val" not in self.datasets:
+            if self.val_on_test:
+                rank_zero_warn("val_on_test: validating on the TEST episodes (the reference code's behaviour); "
+                               "checkpoint selection then sees the test set")
+                self.datasets["val"] = self.datasets.get("test") or self._eval_dataset("test", self.test_episodes)
+            else:
+                self.datasets["val"] = self._eval_dataset("val", self.val_episodes)
 
     @property
     def num_classes(self) -> int:
@@ -165,7 +209,10 @@ class EpisodicDataModule(L.LightningDataModule):
     def base_class_dataloader(self, num_episodes: int = 200) -> DataLoader:
         """A fixed (seeded), un-augmented episode list over the *base* (training) classes, for
         calibrating parameter-free baselines without touching the novel classes."""
-        ds = self._eval_dataset("train", num_episodes)
+        base = self._fewshot("train")
+        episodes = fixed_episode_list(base, self.shots, self.n_way, num_episodes=num_episodes, seed=self.seed)
+        ds = EpisodeDataset(base, self.shots, self.n_way, episodes=episodes, image_size=self.image_size,
+                            train=False, seed=self.seed, skip_bad_samples=self.skip_bad_samples)
         return self._loader(ds, self.eval_batch_size)
 
     def val_dataloader(self) -> DataLoader:
@@ -177,6 +224,14 @@ class EpisodicDataModule(L.LightningDataModule):
     def episode_list(self, split: str = "test"):
         self.setup("validate" if split == "val" else "test")
         return list(self.datasets[split].episodes)
+
+    def episodes_json(self, split: str = "test") -> Dict:
+        """The ``split`` episode list in the schema of the reference episode files (``episode_files.py``)."""
+        episodes = self.episode_list(split)
+        header = {"benchmark": self.dataset_name, "protocol": self.protocol_name, "split": split,
+                  "fold": self.fold, "shot": self.shots, "seed": self.val_seed if split == "val" else self.seed,
+                  "eval_seeds": self.eval_seeds if split == "test" else [self.val_seed]}
+        return episodes_to_json(episodes, self.datasets[split].dataset, header)
 
 
 # =================================================================================================

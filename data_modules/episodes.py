@@ -44,6 +44,7 @@ class Episode:
     query: str
     supports: Tuple[Tuple[str, ...], ...]  # [n_way][shots] sample keys
     class_ids: Tuple[int, ...]  # [n_way]
+    seed_index: int = 0  # index into the protocol's evaluation seed list (``EpisodicDataModule.eval_seeds``)
 
 
 def eligible_classes(dataset: FewShotDataset, shots: int, n_way: int = 1) -> List[int]:
@@ -172,17 +173,22 @@ def query_index_mask(masks: Sequence[np.ndarray]) -> np.ndarray:
 class EpisodeDataset(Dataset):
     """Torch dataset of episode dicts (one item = one episode, see docs/CONTRACTS.md).
 
-    ``episodes`` given -> fixed list (val/test); ``episodes=None`` -> ``length`` random episodes.
-    ``skip_bad_samples=True``: an episode touching a bad file is re-drawn (same classes when
-    possible) and the skip is counted with a warning; otherwise the ``BadSampleError`` propagates,
-    naming the file.
+    ``episodes`` given -> fixed list (val/test); ``episodes=None`` -> ``length`` training episodes,
+    draw id ``i`` -> ``train_draw(i)`` when a protocol gives one (``protocols.py``), else a random
+    episode seeded by ``(seed, i)``.
+    ``skip_bad_samples=True``: an episode touching a bad file is replaced by one drawn from a
+    generator seeded by ``(seed, index, attempt)`` avoiding the bad files met while loading *this*
+    episode (same classes when possible), so every episode is a function of its index and the data
+    only, whatever the worker count, rank or load order; the skip is counted with a warning.
+    Otherwise the ``BadSampleError`` propagates, naming the file.
     """
 
     def __init__(self, dataset: FewShotDataset, shots: int = 1, n_way: int = 1,
                  episodes: Optional[List[Episode]] = None, length: int = 1000, image_size: int = 518,
                  train: bool = False, augment: bool = True, seed: int = 0, skip_bad_samples: bool = False,
-                 max_retries: int = 20) -> None:
+                 max_retries: int = 20, train_draw=None) -> None:
         self.dataset, self.shots, self.n_way = dataset, shots, n_way
+        self.train_draw = train_draw
         self.episodes = episodes
         self.length = length
         self.train = train
@@ -201,31 +207,39 @@ class EpisodeDataset(Dataset):
         """The episode for an index (fixed list entry, or a fresh random draw for training)."""
         if self.episodes is not None:
             return self.episodes[index]
+        if self.train_draw is not None:
+            return self.train_draw(index)
         rng = np.random.default_rng([self.seed, index])
         return sample_episode(self.dataset, rng, self.shots, self.n_way, self._eligible)
 
     def __getitem__(self, index: int) -> Dict:
         ep = self.episode(index)
+        bad_here: set = set()  # bad files met by this episode only: the replacement never depends on load order
         for attempt in range(self.max_retries + 1):
             try:
-                return self._load(ep, index, attempt)
+                item = self._load(ep, index, attempt)
+                item["eval_seed"] = ep.seed_index
+                return item
             except BadSampleError as e:
                 if not self.skip_bad_samples:
                     raise
                 self.num_skipped += 1
                 self.bad_keys.add(e.path)
+                bad_here.add(e.path)
                 records = getattr(self.dataset, "records", {})  # a bad *mask* file bans its sample too
                 bad = frozenset(k for k in self.dataset.all_keys()
-                                if self.dataset.describe(k) in self.bad_keys or k in self.bad_keys
-                                or any(p in self.bad_keys for p in records.get(k, ())))
+                                if self.dataset.describe(k) in bad_here or k in bad_here
+                                or any(p in bad_here for p in records.get(k, ())))
                 warnings.warn(f"skip_bad_samples: skipped bad sample {e.path} ({e.reason}); "
                               f"{self.num_skipped} skipped so far in this process", stacklevel=2)
                 rng = np.random.default_rng([self.seed, index, attempt + 1])
                 try:
-                    ep = sample_episode(self.dataset, rng, self.shots, self.n_way, self._eligible,
-                                        first_class=ep.class_ids[0], banned=bad)
+                    replacement = sample_episode(self.dataset, rng, self.shots, self.n_way, self._eligible,
+                                                 first_class=ep.class_ids[0], banned=bad)
                 except (ValueError, IndexError):
-                    ep = sample_episode(self.dataset, rng, self.shots, self.n_way, self._eligible, banned=bad)
+                    replacement = sample_episode(self.dataset, rng, self.shots, self.n_way, self._eligible,
+                                                 banned=bad)
+                ep = Episode(replacement.query, replacement.supports, replacement.class_ids, ep.seed_index)
         raise RuntimeError(f"episode {index}: more than {self.max_retries} bad samples in a row")
 
     def _load(self, ep: Episode, index: int, attempt: int) -> Dict:

@@ -12,9 +12,11 @@ from .layout import SPLIT_ALIASES, pair_folder, read_lines, single_class_dirs
 class FSS1000(FileFewShotDataset):
     """FSS-1000: ``root/<class>/<N>.jpg`` + ``root/<class>/<N>.png`` (binary masks, any encoding).
 
-    ``split_dir`` holds ``trn.txt``/``val.txt``/``test.txt`` (520/240/240 class names); class ids are
-    the positions in trn+val+test concatenated (0..999). Without ``split_dir`` all class folders
-    found are used for every split (sorted; ids = positions).
+    ``split_dir`` holds ``trn.txt``/``val.txt``/``test.txt`` (520/240/240 class names); as in HSNet
+    (data/fss.py:22-24, 98-104) each split's names are sorted and class ids are the split's offset
+    (0 / 520 / 760) + the sorted index. Without ``split_dir`` all class folders found are used for every
+    split (sorted; ids = positions). Sample keys are ``<class>/<N>.jpg`` (the names HSNet's episodes
+    use), each class's keys in plain string order (``1.jpg, 10.jpg, 2.jpg, ...``, data/fss.py:107-113).
     Also accepts the single-class layout ``root/support/image/*.jpg`` + ``root/support/label/*.png``
     (class name = ``class_name`` or the folder name).
     """
@@ -43,7 +45,7 @@ class FSS1000(FileFewShotDataset):
                 p = os.path.join(split_dir, f"{s}.txt")
                 if not os.path.isfile(p):
                     raise FileNotFoundError(f"FSS-1000 split file {p!r} not found")
-                split_names[s] = read_lines(p)
+                split_names[s] = sorted(read_lines(p))
                 all_names += split_names[s]
             wanted = split_names[self.split]
         else:
@@ -64,7 +66,7 @@ class FSS1000(FileFewShotDataset):
             keys = []
             for f in files:
                 if f.lower().endswith((".jpg", ".jpeg")) and stem(f) in pngs:
-                    p = os.path.join(folder, f)
-                    self.records[p] = (p, pngs[stem(f)])
-                    keys.append(p)
+                    key = f"{n}/{f}"
+                    self.records[key] = (os.path.join(folder, f), pngs[stem(f)])
+                    keys.append(key)
             self.samples_by_class[ids[n]] = keys

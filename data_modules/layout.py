@@ -45,3 +45,18 @@ def single_class_dirs(root: str):
         if os.path.isdir(a) and os.path.isdir(b):
             return a, b
     return None
+
+
+def classes_by_area(label, wanted, min_pixels: int = 0, drop_if_unwanted: bool = False) -> List[int]:
+    """The classes (label values) an image counts for, by BAM/HDMNet's rule (HDMNet util/dataset.py:24-80,
+    make_dataset): values 0 and 255 are not classes; with ``drop_if_unwanted`` an image holding any
+    class outside ``wanted`` (of any size) counts for nothing (training images with a test-fold class,
+    dataset.py:59); otherwise each wanted class counts when it covers >= ``min_pixels`` pixels of the
+    label at its original size (dataset.py:65/73 use 2*32*32)."""
+    import numpy as np
+
+    values, counts = np.unique(label, return_counts=True)
+    present = {int(v): int(n) for v, n in zip(values, counts) if v not in (0, 255)}
+    if drop_if_unwanted and not set(present) <= set(wanted):
+        return []
+    return [v for v, n in present.items() if v in wanted and n >= min_pixels]

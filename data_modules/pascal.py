@@ -2,94 +2,172 @@
 
 from __future__ import annotations
 
+import ast
 import os
-from typing import Optional
-
-import numpy as np
+from typing import Dict, List, Optional
 
 from .base import FileFewShotDataset, stem
-from .layout import SPLIT_ALIASES, read_lines
+from .layout import SPLIT_ALIASES, classes_by_area, read_lines
 from .masks import read_mask
 
 
 class Pascal5i(FileFewShotDataset):
     """PASCAL-5i: ``root/JPEGImages/<id>.jpg`` + ``root/SegmentationClassAug/<id>.png`` (class-index,
-    1..20, 255 boundary = ignore). Fold i tests 0-based classes 5i..5i+4.
+    1..20, 255 boundary = ignore). Fold i tests 0-based classes 5i..5i+4; sample keys are VOC ids.
 
-    ``list_dir``: a folder with ``{trn,val}/fold{i}.txt`` of ``<voc id>__<class 1..20>`` lines (the
-    lists used by the literature). Without it the pairs are derived from the masks: every (image,
-    class) with the class present, using ``root/ImageSets/Segmentation/{train,val}.txt`` (or
-    ``train_aug.txt``) to choose images when present, else all masks. Train split = base classes,
-    val/test = the fold's novel classes.
+    ``list_dir`` holds one of the field's list formats (detected):
+
+    * HSNet/PATNet ``{trn,val}/fold{j}.txt`` of ``<voc id>__<class 1..20>`` lines. ``trn/fold{j}``
+      lists the training images of fold j's *own* classes, so fold i trains on ``trn/fold{j}`` for
+      every j != i (HSNet data/pascal.py:117-131); val/test read ``val/fold{i}.txt``.
+    * BAM/HDMNet's pre-filtered ``fss_list/{train,val}/data_list_{i}.txt`` +
+      ``sub_class_file_list_{i}.txt`` (``list_dir`` = the folder holding ``fss_list`` or ``fss_list``
+      itself); the dict file is parsed as a literal, never executed.
+    * PFENet's ``voc_sbd_merge_noduplicate.txt`` (train) / ``val.txt`` (``JPEGImages/<id>.jpg
+      SegmentationClassAug/<id>.png`` lines): the classes of each image come from its mask.
+
+    Without ``list_dir`` the pairs are derived from the masks, using
+    ``root/ImageSets/Segmentation/{train_aug,train,val}.txt`` to choose images when present, else all
+    masks. Wherever classes come from masks, ``min_pixels`` and ``exclude_novel_images`` apply BAM's
+    rule (``layout.classes_by_area``). Train split = base classes, val/test = the fold's novel classes.
+
+    ``list_pairs`` keeps the (id, class) pairs in list order (duplicates kept) and
+    ``samples_by_class`` the class pools in list order, as the reference code iterates them.
+    Reading lists never opens an image; missing image folders only fail when a sample is loaded.
     """
 
     name = "pascal5i"
     CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
                "train", "tvmonitor")
+    PFENET_LISTS = {"trn": "voc_sbd_merge_noduplicate.txt", "val": "val.txt", "test": "val.txt"}
 
     def __init__(self, root: str, fold: int = 0, split: str = "train", list_dir: Optional[str] = None,
                  mask_encoding: str = "auto", image_dir: str = "JPEGImages",
-                 mask_dir: str = "SegmentationClassAug") -> None:
+                 mask_dir: str = "SegmentationClassAug", min_pixels: int = 0,
+                 exclude_novel_images: bool = False) -> None:
         super().__init__(mask_encoding)
         if not 0 <= fold < 4:
             raise ValueError(f"PASCAL-5i fold must be 0..3, got {fold}")
         self.root, self.fold, self.split = root, fold, SPLIT_ALIASES[split]
         self.image_dir, self.mask_dir = os.path.join(root, image_dir), os.path.join(root, mask_dir)
-        for d in (self.image_dir, self.mask_dir):
-            if not os.path.isdir(d):
-                raise FileNotFoundError(f"PASCAL-5i: missing folder {d!r} (expected VOC2012 layout)")
+        self.min_pixels, self.exclude_novel_images = min_pixels, exclude_novel_images
         novel = list(range(5 * fold, 5 * fold + 5))
         self.class_ids = novel if self.split != "trn" else [c for c in range(20) if c not in novel]
         self.class_names = dict(enumerate(self.CLASSES))
-        pairs = self._read_list(list_dir) if list_dir else self._derive_pairs()
+        if list_dir is None:
+            self.list_format, pairs = "masks", self._derive_pairs(self._image_set_ids())
+        elif self._bam_dir(list_dir):
+            self.list_format, pairs = "bam", self._read_bam(self._bam_dir(list_dir))
+        elif os.path.isfile(os.path.join(list_dir, self.PFENET_LISTS[self.split])):
+            ids = self._read_pfenet(os.path.join(list_dir, self.PFENET_LISTS[self.split]))
+            self.list_format, pairs = "pfenet", self._derive_pairs(ids)
+        else:
+            self.list_format, pairs = "hsnet", self._read_hsnet(list_dir)
         wanted = set(self.class_ids)
+        self.list_pairs = [(i, c) for i, c in pairs if c in wanted]
         self.samples_by_class = {c: [] for c in self.class_ids}
-        for img_id, c in pairs:
-            if c not in wanted:
-                continue
+        for img_id, c in self.list_pairs:
             if img_id not in self.records:
                 self.records[img_id] = (os.path.join(self.image_dir, img_id + ".jpg"),
                                         os.path.join(self.mask_dir, img_id + ".png"))
-            self.samples_by_class[c].append(img_id)
-        for c in self.samples_by_class:
-            self.samples_by_class[c] = sorted(set(self.samples_by_class[c]))
+            if img_id not in self.samples_by_class[c]:
+                self.samples_by_class[c].append(img_id)
 
-    def _read_list(self, list_dir: str):
+    # -- list formats ------------------------------------------------------------------------
+    def _bam_dir(self, list_dir: str) -> Optional[str]:
+        for d in (os.path.join(list_dir, "fss_list"), list_dir):
+            if os.path.isdir(os.path.join(d, "train")) and os.path.isdir(os.path.join(d, "val")):
+                return d
+        return None
+
+    def _read_hsnet(self, list_dir: str):
+        folds = [j for j in range(4) if j != self.fold] if self.split == "trn" else [self.fold]
         split = "trn" if self.split == "trn" else "val"
-        path = os.path.join(list_dir, split, f"fold{self.fold}.txt")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"PASCAL-5i split list {path!r} not found (expected <list_dir>/{split}/fold{self.fold}.txt)")
         pairs = []
-        with open(path) as f:
-            for n, line in enumerate(f, 1):
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    img_id, c = line.rsplit("__", 1)
-                    pairs.append((img_id, int(c) - 1))
-                except ValueError as e:
-                    raise ValueError(f"{path}:{n}: expected '<voc id>__<class 1..20>', got {line!r}") from e
+        for j in folds:
+            path = os.path.join(list_dir, split, f"fold{j}.txt")
+            if not os.path.isfile(path):
+                raise FileNotFoundError(
+                    f"PASCAL-5i split list {path!r} not found (expected HSNet's <list_dir>/{split}/fold{j}.txt, "
+                    f"BAM's <list_dir>/fss_list/ or PFENet's {self.PFENET_LISTS[self.split]})")
+            with open(path) as f:
+                for n, line in enumerate(f, 1):
+                    line = line.strip()
+                    if not line:
+                        continue
+                    try:
+                        img_id, c = line.rsplit("__", 1)
+                        pairs.append((img_id, int(c) - 1))
+                    except ValueError as e:
+                        raise ValueError(f"{path}:{n}: expected '<voc id>__<class 1..20>', got {line!r}") from e
         return pairs
 
-    def _derive_pairs(self):
+    def _read_bam(self, bam_dir: str):
+        split = "train" if self.split == "trn" else "val"
+        data_list = os.path.join(bam_dir, split, f"data_list_{self.fold}.txt")
+        dict_file = os.path.join(bam_dir, split, f"sub_class_file_list_{self.fold}.txt")
+        image_ids = [stem(line.split()[0]) for line in read_lines(data_list)]
+        pools = read_class_file_dict(dict_file)
+        classes_of: Dict[str, List[int]] = {i: [] for i in image_ids}
+        for value in sorted(pools):
+            for img_id in pools[value]:
+                if img_id not in classes_of:
+                    raise ValueError(f"{dict_file}: image {img_id!r} of class {value} is not in {data_list}")
+                classes_of[img_id].append(value - 1)
+        return [(i, c) for i in image_ids for c in classes_of[i]]
+
+    @staticmethod
+    def _read_pfenet(path: str) -> List[str]:
+        ids = []
+        for n, line in enumerate(read_lines(path), 1):
+            parts = line.split()
+            if len(parts) != 2:
+                raise ValueError(f"{path}:{n}: expected '<image path> <mask path>', got {line!r}")
+            ids.append(stem(parts[0]))
+        return ids
+
+    def _image_set_ids(self) -> List[str]:
         sets = os.path.join(self.root, "ImageSets", "Segmentation")
-        names = ["train_aug.txt", "train.txt"] if self.split == "trn" else ["val.txt"]
-        ids = None
-        for n in names:
+        for n in (["train_aug.txt", "train.txt"] if self.split == "trn" else ["val.txt"]):
             if os.path.isfile(os.path.join(sets, n)):
-                ids = read_lines(os.path.join(sets, n))
-                break
-        if ids is None:
-            ids = sorted(stem(f) for f in os.listdir(self.mask_dir) if f.endswith(".png"))
+                return read_lines(os.path.join(sets, n))
+        if not os.path.isdir(self.mask_dir):
+            raise FileNotFoundError(f"PASCAL-5i: missing folder {self.mask_dir!r} (expected VOC2012 layout) "
+                                    f"and no list_dir given")
+        return sorted(stem(f) for f in os.listdir(self.mask_dir) if f.endswith(".png"))
+
+    def _derive_pairs(self, ids: List[str]):
+        wanted = {c + 1 for c in self.class_ids}
         pairs = []
         for img_id in ids:
             m = read_mask(os.path.join(self.mask_dir, img_id + ".png"), "index")
-            for v in np.unique(m):
-                if 1 <= v <= 20:
-                    pairs.append((img_id, int(v) - 1))
+            for v in sorted(classes_by_area(m, wanted, self.min_pixels, self.exclude_novel_images)):
+                pairs.append((img_id, v - 1))
         return pairs
 
     def mask_value(self, key: str, class_id: int) -> Optional[int]:
         return class_id + 1
+
+
+def read_class_file_dict(path: str) -> Dict[int, List[str]]:
+    """BAM/HDMNet's ``sub_class_file_list_*.txt``: a Python dict literal {class 1..N: [(image path,
+    mask path), ...]} (HDMNet util/dataset.py:194-197 ``eval``s it; here it is parsed as a literal,
+    never executed). Returns {class value: [image id (file stem), ...]} in file order."""
+    with open(path) as f:
+        text = f.read()
+    try:
+        raw = ast.literal_eval(text)
+    except (ValueError, SyntaxError) as e:
+        raise ValueError(f"{path}: not a Python dict literal of class -> [(image, mask), ...] ({e})") from e
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a dict literal, got {type(raw).__name__}")
+    out = {}
+    for value, items in raw.items():
+        if not isinstance(value, int) or not isinstance(items, list):
+            raise ValueError(f"{path}: entry {value!r} is not 'int: [(image, mask), ...]'")
+        try:
+            out[value] = [stem(img) for img, _mask in items]
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: class {value}: items must be (image, mask) pairs ({e})") from e
+    return out
