@@ -236,9 +236,10 @@ class EpisodeDataset(Dataset):
                 try:
                     replacement = sample_episode(self.dataset, rng, self.shots, self.n_way, self._eligible,
                                                  first_class=ep.class_ids[0], banned=bad)
-                except (ValueError, IndexError):
-                    replacement = sample_episode(self.dataset, rng, self.shots, self.n_way, self._eligible,
-                                                 banned=bad)
+                except (ValueError, IndexError):  # too few good images left in that class: any class with enough
+                    usable = [c for c in self._eligible if sum(k not in bad for k in self.dataset.samples_by_class[c])
+                              >= self.shots + 1]
+                    replacement = sample_episode(self.dataset, rng, self.shots, self.n_way, usable, banned=bad)
                 ep = Episode(replacement.query, replacement.supports, replacement.class_ids, ep.seed_index)
         raise RuntimeError(f"episode {index}: more than {self.max_retries} bad samples in a row")
 

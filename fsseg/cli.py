@@ -23,6 +23,7 @@ TOOLS = {
     "params": "fsseg.models.__main__:main",
     "export": "fsseg.export:main",
     "demo-ui": "fsseg.webui:main",
+    "episodes": "fsseg.episodes_tool:main",
 }
 
 
