@@ -321,10 +321,10 @@ def test_class_with_too_few_images(tmp_path):
         FSS1000(str(tmp_path / "fss"), "train", split_dir=str(tmp_path / "splits"))
 
 
-def test_pascal_from_lists_and_derived(tmp_path):
+def test_pascal_derived_from_masks(tmp_path):
+    """Pairs derived from the masks (no list_dir); the real list formats: tests/test_protocols.py."""
     root = tmp_path / "VOC2012"
     rng = np.random.default_rng(0)
-    lines = {"trn": [], "val": []}
     for i in range(8):
         img_id = f"2007_{i:06d}"
         _save(f"{root}/JPEGImages/{img_id}.jpg", rng.integers(0, 255, (30, 40, 3), dtype=np.uint8))
@@ -333,17 +333,11 @@ def test_pascal_from_lists_and_derived(tmp_path):
         m[5:20, 5:25] = c
         m[4, 4:26] = 255  # boundary
         _save(f"{root}/SegmentationClassAug/{img_id}.png", m)
-        lines["val" if c <= 5 else "trn"].append(f"{img_id}__{c:02d}")
-    for s in ("trn", "val"):
-        os.makedirs(tmp_path / "lists" / s)
-        (tmp_path / "lists" / s / "fold0.txt").write_text("\n".join(lines[s]) + "\n")
-    test = Pascal5i(str(root), 0, "test", list_dir=str(tmp_path / "lists"))
+    test = Pascal5i(str(root), 0, "test")
     assert test.class_ids == [0, 1, 2, 3, 4]
-    assert len(test.samples_by_class[0]) == 2 and len(test.samples_by_class[1]) == 2
+    assert test.samples_by_class[0] == ["2007_000000", "2007_000004"] and len(test.samples_by_class[1]) == 2
     img, (m,) = test.load(test.samples_by_class[0][0], [0])
     assert set(np.unique(m).tolist()) == {0, 1, 255}
-    derived = Pascal5i(str(root), 0, "test")
-    assert derived.samples_by_class == test.samples_by_class
     train = Pascal5i(str(root), 0, "train")
     assert 6 in train.class_ids and len(train.samples_by_class[6]) == 2
     dm = EpisodicDataModule(dataset="pascal5i", root=str(root), image_size=32, test_episodes=5, batch_size=5)
