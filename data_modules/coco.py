@@ -27,7 +27,7 @@ class Coco20i(FileFewShotDataset):
     anything, see ``read_pool_pickle``); sample keys are those paths, masks
     ``root/annotations/<path>.png`` (HSNet data/coco.py:79-81). Reading the pools opens no image.
     Where classes come from the masks, ``min_pixels`` and ``exclude_novel_images`` apply BAM's rule
-    (``layout.classes_by_area``). Classes with fewer than K+1 images stay listed but the episode
+    (``layout.classes_by_area``; ``index.json`` is then not used, it holds no areas). Classes with fewer than K+1 images stay listed but the episode
     sampler never draws them.
     """
 
@@ -47,6 +47,7 @@ class Coco20i(FileFewShotDataset):
         self.class_names = dict(enumerate(names))
         novel = list(range(fold, 80, 4))
         self.class_ids = novel if self.split != "trn" else [c for c in range(80) if c not in novel]
+        self.list_format = "hsnet" if list_dir else "masks"
         if list_dir:
             path = os.path.join(list_dir, "trn" if self.split == "trn" else "val", f"fold{fold}.pkl")
             pools = read_pool_pickle(path)

@@ -11,8 +11,10 @@ up, with the reference file and line of every choice, in ``docs/protocols/<name>
   one epoch = one pass over the training images, K distinct supports, 10 evaluation seeds).
 
 Every list is computed once in the main process from the split lists only (no image is opened), so
-any number of workers and DDP processes evaluates exactly that list. Register another protocol
-with ``@register_protocol`` on an ``EpisodeProtocol`` subclass.
+any number of workers and DDP processes evaluates exactly that list. To add a protocol, subclass
+``EpisodeProtocol`` (``eval_episodes``, ``train_draw``; optionally ``dataset_options``,
+``eval_seeds``, ``default_num_episodes``), give it a ``name`` and decorate it with
+``@register_protocol``; ``protocol: <name>`` then selects it.
 """
 
 from __future__ import annotations
@@ -234,6 +236,14 @@ class _CocoHsnetDraw(TrainDraw):
         return Episode(query, (_supports_with_replacement(lambda n: int(rng.integers(n)), pool, query, self.shots),), (c,))
 
 
+def _check_area_filtered(ds: FewShotDataset, n_way: int) -> None:
+    _one_way("hdmnet", n_way)
+    if getattr(ds, "list_format", None) == "hsnet":
+        raise ValueError(f"protocol 'hdmnet' cannot use HSNet's lists for {ds!r}: they keep objects of any size. "
+                         "Give BAM's fss_list or PFENet's lists as split_dir (PASCAL-5i), or no split_dir (the "
+                         "pools are then derived from the masks with the 2*32*32-pixel rule)")
+
+
 @register_protocol
 class HdmnetProtocol(EpisodeProtocol):
     """The FS-DINO paper's recipe as HDMNet (github Pbihao/HDMNet) runs it, after PFENet and BAM."""
@@ -252,10 +262,7 @@ class HdmnetProtocol(EpisodeProtocol):
         return list(HDMNET_SEEDS) if split == "test" else [seed]
 
     def eval_episodes(self, ds, benchmark, split, shots, n_way, num_episodes, seeds, episodes_per_class=None):
-        _one_way(self.name, n_way)
-        if getattr(ds, "list_format", None) == "hsnet":
-            raise ValueError("protocol 'hdmnet' needs BAM's fss_list or PFENet's lists (split_dir), not HSNet's "
-                             "fold lists, which keep objects of any size")
+        _check_area_filtered(ds, n_way)
         eligible = eligible_classes(ds, shots)
         images = image_classes(ds, eligible)
         n = len(images) if num_episodes is None else num_episodes
@@ -271,7 +278,7 @@ class HdmnetProtocol(EpisodeProtocol):
         return episodes
 
     def train_draw(self, ds, benchmark, shots, n_way, seed, length):
-        _one_way(self.name, n_way)
+        _check_area_filtered(ds, n_way)
         eligible = eligible_classes(ds, shots)
         # train.py:157-163, 291: one epoch = one pass over the (filtered) training images, shuffled
         queries = image_classes(ds, eligible)

@@ -55,16 +55,16 @@ def _empty_fss_tree(root: Path) -> None:
 
 @needs_golden
 def test_hsnet_fss_episodes_equal_golden_via_cli(tmp_path):
-    """`fsseg episodes` on FSS-1000 class folders holding empty 1..10.jpg/png files."""
+    """FSS-1000 class folders holding empty 1..10.jpg/png files; 5-shot through `fsseg episodes`."""
     _empty_fss_tree(tmp_path / "fss")
+    init = {"dataset": "fss1000", "root": str(tmp_path / "fss"), "split_dir": str(SPLITS / "fss"), "protocol": "hsnet"}
+    cfg = tmp_path / "data.yaml"
+    cfg.write_text(json.dumps({"class_path": "data_modules.EpisodicDataModule", "init_args": {**init, "shots": 5}}))
+    run_fsseg(["episodes", "--data", str(cfg), "--split", "test", "--output", str(tmp_path / "fss5.json")], cwd=tmp_path)
     for shots in (1, 5):
-        cfg = tmp_path / f"data{shots}.yaml"
-        cfg.write_text(json.dumps({"class_path": "data_modules.EpisodicDataModule", "init_args": {
-            "dataset": "fss1000", "root": str(tmp_path / "fss"), "split_dir": str(SPLITS / "fss"),
-            "shots": shots, "protocol": "hsnet"}}))
-        out = tmp_path / f"fss{shots}.json"
-        run_fsseg(["episodes", "--data", str(cfg), "--split", "test", "--output", str(out)], cwd=tmp_path)
-        mine, golden = json.loads(out.read_text()), json.loads((GOLDEN / f"hsnet_fss_fold0_{shots}shot.json").read_text())
+        mine = (json.loads((tmp_path / "fss5.json").read_text()) if shots == 5
+                else EpisodicDataModule(**init, shots=1).episodes_json("test"))
+        golden = json.loads((GOLDEN / f"hsnet_fss_fold0_{shots}shot.json").read_text())
         assert mine["n_episodes"] == golden["n_episodes"] == 2400
         assert _episodes(mine) == _episodes(golden)
         assert [e["class_name"] for e in mine["episodes"]] == [e["class_name"] for e in golden["episodes"]]
@@ -281,8 +281,8 @@ def test_one_pass_epochs(tmp_path):
 
 
 def test_fit_then_test_on_an_episodes_file(tmp_path):
-    """`fsseg fit` from the real-format lists on a small VOC tree, then `fsseg episodes` and `fsseg test`
-    with data.episodes_file: the test evaluates exactly the file's episodes."""
+    """`fsseg fit` from the real-format lists on a small VOC tree, then `fsseg test` with
+    data.episodes_file: the test evaluates exactly the file's episodes."""
     root, lists = _voc_tree(tmp_path)
     cfg = str(CONFIGS / "fewshot_pascal5i_fold0_1shot.yaml")
     data = ["--data.init_args.root", str(root), "--data.init_args.split_dir", str(lists / "hsnet"),
@@ -293,12 +293,9 @@ def test_fit_then_test_on_an_episodes_file(tmp_path):
                "--trainer.default_root_dir", str(fit_dir), *csv_logger(fit_dir),
                "--trainer.callbacks", f'[{{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", '
                f'"init_args": {{"dirpath": "{fit_dir / "ckpt"}", "save_last": true}}}}]'], cwd=tmp_path)
-    data_cfg = tmp_path / "data.yaml"
-    data_cfg.write_text(json.dumps({"class_path": "data_modules.EpisodicDataModule", "init_args": {
-        "dataset": "pascal5i", "root": str(root), "split_dir": str(lists / "hsnet"), "protocol": "hsnet",
-        "test_episodes": 9, "seed": 3}}))
-    ep_file = tmp_path / "episodes.json"
-    run_fsseg(["episodes", "--data", str(data_cfg), "--output", str(ep_file)], cwd=tmp_path)
+    ep_file = tmp_path / "episodes.json"  # a list another protocol and seed drew (`fsseg episodes` writes the same)
+    ep_file.write_text(json.dumps(EpisodicDataModule("pascal5i", root=str(root), split_dir=str(lists / "hsnet"),
+                                                     protocol="hsnet", test_episodes=9, seed=3).episodes_json("test")))
     expected = json.loads(ep_file.read_text())["episodes"]
     record = tmp_path / "seen"
     run_fsseg(["test", "--config", cfg, *TINY_FEWSHOT, *data, "--data.init_args.episodes_file", str(ep_file),
@@ -311,3 +308,19 @@ def test_fit_then_test_on_an_episodes_file(tmp_path):
     assert [r["episode_index"] for r in seen] == list(range(9))
     assert [(r["query"], r["supports"], r["class_id"]) for r in seen] == [
         (e["query"] + ".jpg", [s + ".jpg" for s in e["supports"]], e["class_id"]) for e in expected]
+
+
+def test_bad_protocol_inputs_are_named(tmp_path):
+    root, lists = _voc_tree(tmp_path)
+    with pytest.raises(ValueError, match="unknown episode protocol 'hdmnett'.*registered"):
+        EpisodicDataModule("pascal5i", root=str(root), protocol="hdmnett")
+    with pytest.raises(ValueError, match="'hdmnet' cannot use HSNet's lists"):
+        EpisodicDataModule("pascal5i", root=str(root), split_dir=str(lists / "hsnet"), protocol="hdmnet").setup("test")
+    with pytest.raises(ValueError, match="defines 1-way episodes only"):
+        EpisodicDataModule("pascal5i", root=str(root), split_dir=str(lists / "hsnet"), protocol="hsnet",
+                           n_way=2).setup("test")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"episodes": [{"query": "2011_0010", "supports": ["2099_0000"], "class_id": 0}]}))
+    with pytest.raises(ValueError, match=r"bad.json.*episode 0 names '2099_0000'"):
+        EpisodicDataModule("pascal5i", root=str(root), split_dir=str(lists / "hsnet"),
+                           episodes_file=str(bad)).setup("test")
