@@ -14,7 +14,7 @@ from .masks import read_mask
 
 class Coco20i(FileFewShotDataset):
     """COCO-20i. Fold i tests the 0-based classes {i, i+4, ..., i+76}; train uses the other 60
-    (HSNet data/coco.py:60-66; HDMNet's ``use_split_coco``, util/dataset.py:119-132).
+    (HSNet data/coco.py:60-66; HDMNet's ``use_split_coco``, util/dataset.py:129-143).
 
     Layouts (class-index masks, value k = class k 1-based, 0 = background):
     * coco128 style: ``root/images/<id>.jpg``, ``root/masks/<id>.png``, optional ``classes.txt``

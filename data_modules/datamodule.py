@@ -228,9 +228,10 @@ class EpisodicDataModule(L.LightningDataModule):
     def episodes_json(self, split: str = "test") -> Dict:
         """The ``split`` episode list in the schema of the reference episode files (``episode_files.py``)."""
         episodes = self.episode_list(split)
+        own_val = split == "val" and not self.val_on_test
         header = {"benchmark": self.dataset_name, "protocol": self.protocol_name, "split": split,
-                  "fold": self.fold, "shot": self.shots, "seed": self.val_seed if split == "val" else self.seed,
-                  "eval_seeds": self.eval_seeds if split == "test" else [self.val_seed]}
+                  "fold": self.fold, "shot": self.shots, "seed": self.val_seed if own_val else self.seed,
+                  "eval_seeds": [self.val_seed] if own_val else self.eval_seeds}
         return episodes_to_json(episodes, self.datasets[split].dataset, header)
 
 

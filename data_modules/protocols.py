@@ -73,7 +73,7 @@ class TrainDraw:
 
 
 def _supports_with_replacement(pick, pool: Sequence[str], query: str, shots: int) -> Tuple[str, ...]:
-    """HSNet's loop (data/pascal.py:99-103, coco.py:95-99, fss.py:89-95): draw one pool entry at a
+    """HSNet's loop (data/pascal.py:100-103, coco.py:96-99, fss.py:90-94): draw one pool entry at a
     time, reject only the query itself, so a support can repeat."""
     if not any(k != query for k in pool):
         raise ValueError(f"no support image besides the query {query!r} in its class")
@@ -86,7 +86,7 @@ def _supports_with_replacement(pick, pool: Sequence[str], query: str, shots: int
 
 
 def _distinct_supports(rng: np.random.Generator, pool: Sequence[str], query: str, shots: int) -> Tuple[str, ...]:
-    """BAM/HDMNet (util/dataset.py:253-264): K different supports, none the query."""
+    """BAM/HDMNet (util/dataset.py:250-265): K different supports, none the query."""
     others = [k for k in dict.fromkeys(pool) if k != query]
     if len(others) < shots:
         raise ValueError(f"{len(others)} support image(s) besides the query {query!r}, need K={shots}")
@@ -197,7 +197,7 @@ class HsnetProtocol(EpisodeProtocol):
             return episodes
         pairs = [(k, c) for k, c in list_pairs(ds) if c in eligible]
         if benchmark == "fss1000":
-            # data/fss.py:89-92: supports are range(1, 11) -> '<class>/<n>.jpg', i.e. the class's
+            # data/fss.py:91-92: supports are range(1, 11) -> '<class>/<n>.jpg', i.e. the class's
             # images in numeric order (not the string order the queries follow)
             pools = {c: sorted(ds.samples_by_class[c], key=_natural) for c in eligible}
         else:
@@ -258,7 +258,7 @@ class HdmnetProtocol(EpisodeProtocol):
         return {}
 
     def eval_seeds(self, seed, split):
-        # test.py:35-38 and 162-168: the same list evaluated under 10 seeds in turn
+        # test.py:35-38, 150-157: the same list evaluated under 10 seeds in turn
         return list(HDMNET_SEEDS) if split == "test" else [seed]
 
     def eval_episodes(self, ds, benchmark, split, shots, n_way, num_episodes, seeds, episodes_per_class=None):
