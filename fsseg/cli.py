@@ -24,6 +24,8 @@ TOOLS = {
     "export": "fsseg.export:main",
     "demo-ui": "fsseg.webui:main",
     "episodes": "fsseg.episodes_tool:main",
+    "davis": "fsseg.video:main",
+    "davis-eval": "fsseg.davis_eval:main",
 }
 
 
