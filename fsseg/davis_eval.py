@@ -222,15 +222,20 @@ def write_csvs(scores: DavisScores, output_dir: str | Path, subset: str) -> tupl
     return g_path, s_path
 
 
+def add_davis_arguments(p: argparse.ArgumentParser) -> None:
+    """``--davis_root`` and ``--set``, shared by ``fsseg davis`` and ``fsseg davis-eval``."""
+    p.add_argument("--davis_root", required=True, help="folder with JPEGImages/, Annotations/, ImageSets/")
+    p.add_argument("--set", default="val", help="sequence list ImageSets/2017/<set>.txt (default val)")
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     p = argparse.ArgumentParser(
         prog="fsseg davis-eval",
         description="DAVIS-2017 semi-supervised J / F / J&F of a results folder, as the official evaluator "
                     "computes them (first and last frames excluded; void pixels count as background). "
                     "CSVs already in the folder are never reused: scores are always recomputed.")
-    p.add_argument("--davis_root", required=True, help="folder with JPEGImages/, Annotations/, ImageSets/")
+    add_davis_arguments(p)
     p.add_argument("--results_dir", required=True, help="results folder: <seq>/<frame>.png index maps")
-    p.add_argument("--set", default="val", help="sequence list ImageSets/2017/<set>.txt (default val)")
     p.add_argument("--output_dir", help="where the two CSVs go (default: the results folder, as the reference)")
     a = p.parse_args(argv)
     try:

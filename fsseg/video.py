@@ -36,6 +36,7 @@ from data_modules.davis import (
     read_sequence_names,
     write_index_png,
 )
+from fsseg.davis_eval import add_davis_arguments
 from fsseg.models.fsdino import SupportEncoding
 
 
@@ -159,9 +160,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--ckpt_path", help="FewShotModule checkpoint (as for fsseg predict)")
     p.add_argument("--small", action="store_true",
                    help="use the small built-in model with random weights instead (smoke tests only)")
-    p.add_argument("--davis_root", required=True, help="folder with JPEGImages/, Annotations/, ImageSets/")
+    add_davis_arguments(p)
     p.add_argument("--output_dir", required=True, help="results folder to write")
-    p.add_argument("--set", default="val", help="sequence list ImageSets/2017/<set>.txt (default val)")
     p.add_argument("--sequences", nargs="+", help="only these sequences (default: the whole set)")
     p.add_argument("--memory", action="store_true",
                    help="add the previous predicted frame as a second support shot (the 'memory' variant; "
