@@ -81,13 +81,15 @@ def read_sequences(root: str | Path, subset: str = "val") -> list[DavisSequence]
 
 
 def read_index_png(path: str | Path) -> np.ndarray:
-    """A single-channel (mode P / L / 1) index map -> ``uint8 [H, W]``; a colour PNG is an error
-    (its palette indices are the object ids, an RGB rendering has lost them)."""
+    """A single-channel index map (mode P / L / 1, or 16/32-bit grey with ids <= 255) -> ``uint8 [H, W]``;
+    a colour PNG is an error (its palette indices are the object ids, an RGB rendering has lost them)."""
     with Image.open(path) as im:
-        if im.mode not in ("P", "L", "1"):
+        if im.mode not in ("P", "L", "1", "I", "I;16", "I;16B"):
             raise ValueError(f"{path}: mode {im.mode} PNG; DAVIS masks are single-channel index maps "
                              "(mode P with the DAVIS palette, or L)")
         arr = np.array(im)
+    if arr.size and (arr.min() < 0 or arr.max() > 255):
+        raise ValueError(f"{path}: ids {arr.min()}..{arr.max()}; DAVIS index maps hold 0..255")
     return arr.astype(np.uint8)
 
 

@@ -184,18 +184,24 @@ def test_supports_encoded_once_and_frames_batched(memory):
     frames = [rng.integers(0, 255, (48, 70, 3), dtype=np.uint8) for _ in range(5)]
     first = np.zeros((48, 70), np.uint8)
     first[5:20, 5:30], first[25:40, 40:60], first[0, 0] = 2, 5, 255  # ids need not be 1..N
-    calls = {"extract": 0}
-    extract = module.model.extract
+    calls = {"extract": 0, "two_shot": 0}
+    extract, encode = module.model.extract, module.model.encode_support_features
 
     def counting_extract(*a, **k):
         calls["extract"] += 1
         return extract(*a, **k)
 
-    module.model.extract = counting_extract
+    def counting_encode(feats, masks):
+        calls["two_shot"] += masks.shape[1] == 2
+        return encode(feats, masks)
+
+    module.model.extract, module.model.encode_support_features = counting_extract, counting_encode
     maps = seg.segment(frames, first)
     assert seg.support_encodings_computed == 2  # one per object, not per frame
     # first frame once + the 4 later frames: in one batch, or one by one with --memory
     assert calls["extract"] == (5 if memory else 2)
+    # --memory: frames 2..4 also use the previous frame as a second shot (for each object it found there)
+    assert (calls["two_shot"] > 0) == memory and calls["two_shot"] <= 2 * 3
     assert np.array_equal(maps[0], np.where(first == 255, 0, first))
     assert all(m.shape == (48, 70) and m.dtype == np.uint8 and set(np.unique(m)) <= {0, 2, 5} for m in maps)
 
