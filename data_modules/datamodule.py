@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Literal, Optional, Tuple
 
 import lightning as L
 import numpy as np
@@ -264,13 +264,17 @@ class UnlabelledDataModule(L.LightningDataModule):
     """Unlabelled images for distillation: batch ``{"image": [B,3,S,S], "path": list[str], "index": [B]}``.
 
     ``root=None`` falls back to ``synthetic_images`` synthetic pictures so the demo runs without data.
+    ``teacher_view='longest_side'`` (default) also serves each folder image as SAM's predictor sees
+    it (``teacher_image`` padded + ``teacher_valid``) for ``DistillationModule(teacher_preprocess='sam')``;
+    ``'none'`` serves only the square ``image`` (synthetic pictures are square: never needed).
     ``val_fraction`` of the images (chosen by a permutation seeded with ``seed``; at least one when
     > 0 and there are >= 2 images) go to validation. ``index`` is the position in the full folder.
     """
 
     def __init__(self, root: Optional[str] = None, image_size: int = 1024, batch_size: int = 4,
                  num_workers: int = 0, val_fraction: float = 0.1, seed: int = 0,
-                 synthetic_images: int = 64, shuffle: bool = True) -> None:
+                 synthetic_images: int = 64, shuffle: bool = True,
+                 teacher_view: Literal["none", "longest_side"] = "longest_side") -> None:
         super().__init__()
         self.save_hyperparameters()
         self.root, self.image_size, self.batch_size = root, image_size, batch_size
@@ -282,7 +286,7 @@ class UnlabelledDataModule(L.LightningDataModule):
         if self.full is not None:
             return
         if self.root:
-            self.full = UnlabelledImageFolder(self.root, self.image_size)
+            self.full = UnlabelledImageFolder(self.root, self.image_size, self.hparams.teacher_view)
         else:
             self.full = _SyntheticImages(self.synthetic_images, self.image_size, self.seed)
         n = len(self.full)

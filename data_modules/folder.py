@@ -76,10 +76,15 @@ class UnlabelledImageFolder:
 
     Non-image files are skipped with one counted warning; an empty folder is an error naming it.
     Images are resized to ``image_size`` x ``image_size`` without augmentation (cacheable).
+    ``teacher_view='longest_side'`` adds ``"teacher_image"`` (the image as SAM's predictor resizes it:
+    long side ``image_size``, zero padded at the bottom/right, ``transforms.sam_longest_side``) and
+    ``"teacher_valid"`` (h, w of its content).
     """
 
-    def __init__(self, root: str, image_size: int = 1024) -> None:
-        self.root, self.image_size = root, image_size
+    def __init__(self, root: str, image_size: int = 1024, teacher_view: str = "none") -> None:
+        if teacher_view not in ("none", "longest_side"):
+            raise ValueError(f"teacher_view must be 'none' or 'longest_side', got {teacher_view!r}")
+        self.root, self.image_size, self.teacher_view = root, image_size, teacher_view
         self.paths = list_images(root, recursive=True, what="unlabelled image folder")
 
     def __len__(self) -> int:
@@ -88,8 +93,15 @@ class UnlabelledImageFolder:
     def __getitem__(self, index: int):
         from .transforms import image_to_tensor, resize_image
 
-        img = resize_image(read_image(self.paths[index]), self.image_size)
+        from .transforms import sam_longest_side
+
+        original = read_image(self.paths[index])
         import torch
 
-        return {"image": image_to_tensor(img), "path": self.paths[index],
+        item = {"image": image_to_tensor(resize_image(original, self.image_size)), "path": self.paths[index],
                 "index": torch.tensor(index, dtype=torch.int64)}
+        if self.teacher_view == "longest_side":
+            padded, valid = sam_longest_side(original, self.image_size)
+            item["teacher_image"] = image_to_tensor(padded)
+            item["teacher_valid"] = torch.tensor(valid, dtype=torch.int64)
+        return item

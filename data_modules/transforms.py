@@ -63,3 +63,20 @@ def image_to_tensor(image: np.ndarray) -> torch.Tensor:
 
 def resize_image(image: np.ndarray, image_size: int) -> np.ndarray:
     return cv2.resize(image, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
+
+
+def sam_longest_side(image: np.ndarray, long_side: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """What SAM's predictor feeds its encoder before normalisation: ``ResizeLongestSide.apply_image``
+    (segment_anything/utils/transforms.py:26-31, 94-102: PIL bilinear to the long side, rounding
+    ``int(x + 0.5)``), then zero padding at the bottom/right to ``long_side`` square
+    (``Sam.preprocess``; the teacher re-zeroes the padding after normalising). Returns the padded
+    uint8 image and the (h, w) of its content."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    scale = long_side * 1.0 / max(h, w)
+    nh, nw = int(h * scale + 0.5), int(w * scale + 0.5)
+    resized = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+    out = np.zeros((long_side, long_side, 3), dtype=np.uint8)
+    out[:nh, :nw] = resized
+    return out, (nh, nw)

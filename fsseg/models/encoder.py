@@ -1,8 +1,21 @@
 """Frozen DINOv2 encoder (timm ``VisionTransformer``) with two taps: block ``tap_block`` and last layer.
 
 Built from a registry of the official DINOv2 architectures (timm's ``vit_*_patch14[_reg4]_dinov2``
-settings) plus ``dinov2_tiny`` for tests and demos. ``dynamic_img_size=True``: any input whose
-height and width are multiples of 14 works (position embeddings are resampled by timm, bicubic).
+settings) plus ``dinov2_tiny`` for tests and demos. Any input whose height and width are multiples
+of 14 works.
+
+Position embeddings at other sizes than 518 (``pos_interpolation='official'``, default): the table
+keeps the checkpoint's 37x37 grid (the hub models are built with ``img_size=518``) and is resampled
+per input as facebookresearch/dinov2 ``dinov2/models/vision_transformer.py:180-212``
+``interpolate_pos_encoding`` does: bicubic, in float32; models without registers use
+``interpolate_offset=0.1`` through ``scale_factor=((h+0.1)/37, (w+0.1)/37)`` and no antialias
+(``dinov2/hub/backbones.py:27-28``, the ``_make_dinov2_model`` defaults the four plain builders keep),
+``_reg4`` models an output ``size`` with antialias (``backbones.py:107-108, 122-123, 137-138,
+153-154``: ``interpolate_antialias=True, interpolate_offset=0.0``). At the native grid the table is
+used as is (official ``npatch == N and w == h`` early return), so 518 is bit-identical to before.
+``pos_interpolation='timm'`` is fsseg's behaviour before this option existed (table resampled to
+``img_size`` when loading, then timm's antialiased bicubic without offset): checkpoints written
+before it keep their outputs.
 
 Loading an official checkpoint (``dinov2_vitb14_pretrain.pth`` etc.): the state dict goes through
 ``timm.models.vision_transformer.checkpoint_filter_fn`` (drops ``mask_token``, maps
@@ -12,10 +25,12 @@ and is then loaded strictly; a checkpoint of another architecture raises
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .weights import CheckpointMismatchError, load_state_dict_file, resolve_checkpoint, strict_load
@@ -35,6 +50,16 @@ class DINOv2Arch:
     swiglu: bool = False
     url: Optional[str] = None
 
+    @property
+    def interpolate_offset(self) -> float:
+        # dinov2/hub/backbones.py:28 (plain) vs :108 (reg4)
+        return 0.0 if self.reg_tokens else 0.1
+
+    @property
+    def interpolate_antialias(self) -> bool:
+        # dinov2/hub/backbones.py:27 (plain) vs :107 (reg4)
+        return bool(self.reg_tokens)
+
 
 def _arch(base: str, dim: int, depth: int, heads: int, swiglu: bool = False) -> dict:
     return {
@@ -53,9 +78,30 @@ DINOV2_ARCHS: dict[str, DINOv2Arch] = {
 }
 
 
+PRETRAIN_IMG_SIZE = 518  # dinov2/hub/backbones.py:20 `img_size: int = 518`: the checkpoints' 37x37 grid
+POS_INTERPOLATIONS = ("official", "timm")
+
+
 class EncoderFeatures(NamedTuple):
-    early: torch.Tensor  # [B, C, H/14, W/14], output of block `tap_block` (no final norm)
+    early: torch.Tensor  # [B, C, H/14, W/14], output of block `tap_block` (final norm if tap_norm)
     last: torch.Tensor  # [B, C, H/14, W/14], final normed output
+
+
+def interpolate_pos_encoding(patch_pos: torch.Tensor, grid: tuple[int, int], offset: float,
+                             antialias: bool) -> torch.Tensor:
+    """``[1, M*M, C]`` patch position table -> ``[1, h*w, C]`` for a ``grid=(h, w)`` input, as
+    dinov2 ``vision_transformer.py:180-212`` (float32 bicubic; offset through ``scale_factor``)."""
+    M = int(math.sqrt(patch_pos.shape[1]))
+    if M * M != patch_pos.shape[1]:
+        raise ValueError(f"position table of {patch_pos.shape[1]} tokens is not a square grid")
+    h, w = grid
+    dim = patch_pos.shape[-1]
+    kw = dict(scale_factor=((h + offset) / M, (w + offset) / M)) if offset else dict(size=(h, w))
+    x = F.interpolate(patch_pos.float().reshape(1, M, M, dim).permute(0, 3, 1, 2), mode="bicubic",
+                      antialias=antialias, **kw)
+    if tuple(x.shape[-2:]) != (h, w):
+        raise RuntimeError(f"position interpolation gave {tuple(x.shape[-2:])} for grid {(h, w)}")
+    return x.permute(0, 2, 3, 1).reshape(1, h * w, dim).to(patch_pos.dtype)
 
 
 def build_dinov2_vit(arch: str = "dinov2_vitb14", img_size: int = 518, **overrides) -> nn.Module:
@@ -88,6 +134,11 @@ class DINOv2Encoder(nn.Module):
     """DINOv2 ViT/14 returning block-``tap_block`` (1-based) and last-layer patch features.
 
     Input: images ``[B,3,H,W]`` in ``[0,1]`` (ImageNet normalisation happens here), H, W multiples of 14.
+
+    ``tap_norm``: pass the block-``tap_block`` tokens through the final LayerNorm, as the official
+    ``get_intermediate_layers(norm=True)`` default does (``vision_transformer.py:304,310``). FS-DINO
+    does not say; False (default) keeps the raw block output, which is what every stage-1
+    checkpoint so far was distilled from. ``pos_interpolation``: see the module docstring.
     """
 
     def __init__(
@@ -99,10 +150,18 @@ class DINOv2Encoder(nn.Module):
         sha256: Optional[str] = None,
         frozen: bool = True,
         cache_dir: Optional[str] = None,
+        tap_norm: bool = False,
+        pos_interpolation: str = "official",
         **overrides,
     ):
         super().__init__()
+        if pos_interpolation not in POS_INTERPOLATIONS:
+            raise ValueError(f"pos_interpolation must be one of {POS_INTERPOLATIONS}, got {pos_interpolation!r}")
         self.arch = arch
+        self.tap_norm = tap_norm
+        self.pos_interpolation = pos_interpolation
+        if pos_interpolation == "official":
+            img_size = PRETRAIN_IMG_SIZE  # keep the checkpoint's table; resample per input size
         self.vit = build_dinov2_vit(arch, img_size=img_size, **overrides)
         depth = len(self.vit.blocks)
         if not 1 <= tap_block <= depth:
@@ -155,10 +214,31 @@ class DINOv2Encoder(nn.Module):
         v = self.vit
         x = v.patch_embed(x)  # [B, h, w, C] with dynamic_img_size
         h, w = x.shape[1], x.shape[2]
-        x = v._pos_embed(x)
+        x = self._pos_embed(x)
         x = v.patch_drop(x)
         x = v.norm_pre(x)
         return x, h, w
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B,h,w,C]`` patch tokens -> ``[B, prefix + h*w, C]`` with prefix tokens and positions."""
+        v = self.vit
+        h, w = x.shape[1], x.shape[2]
+        if self.pos_interpolation == "timm" or (h, w) == tuple(v.patch_embed.grid_size):
+            return v._pos_embed(x)  # native grid: the table as is (official early return)
+        a = DINOV2_ARCHS[self.arch]
+        n_cls = 0 if v.no_embed_class else v.num_prefix_tokens  # timm keeps no cls slot for reg4
+        table = v.pos_embed
+        pos = interpolate_pos_encoding(table[:, n_cls:], (h, w), a.interpolate_offset, a.interpolate_antialias)
+        x = x.reshape(x.shape[0], h * w, x.shape[-1])
+        prefix = [t.expand(x.shape[0], -1, -1) for t in (v.cls_token, v.reg_token) if t is not None]
+        if v.no_embed_class:  # reg4: tokens + positions, then [cls, registers, tokens]
+            x = torch.cat(prefix + [x + pos], dim=1)
+        else:  # plain: [cls, tokens] + [cls slot, positions] (vision_transformer.py:219-221)
+            x = torch.cat(prefix + [x], dim=1) + torch.cat([table[:, :n_cls], pos], dim=1)
+        return v.pos_drop(x)
+
+    def _tap(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        return self._to_map(self.vit.norm(x) if self.tap_norm else x, h, w)
 
     def _to_map(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         x = x[:, self.vit.num_prefix_tokens :]
@@ -168,7 +248,7 @@ class DINOv2Encoder(nn.Module):
         x, h, w = self._tokens(images)
         for blk in self.vit.blocks[: self.tap_block]:
             x = blk(x)
-        return self._to_map(x, h, w)
+        return self._tap(x, h, w)
 
     def forward(self, images: torch.Tensor) -> EncoderFeatures:
         x, h, w = self._tokens(images)
@@ -176,6 +256,6 @@ class DINOv2Encoder(nn.Module):
         for i, blk in enumerate(self.vit.blocks):
             x = blk(x)
             if i + 1 == self.tap_block:
-                early = self._to_map(x, h, w)
+                early = self._tap(x, h, w)
         last = self._to_map(self.vit.norm(x), h, w)
         return EncoderFeatures(early=early, last=last)

@@ -16,18 +16,24 @@ from pathlib import Path
 import torch
 
 from fsseg.atomic import atomic_write
+from fsseg.models.encoder import DINOV2_ARCHS
 
 
 def official_dinov2_state_dict(encoder) -> dict:
     """A ``DINOv2Encoder``'s timm weights -> the layout of ``dinov2_*_pretrain.pth`` (the inverse of
-    timm's ``checkpoint_filter_fn``: ``mask_token`` present, register tokens named as in the
-    official repo, the cls slot kept in ``pos_embed``)."""
-    sd = {k: v.detach().clone() for k, v in encoder.vit.state_dict().items()}
-    dim = sd["cls_token"].shape[-1]
+    timm's ``checkpoint_filter_fn`` / ``_convert_dinov2``): ``mask_token`` present, register tokens
+    named ``register_tokens`` with the cls slot kept in ``pos_embed``, and ViT-g's SwiGLU under the
+    official ``mlp.w12`` / ``mlp.w3`` names (dinov2 ``layers/swiglu_ffn.py`` ``SwiGLUFFN``)."""
+    sd = {}
+    for k, v in encoder.vit.state_dict().items():
+        if ".mlp." in k and DINOV2_ARCHS[encoder.arch].swiglu:
+            k = k.replace(".mlp.fc1.", ".mlp.w12.").replace(".mlp.fc2.", ".mlp.w3.")
+        sd[k] = v.detach().clone()
+    cls = sd["cls_token"]
     if "reg_token" in sd:
         sd["register_tokens"] = sd.pop("reg_token")
-        sd["pos_embed"] = torch.cat([torch.zeros(1, 1, dim), sd["pos_embed"]], dim=1)
-    sd["mask_token"] = torch.zeros(1, dim)
+        sd["pos_embed"] = torch.cat([torch.zeros_like(cls), sd["pos_embed"]], dim=1)
+    sd["mask_token"] = torch.zeros_like(cls[0])
     return sd
 
 
@@ -37,13 +43,12 @@ def _save(state: dict, path: str | os.PathLike) -> Path:
     return atomic_write(path, buf.getvalue())
 
 
-def write_dinov2_checkpoint(path: str | os.PathLike, arch: str = "dinov2_tiny", seed: int = 0,
-                            img_size: int = 518) -> Path:
-    """Seeded random DINOv2 weights saved in the official layout (pos_embed for ``img_size``)."""
+def write_dinov2_checkpoint(path: str | os.PathLike, arch: str = "dinov2_tiny", seed: int = 0) -> Path:
+    """Seeded random DINOv2 weights saved in the official layout (pos_embed for 518, as the hub files)."""
     from fsseg.models.encoder import DINOv2Encoder
 
     torch.manual_seed(seed)
-    return _save(official_dinov2_state_dict(DINOv2Encoder(arch=arch, img_size=img_size)), path)
+    return _save(official_dinov2_state_dict(DINOv2Encoder(arch=arch)), path)
 
 
 def write_sam_checkpoint(path: str | os.PathLike, variant: str = "tiny", decoder_dim: int = 32,

@@ -4,11 +4,15 @@ Official settings copied from ``segment_anything/build_sam.py`` (vit_h / vit_l /
 ``tiny`` configuration for tests. Loads the ``image_encoder.*`` keys of an official SAM checkpoint
 (plain state dict) strictly.
 
-Input handling (``forward``): images ``[B,3,H,W]`` in ``[0,1]``, any size. Like SAM's
-``ResizeLongestSide`` + ``Sam.preprocess``: the longest side is resized to ``img_size`` (bilinear,
-antialiased), the image is normalised with SAM's pixel mean/std and zero-padded at the
-bottom/right to ``img_size x img_size``. For square inputs this is a plain resize. Output
-``[B, out_chans, img_size/16, img_size/16]`` (256 x 64 x 64 for official models).
+Input handling (``forward``): images ``[B,3,H,W]`` in ``[0,1]``, any size. As SAM's
+``ResizeLongestSide`` + ``Sam.preprocess`` (``segment_anything/utils/transforms.py:94-102``,
+``modeling/sam.py:164-174``): the longest side is resized to ``img_size`` with SAM's rounding
+``int(x + 0.5)`` (bilinear, antialiased: ``apply_image_torch``), the image is normalised with SAM's
+pixel mean/std and zero-padded at the bottom/right to ``img_size x img_size``. For square inputs this
+is a plain resize. ``forward_padded`` takes images already resized and padded by the data (the
+exact ``apply_image`` PIL resize, see ``data_modules.transforms.sam_longest_side``) with their valid
+sizes. Output ``[B, out_chans, img_size/16, img_size/16]`` (256 x 64 x 64 for official models);
+``valid_embedding_size`` says which part of it covers the image.
 """
 from __future__ import annotations
 
@@ -121,15 +125,39 @@ class SAMImageEncoder(nn.Module):
             f"-w{self._weights_id}"
         )
 
+    def input_size(self, h: int, w: int) -> tuple[int, int]:
+        return sam_preprocess_shape(h, w, self.img_size)
+
+    def valid_embedding_size(self, h: int, w: int) -> tuple[int, int]:
+        """Embedding rows/columns holding image content for an ``h x w`` original (ceil: the last
+        row/column may be partly padding)."""
+        nh, nw = self.input_size(h, w)
+        return -(-nh // self.patch_size), -(-nw // self.patch_size)
+
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        H, W = images.shape[-2:]
-        s = self.img_size / max(H, W)
-        nh, nw = int(round(H * s)), int(round(W * s))
+        nh, nw = self.input_size(*images.shape[-2:])
         x = images
-        if (nh, nw) != (H, W):
+        if (nh, nw) != tuple(images.shape[-2:]):
             x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
         x = (x - self.pixel_mean) / self.pixel_std
         return F.pad(x, (0, self.img_size - nw, 0, self.img_size - nh))
 
+    def preprocess_padded(self, images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """``images [B,3,S,S]`` holding ``valid [B,2]`` (h, w) of content at the top left -> SAM input.
+        The content is resized again only when ``S`` is not the teacher's size."""
+        out = []
+        for img, (h, w) in zip(images, valid.tolist()):
+            out.append(self.preprocess(img[None, :, :h, :w]))
+        return torch.cat(out)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.encoder(self.preprocess(images))
+
+    def forward_padded(self, images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.preprocess_padded(images, valid))
+
+
+def sam_preprocess_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
+    """``ResizeLongestSide.get_preprocess_shape`` (segment_anything/utils/transforms.py:94-102)."""
+    scale = long_side * 1.0 / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)
