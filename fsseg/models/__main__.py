@@ -26,14 +26,15 @@ def parameter_table(backbone: str = "dinov2_vitb14", image_size: int = 518, devi
     with torch.device(device):
         for v in VARIANTS:
             models[v] = build_fsdino(v, backbone=backbone, image_size=image_size, mamba_backend="torch")
-    full, uino = models["full"], models["uino"]
+    full, uino, uino_large = models["full"], models["uino"], models["uino_large"]
     rows = [
         ("encoder (frozen DINOv2)", count(full.encoder)),
         ("bottleneck adapter (BA)", count(full.adapter)),
         ("SVP", count(full.svp)),
         ("PCS (parameter-free)", count(full.pcs)),
         ("4D correlation", count(full.correlation)),
-        ("MHCM + CE (UINO)", count(uino.correlation)),
+        ("MHCM + CE (uino, compact)", count(uino.correlation)),
+        ("MHCM + CE (uino_large)", count(uino_large.correlation)),
         ("mask decoder (all)", count(full.decoder)),
         ("mask decoder (trainable)", count(full.decoder, True)),
         ("PE (Gaussian matrix)", count(full.pe_layer)),

@@ -14,7 +14,7 @@ from .correlation import Correlation4D
 from .decoder import FewShotMaskDecoder
 from .encoder import DINOV2_ARCHS, DINOv2Encoder
 from .fsdino import FSDINO, VARIANTS
-from .hypercorrelation import MambaHyperCorrelation
+from .hypercorrelation import CompactMambaHyperCorrelation, MambaHyperCorrelation
 from .prompts import MaskDownscaling, RandomFourierPositionEncoding, SemanticVisualPrompt
 from .teacher import SAMImageEncoder
 from .weights import (
@@ -30,6 +30,7 @@ VARIANT_ALIASES = {
     "compact": "compact", "ba+svp+pcs": "compact",
     "full": "full", "ba+svp+pcs+4d": "full",
     "uino": "uino", "uino-fss": "uino", "uino_fss": "uino",
+    "uino_large": "uino_large",
 }
 
 
@@ -41,9 +42,10 @@ def canonical_variant(name: str) -> str:
 
 
 def build_encoder(backbone: str = "dinov2_vitb14", image_size: int = 518, checkpoint: Optional[str] = None,
-                  sha256: Optional[str] = None, tap_block: int = 3, cache_dir: Optional[str] = None, **overrides) -> DINOv2Encoder:
+                  sha256: Optional[str] = None, tap_block: int = 3, cache_dir: Optional[str] = None,
+                  tap_norm: bool = False, pos_interpolation: str = "official", **overrides) -> DINOv2Encoder:
     return DINOv2Encoder(backbone, tap_block=tap_block, img_size=image_size, checkpoint=checkpoint, sha256=sha256,
-                         cache_dir=cache_dir, **overrides)
+                         cache_dir=cache_dir, tap_norm=tap_norm, pos_interpolation=pos_interpolation, **overrides)
 
 
 def build_teacher(variant: str = "vit_h", checkpoint: Optional[str] = None, sha256: Optional[str] = None,
@@ -79,6 +81,54 @@ def load_adapter_state(adapter: torch.nn.Module, path_or_url: str, sha256: Optio
         raise CheckpointMismatchError(f"adapter checkpoint {path} does not hold a state dict")
     strict_load(adapter, _adapter_subdict(sd, list(adapter.state_dict())), source=str(path))
     return adapter
+
+
+# FS-DINO sec. 3.3.1 taken literally: convs with nothing between them, no position encoding
+PAPER_LITERAL_ADAPTER = {"pos_encoding": "none", "conv_act": False}
+
+
+def _adapter_defaults() -> dict:
+    import inspect
+
+    sig = inspect.signature(BottleneckAdapter.__init__)
+    return {k: p.default for k, p in sig.parameters.items() if k not in ("self", "in_dim", "out_dim")}
+
+
+def stage1_adapter_settings(path_or_url: str, sha256: Optional[str] = None,
+                            cache_dir: Optional[str] = None) -> Optional[dict]:
+    """The adapter settings a stage-1 (``DistillationModule``) checkpoint was trained with:
+    ``{"adapter_kwargs": {...}, "tap_norm": bool}``; None for a file without hyper-parameters (a
+    plain adapter state dict). Checkpoints written before these settings existed give fsseg's
+    defaults of that time (sine position encoding, GELUs, raw block tap)."""
+    sd = load_state_dict_file(resolve_checkpoint(path_or_url, sha256=sha256, cache_dir=cache_dir))
+    hp = sd.get("hyper_parameters") if isinstance(sd, dict) else None
+    if not isinstance(hp, dict) or "adapter_mid_dim" not in hp:
+        return None
+    kw = dict(_adapter_defaults(), mid_dim=hp["adapter_mid_dim"],
+              bottleneck_dim=hp.get("adapter_bottleneck_dim", 128))
+    kw.update(hp.get("adapter_kwargs") or {})
+    return {"adapter_kwargs": kw, "tap_norm": bool(hp.get("tap_norm") or False)}
+
+
+def resolve_adapter_settings(adapter_checkpoint: Optional[str], adapter_kwargs: Optional[dict],
+                             tap_norm: Optional[bool], **resolve_kw) -> tuple[dict, bool]:
+    """Adapter kwargs and ``tap_norm`` for an adapter built on ``adapter_checkpoint``: taken from
+    the checkpoint's hyper-parameters when it has them; an explicit setting that differs from
+    them is an error naming both values (it would load the weights into another computation)."""
+    stored = stage1_adapter_settings(adapter_checkpoint, **resolve_kw) if adapter_checkpoint else None
+    if stored is None:
+        return dict(adapter_kwargs or {}), bool(tap_norm)
+    kw = dict(stored["adapter_kwargs"])
+    for k, v in (adapter_kwargs or {}).items():
+        if k in kw and kw[k] != v:
+            raise ValueError(f"adapter_kwargs {k}={v!r} conflicts with the adapter checkpoint "
+                             f"{adapter_checkpoint}, trained with {k}={kw[k]!r}; drop the setting or "
+                             f"use a matching checkpoint")
+        kw[k] = v
+    if tap_norm is not None and bool(tap_norm) != stored["tap_norm"]:
+        raise ValueError(f"tap_norm={tap_norm!r} conflicts with the adapter checkpoint {adapter_checkpoint}, "
+                         f"trained with tap_norm={stored['tap_norm']!r}")
+    return kw, stored["tap_norm"]
 
 
 def load_sam_prompt_decoder(model: FSDINO, path_or_url: str, sha256: Optional[str] = None,
@@ -118,6 +168,8 @@ def build_fsdino(
     mamba_backend: str = "auto",
     mask_in_chans: int = 16,
     tap_block: int = 3,
+    tap_norm: Optional[bool] = None,
+    pos_interpolation: str = "official",
     freeze_adapter: bool = True,
     dinov2_sha256: Optional[str] = None,
     sam_sha256: Optional[str] = None,
@@ -127,15 +179,19 @@ def build_fsdino(
     **fsdino_kwargs,
 ) -> FSDINO:
     """Build any variant (``ba_pcs``/``BA+PCS``, ``compact``/``BA+SVP+PCS``, ``full``/``BA+SVP+PCS+4D``,
-    ``uino``). Random weights where no checkpoint is given. ``correlation_kwargs`` go to
-    ``Correlation4D``/``MambaHyperCorrelation`` (default ``corr_grid = image_size // 14``)."""
+    ``uino``, ``uino_large``). Random weights where no checkpoint is given. ``correlation_kwargs`` go to
+    ``Correlation4D``/``MambaHyperCorrelation`` (default ``corr_grid = image_size // 14``).
+    ``adapter_kwargs`` / ``tap_norm``: taken from a stage-1 ``adapter_checkpoint`` when it records
+    them (a differing explicit value is an error); otherwise today's adapter and the raw block tap."""
     variant = canonical_variant(variant)
     if backbone not in DINOV2_ARCHS:
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(DINOV2_ARCHS)}")
+    adapter_kwargs, tap_norm = resolve_adapter_settings(adapter_checkpoint, adapter_kwargs, tap_norm,
+                                                        sha256=adapter_sha256, cache_dir=cache_dir)
     encoder = build_encoder(backbone, image_size, dinov2_checkpoint, dinov2_sha256, tap_block, cache_dir,
-                            **(encoder_overrides or {}))
+                            tap_norm=tap_norm, pos_interpolation=pos_interpolation, **(encoder_overrides or {}))
     C = encoder.embed_dim
-    adapter = BottleneckAdapter(in_dim=C, out_dim=decoder_dim, **(adapter_kwargs or {}))
+    adapter = BottleneckAdapter(in_dim=C, out_dim=decoder_dim, **adapter_kwargs)
     if adapter_checkpoint is not None:
         load_adapter_state(adapter, adapter_checkpoint, sha256=adapter_sha256, cache_dir=cache_dir)
     decoder = FewShotMaskDecoder(decoder_dim, decoder_depth, decoder_mlp_dim, decoder_heads)
@@ -145,9 +201,9 @@ def build_fsdino(
     correlation = None
     if variant == "full":
         correlation = Correlation4D(**ck)
-    elif variant == "uino":
+    elif variant in ("uino", "uino_large"):
         ck.setdefault("backend", mamba_backend)
-        correlation = MambaHyperCorrelation(**ck)
+        correlation = (CompactMambaHyperCorrelation if variant == "uino" else MambaHyperCorrelation)(**ck)
     model = FSDINO(
         encoder=encoder,
         adapter=adapter,

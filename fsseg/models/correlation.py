@@ -52,6 +52,20 @@ def _resize(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+def correlation_volume(fq: torch.Tensor, fs: torch.Tensor, masks: torch.Tensor, g: int,
+                       support_masking: str = "features") -> torch.Tensor:
+    """Masked cosine 4D correlation on a g x g grid: ``fq [B,C,hq,wq]``, ``fs [B,K,C,hs,ws]``,
+    ``masks [B,K,H,W]`` -> ``[B,K,g*g (support),g,g (query)]``."""
+    B, K, C = fs.shape[:3]
+    q = F.normalize(_resize(fq, (g, g)), dim=1).flatten(2)  # [B,C,g*g]
+    s = F.normalize(_resize(fs.flatten(0, 1), (g, g)), dim=1)  # [BK,C,g,g]
+    if support_masking == "features":
+        s = s * resize_masks(masks.flatten(0, 1), (g, g)).to(s.dtype)
+    s = s.flatten(2).view(B, K, C, g * g)
+    corr = torch.einsum("bkcs,bcq->bksq", s, q)  # support positions as channels
+    return corr.reshape(B, K, g * g, g, g)
+
+
 class CorrelationVolume(nn.Module):
     """Masked cosine 4D correlation + the paper's two reduction convs (shared by 4D and MHCM)."""
 
@@ -74,15 +88,7 @@ class CorrelationVolume(nn.Module):
 
     def volume(self, fq: torch.Tensor, fs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """``fq [B,C,hq,wq]``, ``fs [B,K,C,hs,ws]``, ``masks [B,K,H,W]`` -> ``[B,K,g*g,g,g]``."""
-        g = self.g
-        B, K, C = fs.shape[:3]
-        q = F.normalize(_resize(fq, (g, g)), dim=1).flatten(2)  # [B,C,g*g]
-        s = F.normalize(_resize(fs.flatten(0, 1), (g, g)), dim=1)  # [BK,C,g,g]
-        if self.support_masking == "features":
-            s = s * resize_masks(masks.flatten(0, 1), (g, g)).to(s.dtype)
-        s = s.flatten(2).view(B, K, C, g * g)
-        corr = torch.einsum("bkcs,bcq->bksq", s, q)  # support positions as channels
-        return corr.reshape(B, K, g * g, g, g)
+        return correlation_volume(fq, fs, masks, self.g, self.support_masking)
 
     def forward(self, corr: torch.Tensor) -> torch.Tensor:
         """``[N, g*g, g, g]`` -> ``[N, r*r, r, r]``."""

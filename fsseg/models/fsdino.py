@@ -11,7 +11,8 @@ Variants:
 ``ba_pcs``        BA+PCS                      no sparse token (SAM's empty sparse prompt); dense = PCS
 ``compact``       BA+SVP+PCS                  SVP token; dense = PCS
 ``full``          BA+SVP+PCS+4D               SVP token; dense = prior of ``Correlation4D``
-``uino``          UINO-FSS                    SVP token; dense = prior of ``MambaHyperCorrelation``
+``uino``          UINO-FSS                    SVP token; dense = prior of ``CompactMambaHyperCorrelation``
+``uino_large``    UINO-FSS, larger MHCM       SVP token; dense = prior of ``MambaHyperCorrelation``
 ================  ==========================  =====================================================
 
 Dense prompt for PCS variants: S_pcs (cosine in [-1,1]) at the embedding grid, bilinearly upsampled
@@ -39,7 +40,8 @@ from .prompts import (
     masked_average_pool,
 )
 
-VARIANTS = ("ba_pcs", "compact", "full", "uino")
+VARIANTS = ("ba_pcs", "compact", "full", "uino", "uino_large")
+CORRELATION_VARIANTS = ("full", "uino", "uino_large")
 
 
 @dataclass
@@ -110,14 +112,14 @@ class FSDINO(nn.Module):
             raise ValueError(f"adapter out_dim {adapter.out_dim} != decoder dim {D}")
         if variant != "ba_pcs" and svp is None:
             raise ValueError(f"variant {variant!r} needs an SVP module")
-        if variant in ("full", "uino") and correlation is None:
+        if variant in CORRELATION_VARIANTS and correlation is None:
             raise ValueError(f"variant {variant!r} needs a correlation module")
         self.variant = variant
         self.encoder = encoder
         self.adapter = adapter
         self.svp = svp if variant != "ba_pcs" else None
         self.pcs = PrototypeSimilarity()
-        self.correlation = correlation if variant in ("full", "uino") else None
+        self.correlation = correlation if variant in CORRELATION_VARIANTS else None
         self.pe_layer = pe_layer or RandomFourierPositionEncoding(D // 2)
         self.mask_downscaling = mask_downscaling or MaskDownscaling(D)
         self.decoder = decoder
@@ -146,7 +148,7 @@ class FSDINO(nn.Module):
 
     def parts(self) -> Dict[str, Optional[nn.Module]]:
         """Named components (for parameter tables and optimiser groups)."""
-        corr_name = "mhcm" if self.variant == "uino" else "corr4d"
+        corr_name = "mhcm" if self.variant.startswith("uino") else "corr4d"
         return {
             "encoder": self.encoder,
             "adapter": self.adapter,
