@@ -4,11 +4,24 @@ Student = frozen DINOv2 blocks 1..3 + trainable ``BottleneckAdapter`` at the cur
 (126 -> 252 -> 518, switched by ``callbacks.ResolutionCurriculum`` through ``set_resolution``).
 Teacher = frozen SAM image encoder, always at its own 1024x1024 input, so its embedding of an image
 never changes: ``callbacks.TeacherEmbeddingCache`` attaches a disk cache through ``teacher_cache``.
+
+Teacher preprocessing (``teacher_preprocess``): ``sam`` (default) gives the teacher what SAM's
+predictor gives its encoder -- the long side resized to 1024 with SAM's rounding, normalised, zero
+padded at the bottom/right (``SAMImageEncoder.preprocess_padded`` on the data's ``teacher_image``,
+``UnlabelledDataModule(teacher_view='longest_side')``) -- and the student's target is the valid
+(unpadded) part of the 64x64 embedding (``ceil(h/16) x ceil(w/16)`` cells) resampled to the student
+grid; the student sees the whole image squashed to its square resolution, as in stage 2. ``squash``:
+the teacher sees the same square image as the student (fsseg's behaviour before this option, and
+what a batch without ``teacher_image`` gives in either mode: synthetic images are square).
+
+Checkpoints written before ``teacher_preprocess``, ``pos_interpolation`` and ``gkd_attention`` existed
+load with the behaviour they were trained with (``squash``, ``timm``, ``shared``), see
+``LEGACY_HPARAMS``.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import lightning as L
 import torch
@@ -16,8 +29,11 @@ import torch.nn.functional as F
 
 from fsseg.cache import TensorDiskCache
 from fsseg.models import BottleneckAdapter, DINOv2Encoder, SAMImageEncoder
-from fsseg.models.build import load_adapter_state
-from fsseg.modules.common import LeanCheckpointMixin, NonFiniteLossGuard
+from fsseg.models.build import load_adapter_state, resolve_adapter_settings
+from fsseg.modules.common import LeanCheckpointMixin, NonFiniteLossGuard, adopt_legacy_hparams
+
+# what a checkpoint written before these hyper-parameters existed was trained with
+LEGACY_HPARAMS = {"teacher_preprocess": "squash", "pos_interpolation": "timm", "gkd_attention": "shared"}
 
 
 class DistillationModule(LeanCheckpointMixin, L.LightningModule):
@@ -37,8 +53,18 @@ class DistillationModule(LeanCheckpointMixin, L.LightningModule):
             area-resampled to the student grid (37x37 at 518), which is the grid the adapter output
             is used at in stage 2; ``teacher``: the student output is bilinearly upsampled to 64x64.
         objective: ``mse`` (paper) or ``gkd`` (seed 001: query-based soft distillation).
+        gkd_attention: who trains GKD's W_q/W_k: ``retrieval`` (their own objective; the attention
+            stays selective) or ``shared`` (the distillation loss; collapses to uniform attention).
+        teacher_preprocess: ``sam`` (SAM's longest-side resize + padding) or ``squash`` (see above).
         adapter_init: adapter weights to start from (a previous stage's checkpoint, for the three
-            chained runs ``distill_126/252/518.yaml``).
+            chained runs ``distill_126/252/518.yaml``); its adapter settings are taken with it.
+        adapter_kwargs: further ``BottleneckAdapter`` options; ``{pos_encoding: none, conv_act:
+            false}`` is the paper's adapter taken literally (``fsseg.models.build.PAPER_LITERAL_ADAPTER``);
+            None: fsseg's adapter (sine position encoding, GELUs between the convs).
+        tap_norm: apply DINOv2's final norm to the block tap (official ``get_intermediate_layers``
+            default; the paper does not say). None: False, or what ``adapter_init`` was trained with.
+        pos_interpolation: DINOv2 position embeddings at other sizes than 518: ``official`` (the hub
+            models' formula) or ``timm`` (fsseg before this option).
         lr / weight_decay: AdamW (paper: lr 1e-3).
         nonfinite: ``raise`` stops with the step and sample ids; ``skip`` drops the step.
     """
@@ -57,9 +83,14 @@ class DistillationModule(LeanCheckpointMixin, L.LightningModule):
         match_grid: Literal["student", "teacher"] = "student",
         objective: Literal["mse", "gkd"] = "mse",
         gkd_temperature: float = 1.0,
+        gkd_attention: Literal["retrieval", "shared"] = "retrieval",
+        teacher_preprocess: Literal["sam", "squash"] = "sam",
         adapter_init: Optional[str] = None,
         adapter_mid_dim: int = 256,
         adapter_bottleneck_dim: int = 128,
+        adapter_kwargs: Optional[dict[str, Any]] = None,
+        tap_norm: Optional[bool] = None,
+        pos_interpolation: Literal["official", "timm"] = "official",
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         nonfinite: Literal["raise", "skip"] = "raise",
@@ -70,18 +101,27 @@ class DistillationModule(LeanCheckpointMixin, L.LightningModule):
         self.frozen_prefixes = tuple(p for p, ckpt in (("encoder.", dinov2_checkpoint),
                                                        ("teacher.", sam_checkpoint)) if ckpt)
         self.strict_loading = False
+        # the adapter settings, resolved (from adapter_init when it records them), are stored with
+        # the checkpoint so stage 2 and later chained runs rebuild the same adapter
+        adapter_kwargs = dict(adapter_kwargs or {})
+        for key, value in (("mid_dim", adapter_mid_dim), ("bottleneck_dim", adapter_bottleneck_dim)):
+            if adapter_kwargs.setdefault(key, value) != value:
+                raise ValueError(f"adapter_kwargs {key}={adapter_kwargs[key]!r} conflicts with adapter_{key}={value!r}")
+        adapter_kwargs, tap_norm = resolve_adapter_settings(adapter_init, adapter_kwargs, tap_norm)
+        self.hparams["adapter_kwargs"], self.hparams["tap_norm"] = adapter_kwargs, tap_norm
         self.encoder = DINOv2Encoder(arch=backbone, tap_block=tap_block, checkpoint=dinov2_checkpoint,
-                                     sha256=dinov2_sha256)
+                                     sha256=dinov2_sha256, tap_norm=tap_norm, pos_interpolation=pos_interpolation)
         self.teacher = SAMImageEncoder(variant=teacher, checkpoint=sam_checkpoint, sha256=sam_sha256)
         self.adapter = BottleneckAdapter(in_dim=self.encoder.embed_dim, out_dim=self.teacher.out_chans,
-                                         mid_dim=adapter_mid_dim, bottleneck_dim=adapter_bottleneck_dim)
+                                         **adapter_kwargs)
         if adapter_init:
             load_adapter_state(self.adapter, adapter_init)
         self.gkd = None
         if objective == "gkd":
             from fsseg.models.gkd import QueryBasedSoftDistillation
 
-            self.gkd = QueryBasedSoftDistillation(dim=self.teacher.out_chans, temperature=gkd_temperature)
+            self.gkd = QueryBasedSoftDistillation(dim=self.teacher.out_chans, temperature=gkd_temperature,
+                                                  attention_objective=gkd_attention)
         self.resolution = resolution
         self.teacher_cache: Optional[TensorDiskCache] = None  # set by callbacks.TeacherEmbeddingCache
         self.teacher_calls = 0  # number of images the teacher actually encoded (tests, benchmarks)
@@ -95,23 +135,41 @@ class DistillationModule(LeanCheckpointMixin, L.LightningModule):
         self.resolution = resolution
 
     def teacher_namespace(self, input_size: tuple[int, int]) -> str:
-        """Everything a cached teacher embedding depends on besides the image itself."""
-        return f"sam-teacher|{self.teacher.fingerprint}|input={input_size[0]}x{input_size[1]}"
+        """Everything a cached teacher embedding depends on besides the image itself (the
+        ``squash`` namespace is the one used before ``teacher_preprocess`` existed)."""
+        ns = f"sam-teacher|{self.teacher.fingerprint}|input={input_size[0]}x{input_size[1]}"
+        return ns if self.hparams.teacher_preprocess == "squash" else ns + "|preprocess=sam-longest-side-pad"
+
+    def _teacher_view(self, batch: dict) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """What the teacher encodes: (images, valid sizes or None for whole square images)."""
+        if self.hparams.teacher_preprocess == "sam" and "teacher_image" in batch:
+            return batch["teacher_image"], batch["teacher_valid"]
+        return batch["image"], None
+
+    def _run_teacher(self, images: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+        return self.teacher(images) if valid is None else self.teacher.forward_padded(images, valid)
+
+    def teacher_valid_cells(self, batch: dict) -> Optional[list[tuple[int, int]]]:
+        """Per image, the (rows, cols) of the teacher embedding that cover it (None: all)."""
+        images, valid = self._teacher_view(batch)
+        if valid is None:
+            return None
+        return [self.teacher.valid_embedding_size(h, w) for h, w in valid.tolist()]
 
     # -- computation --------------------------------------------------------------------------
     @torch.no_grad()
     def teacher_embeddings(self, batch: dict) -> torch.Tensor:
-        images = batch["image"]
+        images, valid = self._teacher_view(batch)
         cache = self.teacher_cache
         if cache is None:
             self.teacher_calls += images.shape[0]
-            return self.teacher(images)
+            return self._run_teacher(images, valid)
         keys = list(batch["path"])
         found = [cache.get(k) for k in keys]
         missing = [i for i, v in enumerate(found) if v is None]
         if missing:
             self.teacher_calls += len(missing)
-            computed = self.teacher(images[missing])
+            computed = self._run_teacher(images[missing], None if valid is None else valid[missing])
             for j, i in enumerate(missing):
                 found[i] = {"embedding": computed[j]}
                 cache.put(keys[i], found[i])
@@ -124,7 +182,17 @@ class DistillationModule(LeanCheckpointMixin, L.LightningModule):
             early = self.encoder.forward_early(x)
         return self.adapter(early)
 
-    def distillation_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    def distillation_loss(self, student: torch.Tensor, teacher: torch.Tensor,
+                          valid_cells: Optional[list[tuple[int, int]]] = None) -> torch.Tensor:
+        """Loss between student maps and teacher embeddings; with ``valid_cells`` only each
+        image's unpadded part of the teacher embedding is its target (mean over images)."""
+        if valid_cells is not None:
+            losses = [self._pair_loss(student[i:i + 1], teacher[i:i + 1, :, :h, :w])
+                      for i, (h, w) in enumerate(valid_cells)]
+            return torch.stack(losses).mean()
+        return self._pair_loss(student, teacher)
+
+    def _pair_loss(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         if self.hparams.match_grid == "student":
             teacher = F.adaptive_avg_pool2d(teacher, student.shape[-2:])
         else:
@@ -135,7 +203,7 @@ class DistillationModule(LeanCheckpointMixin, L.LightningModule):
 
     def _step(self, batch: dict, resolution: Optional[int] = None) -> torch.Tensor:
         student = self.student_embeddings(batch["image"], resolution)
-        return self.distillation_loss(student, self.teacher_embeddings(batch))
+        return self.distillation_loss(student, self.teacher_embeddings(batch), self.teacher_valid_cells(batch))
 
     def training_step(self, batch: dict, batch_idx: int):
         loss = self._step(batch)
@@ -153,6 +221,17 @@ class DistillationModule(LeanCheckpointMixin, L.LightningModule):
     def configure_optimizers(self):
         params = list(self.adapter.parameters()) + (list(self.gkd.parameters()) if self.gkd else [])
         return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        changed = adopt_legacy_hparams(self, checkpoint, LEGACY_HPARAMS)
+        if "pos_interpolation" in changed:
+            self.encoder.pos_interpolation = "timm"  # same 518 table: only the runtime resampling differs
+        if "gkd_attention" in changed and self.gkd is not None:
+            from fsseg.models.gkd import QueryBasedSoftDistillation
+
+            self.gkd = QueryBasedSoftDistillation(dim=self.teacher.out_chans, temperature=self.hparams.gkd_temperature,
+                                                  attention_objective="shared")
+        super().on_load_checkpoint(checkpoint)
 
     def train(self, mode: bool = True):
         super().train(mode)

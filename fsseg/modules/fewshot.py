@@ -17,8 +17,9 @@ from fsseg.cache import TensorDiskCache, module_fingerprint
 from fsseg.losses import dice_bce_loss
 from fsseg.metrics import FewShotIoU, binarize_multiclass
 from fsseg.models import build_fsdino
+from fsseg.models.build import canonical_variant
 from fsseg.models.fsdino import ImageFeatures
-from fsseg.modules.common import LeanCheckpointMixin, NonFiniteLossGuard
+from fsseg.modules.common import LeanCheckpointMixin, NonFiniteLossGuard, adopt_legacy_hparams
 from fsseg.modules.predict import SupportSetPredictionMixin
 
 
@@ -26,7 +27,7 @@ class FewShotModule(SupportSetPredictionMixin, LeanCheckpointMixin, L.LightningM
     """Episodic few-shot segmentation with FS-DINO / UINO-FSS.
 
     Args:
-        variant: ``ba_pcs`` | ``compact`` | ``full`` | ``uino`` (or the paper's row names
+        variant: ``ba_pcs`` | ``compact`` | ``full`` | ``uino`` | ``uino_large`` (or the paper's row names
             ``BA+PCS``, ``BA+SVP+PCS``, ``BA+SVP+PCS+4D``).
         backbone: DINOv2 architecture (``dinov2_vitb14`` in the paper; ``dinov2_tiny`` for tests).
         image_size: model input size (518 in the paper).
@@ -34,7 +35,11 @@ class FewShotModule(SupportSetPredictionMixin, LeanCheckpointMixin, L.LightningM
             checkpoint initialises the mask decoder, mask downscaling and PE; the adapter checkpoint
             is stage 1's output (a distillation ``.ckpt`` or a plain adapter state dict).
         decoder_dim / decoder_depth / decoder_mlp_dim / decoder_heads: SAM mask-decoder sizes.
-        model_kwargs: further ``build_fsdino`` options (e.g. ``correlation_kwargs``, ``mamba_backend``).
+        model_kwargs: further ``build_fsdino`` options (e.g. ``correlation_kwargs``, ``mamba_backend``;
+            ``adapter_kwargs`` / ``tap_norm`` are taken from a stage-1 ``adapter_checkpoint``).
+        pos_interpolation: DINOv2 position embeddings at sizes other than 518: ``official`` (the hub
+            models' formula) or ``timm`` (fsseg before this option; checkpoints written before it
+            load with it, and their ``uino`` is today's ``uino_large``).
         num_classes: size of the benchmark's class-id space (linked from ``data.num_classes``).
         prior_loss_weight: weight of L_prior in L = L_prior + L_final (1 in the paper).
         lr / weight_decay / lr_schedule: AdamW (paper: lr 1e-3), optional cosine decay over the run.
@@ -63,21 +68,35 @@ class FewShotModule(SupportSetPredictionMixin, LeanCheckpointMixin, L.LightningM
         lr_schedule: Literal["none", "cosine"] = "cosine",
         feature_cache: Literal["off", "eval", "all"] = "off",
         nonfinite: Literal["raise", "skip"] = "raise",
+        pos_interpolation: Literal["official", "timm"] = "official",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         # Frozen weights loaded from a file are not repeated in checkpoints; random ones (tests) are.
         self.frozen_prefixes = ("model.encoder.",) if dinov2_checkpoint else ()
         self.strict_loading = False
-        self.model = build_fsdino(
-            variant=variant, backbone=backbone, image_size=image_size,
-            dinov2_checkpoint=dinov2_checkpoint, sam_checkpoint=sam_checkpoint,
-            adapter_checkpoint=adapter_checkpoint, decoder_dim=decoder_dim, decoder_depth=decoder_depth,
-            decoder_mlp_dim=decoder_mlp_dim, decoder_heads=decoder_heads, **(model_kwargs or {}))
+        self.model = self._build_model()
         self.val_metric = FewShotIoU(num_classes)
         self.test_metric = FewShotIoU(num_classes)
         self.feature_cache_store: Optional[TensorDiskCache] = None  # set by callbacks.FrozenFeatureCache
         self.guard = NonFiniteLossGuard(nonfinite)
+
+    def _build_model(self):
+        hp = self.hparams
+        return build_fsdino(
+            variant=hp.variant, backbone=hp.backbone, image_size=hp.image_size,
+            dinov2_checkpoint=hp.dinov2_checkpoint, sam_checkpoint=hp.sam_checkpoint,
+            adapter_checkpoint=hp.adapter_checkpoint, decoder_dim=hp.decoder_dim, decoder_depth=hp.decoder_depth,
+            decoder_mlp_dim=hp.decoder_mlp_dim, decoder_heads=hp.decoder_heads,
+            pos_interpolation=hp.pos_interpolation, **(hp.model_kwargs or {}))
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        changed = adopt_legacy_hparams(self, checkpoint, {"pos_interpolation": "timm"})
+        if changed:  # written before pos_interpolation existed: also before the compact uino
+            if canonical_variant(self.hparams.variant) == "uino":
+                self.hparams["variant"] = checkpoint["hyper_parameters"]["variant"] = "uino_large"
+            self.model = self._build_model()
+        super().on_load_checkpoint(checkpoint)
 
     def setup(self, stage: str) -> None:
         # The metric's class-id space follows the benchmark the data module serves.
