@@ -1,0 +1,230 @@
+"""SAM teacher preprocessing against segment-anything; adapter settings carried from stage 1 to
+stage 2; the compact UINO-FSS budget; checkpoints written before these options load as before."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from data_modules.benchmarks import UnlabelledImageFolder
+from data_modules.transforms import sam_longest_side
+from fsseg.models import BottleneckAdapter
+from fsseg.models.build import PAPER_LITERAL_ADAPTER, build_fsdino
+from fsseg.models.teacher import SAMImageEncoder
+
+
+def _sam_model(img_size: int):
+    """segment-anything's own ``Sam`` (for ``preprocess``) with a teacher-sized image encoder."""
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    from fsseg.models.teacher import build_sam_image_encoder
+
+    enc = build_sam_image_encoder("tiny", img_size=img_size) if img_size != 256 else build_sam_image_encoder("tiny")
+    g = img_size // 16
+    return Sam(image_encoder=enc,
+               prompt_encoder=PromptEncoder(embed_dim=32, image_embedding_size=(g, g),
+                                            input_image_size=(img_size, img_size), mask_in_chans=4),
+               mask_decoder=MaskDecoder(transformer_dim=32, transformer=TwoWayTransformer(
+                   depth=1, embedding_dim=32, mlp_dim=32, num_heads=2))).eval()
+
+
+def _sam_reference(image: np.ndarray, long_side: int) -> torch.Tensor:
+    """``SamPredictor.set_image``: ``ResizeLongestSide.apply_image`` then ``Sam.preprocess``."""
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    resized = ResizeLongestSide(long_side).apply_image(image)
+    x = torch.as_tensor(resized).permute(2, 0, 1).contiguous()[None].float()
+    return _sam_model(long_side).preprocess(x)
+
+
+@pytest.mark.parametrize("hw", [(1365, 2048), (2048, 1365), (300, 451), (97, 97), (1023, 3)])
+def test_teacher_input_equals_sam_resize_longest_side_and_preprocess(hw, tmp_path):
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    long_side = 256  # the tiny teacher's input; the rounding rule is the same at 1024
+    rng = np.random.default_rng(hw[0] * 7 + hw[1])
+    image = rng.integers(0, 256, size=(*hw, 3), dtype=np.uint8)
+    padded, valid = sam_longest_side(image, long_side)
+    assert valid == ResizeLongestSide.get_preprocess_shape(*hw, long_side)
+    teacher = SAMImageEncoder("tiny")
+    ours = teacher.preprocess_padded(torch.from_numpy(padded).permute(2, 0, 1)[None].float() / 255,
+                                     torch.tensor([valid]))
+    ref = _sam_reference(image, long_side)
+    assert ours.shape == ref.shape == (1, 3, long_side, long_side)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=2e-5)
+    assert torch.equal(ours[..., valid[0]:, :], torch.zeros_like(ours[..., valid[0]:, :]))
+
+
+def test_sam_rounding_at_1024_for_1365x2048():
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    teacher = SAMImageEncoder("tiny", img_size=1024, window_size=4)
+    assert teacher.input_size(1365, 2048) == ResizeLongestSide.get_preprocess_shape(1365, 2048, 1024) == (683, 1024)
+    assert teacher.valid_embedding_size(1365, 2048) == (43, 64)
+    # the float path (any tensor size) follows the same rounding and padding
+    x = teacher.preprocess(torch.rand(1, 3, 1365, 2048))
+    assert x.shape == (1, 3, 1024, 1024) and bool((x[..., 683:, :] == 0).all()) and bool((x[..., 682, :] != 0).any())
+
+
+def test_folder_serves_the_sam_teacher_view(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    img = np.random.default_rng(0).integers(0, 256, size=(60, 90, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "imgs" / "a.png")
+    item = UnlabelledImageFolder(str(tmp_path / "imgs"), image_size=64, teacher_view="longest_side")[0]
+    assert item["image"].shape == (3, 64, 64) and item["teacher_image"].shape == (3, 64, 64)
+    assert item["teacher_valid"].tolist() == [43, 64]  # int(60 * 64/90 + 0.5) = 43
+    ref = _sam_reference(img, 64)
+    ours = SAMImageEncoder("tiny", img_size=64, window_size=2).preprocess_padded(
+        item["teacher_image"][None], item["teacher_valid"][None])
+    torch.testing.assert_close(ours, ref, rtol=0, atol=2e-5)
+
+
+def test_distillation_target_is_the_valid_part_and_cache_namespace_follows_preprocessing():
+    from fsseg.modules import DistillationModule
+
+    torch.manual_seed(0)
+    m = DistillationModule(backbone="dinov2_tiny", teacher="tiny", resolution=56)
+    squash = DistillationModule(backbone="dinov2_tiny", teacher="tiny", resolution=56, teacher_preprocess="squash")
+    assert m.teacher_namespace((256, 256)) != squash.teacher_namespace((256, 256))
+    assert squash.teacher_namespace((256, 256)) == \
+        f"sam-teacher|{squash.teacher.fingerprint}|input=256x256"  # the namespace used before
+    image = torch.rand(1, 3, 256, 256)
+    teacher_image = torch.zeros(1, 3, 256, 256)
+    teacher_image[..., :100, :] = torch.rand(1, 3, 100, 256)
+    batch = {"image": image, "teacher_image": teacher_image, "teacher_valid": torch.tensor([[100, 256]]),
+             "path": ["x"]}
+    assert m.teacher_valid_cells(batch) == [(7, 16)]  # ceil(100 / 16) rows of the 16x16 embedding
+    with torch.no_grad():
+        student = m.student_embeddings(image)
+        emb = m.teacher_embeddings(batch)
+        want = F.mse_loss(student, F.adaptive_avg_pool2d(emb[..., :7, :], student.shape[-2:]))
+        assert torch.allclose(m._step(batch), want)
+        # squash ignores the SAM view and encodes the square image
+        assert torch.allclose(squash.teacher_embeddings(batch), squash.teacher(image))
+
+
+def test_paper_literal_adapter_layers_and_parameters():
+    literal = BottleneckAdapter(in_dim=768, out_dim=256, **PAPER_LITERAL_ADAPTER)
+    assert sum(p.numel() for p in literal.parameters()) == 1_249_408  # "~1.25M" (FS-DINO sec. 3.3.1)
+    # Identity placeholders keep the state-dict keys of fsseg's adapter (reduce.0/2/4)
+    assert all(isinstance(m, (torch.nn.Conv2d, torch.nn.Identity)) for m in literal.reduce)
+    convs = [(type(m).__name__, m.in_channels, m.out_channels, m.kernel_size) for m in literal.reduce
+             if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [("Conv2d", 768, 256, (1, 1)), ("Conv2d", 256, 256, (3, 3)), ("Conv2d", 256, 128, (1, 1))]
+    assert len(literal.blocks) == 2 and literal.blocks[0].attn.embed_dim == 128
+    assert literal.blocks[0].mlp[0].out_features == 512
+    assert (literal.expand.in_channels, literal.expand.out_channels) == (128, 256)
+    assert literal.pos_encoding == "none"
+    # no activation anywhere between the convs: the conv stem is one linear map
+    x = torch.randn(1, 768, 5, 5)
+    with torch.no_grad():
+        a, b = literal.reduce(x), literal.reduce(2 * x)
+        bias = literal.reduce(torch.zeros_like(x))
+    torch.testing.assert_close(b - bias, 2 * (a - bias), rtol=1e-4, atol=1e-4)
+    assert sum(p.numel() for p in BottleneckAdapter().parameters()) == 1_249_408  # same weights, other computation
+
+
+def _stage1_checkpoint(tmp_path, **kw) -> str:
+    """A real stage-1 checkpoint written by Lightning (one tiny step)."""
+    import lightning as L
+
+    from data_modules import UnlabelledDataModule
+    from fsseg.modules import DistillationModule
+
+    L.seed_everything(0)
+    module = DistillationModule(backbone="dinov2_tiny", teacher="tiny", resolution=56, **kw)
+    dm = UnlabelledDataModule(root=None, image_size=64, synthetic_images=4, batch_size=4, val_fraction=0.0)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, default_root_dir=str(tmp_path))
+    trainer.fit(module, datamodule=dm)
+    path = tmp_path / "stage1.ckpt"
+    trainer.save_checkpoint(str(path))
+    return str(path)
+
+
+def test_stage2_builds_the_literal_adapter_from_the_stage1_checkpoint(tmp_path):
+    from fsseg.modules import FewShotModule
+
+    ckpt = _stage1_checkpoint(tmp_path, adapter_kwargs=dict(PAPER_LITERAL_ADAPTER), tap_norm=True)
+    hp = torch.load(ckpt, weights_only=True)["hyper_parameters"]
+    assert hp["adapter_kwargs"]["pos_encoding"] == "none" and hp["tap_norm"] is True
+    stage2 = FewShotModule(variant="compact", backbone="dinov2_tiny", image_size=56, adapter_checkpoint=ckpt,
+                           decoder_dim=32, decoder_mlp_dim=64, decoder_heads=2)
+    adapter = stage2.model.adapter
+    assert adapter.pos_encoding == "none" and not any(isinstance(m, torch.nn.GELU) for m in adapter.modules())
+    assert stage2.model.encoder.tap_norm is True
+    with pytest.raises(ValueError, match=r"pos_encoding='sine'.*pos_encoding='none'"):
+        FewShotModule(variant="compact", backbone="dinov2_tiny", image_size=56, adapter_checkpoint=ckpt,
+                      decoder_dim=32, decoder_mlp_dim=64, decoder_heads=2,
+                      model_kwargs={"adapter_kwargs": {"pos_encoding": "sine"}})
+    with pytest.raises(ValueError, match=r"tap_norm=False.*tap_norm=True"):
+        FewShotModule(variant="compact", backbone="dinov2_tiny", image_size=56, adapter_checkpoint=ckpt,
+                      decoder_dim=32, decoder_mlp_dim=64, decoder_heads=2, model_kwargs={"tap_norm": False})
+    # a chained stage-1 run started from it keeps the literal adapter as well
+    from fsseg.modules import DistillationModule
+
+    chained = DistillationModule(backbone="dinov2_tiny", teacher="tiny", resolution=56, adapter_init=ckpt)
+    assert chained.adapter.pos_encoding == "none" and chained.hparams.tap_norm is True
+
+
+def test_checkpoint_without_the_new_hparams_loads_with_the_old_behaviour(tmp_path):
+    """A checkpoint written before pos_interpolation / teacher_preprocess / gkd_attention existed."""
+    from fsseg.modules import DistillationModule, FewShotModule
+
+    ckpt = _stage1_checkpoint(tmp_path, objective="gkd")
+    state = torch.load(ckpt, weights_only=True)
+    for k in ("pos_interpolation", "teacher_preprocess", "gkd_attention", "adapter_kwargs", "tap_norm"):
+        state["hyper_parameters"].pop(k)
+    state["state_dict"].pop("gkd.log_scale")
+    old = tmp_path / "old.ckpt"
+    torch.save(state, old)
+    m = DistillationModule.load_from_checkpoint(str(old), weights_only=True)
+    assert (m.encoder.pos_interpolation, m.hparams.teacher_preprocess, m.gkd.attention_objective) == \
+        ("timm", "squash", "shared")
+    assert m.adapter.pos_encoding == "sine" and m.encoder.tap_norm is False
+    # stage 2: an old uino checkpoint is today's uino_large at the old position resampling
+    fs = FewShotModule(variant="uino_large", backbone="dinov2_tiny", image_size=56, decoder_dim=32,
+                       decoder_mlp_dim=64, decoder_heads=2, pos_interpolation="timm", model_kwargs={"mamba_backend": "torch"})
+    import lightning as L
+
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer.strategy.connect(fs)
+    path = tmp_path / "fs.ckpt"
+    trainer.save_checkpoint(str(path))
+    state = torch.load(path, weights_only=True)
+    state["hyper_parameters"]["variant"] = "uino"
+    state["hyper_parameters"].pop("pos_interpolation")
+    torch.save(state, path)
+    loaded = FewShotModule.load_from_checkpoint(str(path), weights_only=True)
+    assert loaded.hparams.variant == "uino_large" and loaded.model.encoder.pos_interpolation == "timm"
+    for k, v in fs.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+
+
+def test_params_lists_both_uino_sizes_within_budget():
+    from fsseg.models.__main__ import count, parameter_table
+
+    table = parameter_table("dinov2_vitb14", 518)
+    assert "uino_large" in table and "MHCM + CE (uino, compact)" in table
+    with torch.device("meta"):
+        uino = build_fsdino("uino", backbone="dinov2_vitb14", mamba_backend="torch")
+    segmenter = count(uino) - count(uino.encoder)
+    assert 5.4e6 < segmenter < 5.8e6, segmenter  # seed 002 Fig. 1: "only contains 5.6M parameters"
+    assert count(uino.correlation) < 1e5
+
+
+def test_compact_uino_runs_on_cpu_with_the_torch_scan():
+    torch.manual_seed(0)
+    model = build_fsdino("uino", backbone="dinov2_tiny", image_size=56, decoder_dim=32, decoder_mlp_dim=64,
+                         decoder_heads=2, mamba_backend="auto").eval()
+    blk = model.correlation.blocks[0]
+    assert blk.scan_q.backend == "auto" and not blk.scan_q._use_cuda(torch.zeros(1))
+    q, s = torch.rand(2, 3, 56, 56), torch.rand(2, 2, 3, 56, 56)
+    m = (torch.rand(2, 2, 56, 56) > 0.5).float()
+    with torch.no_grad():
+        out = model(q, s, m)
+    assert out["logits"].shape == (2, 56, 56) and torch.isfinite(out["logits"]).all()
