@@ -50,7 +50,6 @@ def make_config(quick: bool) -> dict:
         return dict(
             quick=True, backbone="dinov2_tiny", size=112, sweep_size=56, spec_size=56, resolutions=[56, 84, 112],
             model_kwargs=dict(decoder_dim=32, decoder_depth=1, decoder_mlp_dim=64, decoder_heads=2,
-                              correlation_kwargs=dict(mid_channels=32, head_channels=(16, 8, 8)),
                               mamba_backend="torch"),
             sam_variants={"sam_h": "tiny", "sam_b": "tiny"}, teacher="tiny", teacher_size=256,
             shots=[1, 5], sweep_shots=[1, 5, 10], spec_shots=[1, 5, 20], classes=[1, 2, 5],

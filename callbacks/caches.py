@@ -15,9 +15,11 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 class TeacherEmbeddingCache(L.Callback):
     """Cache the frozen SAM teacher's embeddings on disk (stage 1's main cost lever, SPEC sec. 2).
 
-    The teacher always sees 1024x1024 un-augmented images, so an embedding is computed once and
-    reused by every epoch and every curriculum stage. The namespace holds the teacher fingerprint
-    (architecture + weights) and the input size, so a changed teacher is never served stale.
+    The teacher always sees un-augmented images at its 1024 input, so an embedding is computed once
+    and reused by every epoch and every curriculum stage. The namespace
+    (``DistillationModule.teacher_namespace``) holds the teacher fingerprint (architecture +
+    weights), the input size and the preprocessing (``teacher_preprocess``: SAM's longest side +
+    padding, or the squashed square image), so a changed teacher or view is never served stale.
     ``dtype=float32`` (default) keeps cached and uncached losses identical; ``float16`` halves the disk.
     """
 

@@ -91,9 +91,7 @@ class UnlabelledImageFolder:
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        from .transforms import image_to_tensor, resize_image
-
-        from .transforms import sam_longest_side
+        from .transforms import image_to_tensor, resize_image, sam_longest_side
 
         original = read_image(self.paths[index])
         import torch

@@ -1,9 +1,10 @@
 """An on-disk tensor cache that many processes can fill at once without corrupting it.
 
 Used for the frozen SAM teacher's embeddings (stage 1) and for frozen DINOv2/adapter features of
-un-augmented images (stage 2): both are pure functions of (model weights, input size, image), so the
-cache *namespace* is a fingerprint of the model and input size, and an entry's key is the image id.
-A changed teacher or input size therefore lands in another namespace and can never be served stale.
+un-augmented images (stage 2): both are pure functions of (model weights, input size and
+preprocessing, image), so the cache *namespace* is a fingerprint of the model, the input size and the
+preprocessing (the teacher's ``sam`` / ``squash`` view), and an entry's key is the image id. A changed
+teacher, input size or preprocessing therefore lands in another namespace and is never served stale.
 
 Writes go to a unique temporary file in the same folder and are published with ``os.replace``, which
 is atomic on POSIX: a reader sees either no entry or a whole one, never a half-written file, and two

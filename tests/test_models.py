@@ -28,7 +28,10 @@ TINY = dict(
 
 def tiny(variant: str, **kw) -> FSDINO:
     torch.manual_seed(0)
-    return build_fsdino(variant, **{**TINY, **kw})
+    cfg = {**TINY, **kw}
+    if variant == "uino":  # the compact MHCM has no reduction convs / 3-stage head to shrink
+        cfg.pop("correlation_kwargs")
+    return build_fsdino(variant, **cfg)
 
 
 def rand_masks(*shape):

@@ -11,7 +11,10 @@ encoding (DETR-style) to queries and keys of each attention block (``pos_encodin
 default; ``'none'`` disables it). It adds no parameters and works at any grid size.
 Activations between the convs: none in the paper's description; we use GELU after the first two
 convs (``conv_act=True``) as a bottleneck normally has non-linearities; set ``conv_act=False`` for a
-purely linear conv stem.
+purely linear conv stem. ``pos_encoding='none', conv_act=False`` is the paper's adapter taken
+literally (``fsseg.models.build.PAPER_LITERAL_ADAPTER``); both forms have the same parameters and
+state-dict keys (``nn.Identity`` holds the activations' places), so only the computation differs --
+which is why stage 2 takes these settings from the stage-1 checkpoint.
 """
 from __future__ import annotations
 

@@ -203,7 +203,13 @@ def build_fsdino(
         correlation = Correlation4D(**ck)
     elif variant in ("uino", "uino_large"):
         ck.setdefault("backend", mamba_backend)
-        correlation = (CompactMambaHyperCorrelation if variant == "uino" else MambaHyperCorrelation)(**ck)
+        cls = CompactMambaHyperCorrelation if variant == "uino" else MambaHyperCorrelation
+        import inspect
+
+        unknown = sorted(set(ck) - set(inspect.signature(cls.__init__).parameters))
+        if unknown:
+            raise ValueError(f"correlation_kwargs {unknown} do not apply to variant {variant!r} ({cls.__name__})")
+        correlation = cls(**ck)
     model = FSDINO(
         encoder=encoder,
         adapter=adapter,

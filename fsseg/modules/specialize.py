@@ -29,7 +29,7 @@ from fsseg.metrics import FewShotIoU, binarize_multiclass
 from fsseg.models import build_fsdino
 from fsseg.models.fsdino import FSDINO, ImageFeatures
 from fsseg.models.specialized import SpecializedSegmenter
-from fsseg.modules.common import LeanCheckpointMixin, NonFiniteLossGuard
+from fsseg.modules.common import LeanCheckpointMixin, NonFiniteLossGuard, adopt_legacy_hparams
 
 
 def soft_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -67,6 +67,9 @@ class SpecializeModule(LeanCheckpointMixin, L.LightningModule):
         init_from_supports: start from the teacher's SVP tokens and prototypes (else random).
         eval_teacher: also score the episodic teacher (all K supports) in validation / test.
         lr / weight_decay / lr_schedule: AdamW on the trainable student parameters.
+        pos_interpolation: as ``FewShotModule`` (without ``teacher_ckpt``; a checkpoint written
+            before it existed runs its frozen DINOv2 with ``timm``, exactly as before when the DINOv2
+            weights come from ``dinov2_checkpoint``).
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class SpecializeModule(LeanCheckpointMixin, L.LightningModule):
         weight_decay: float = 0.0,
         lr_schedule: Literal["none", "cosine"] = "none",
         nonfinite: Literal["raise", "skip"] = "raise",
+        pos_interpolation: Literal["official", "timm"] = "official",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -113,7 +117,7 @@ class SpecializeModule(LeanCheckpointMixin, L.LightningModule):
                 variant=variant, backbone=backbone, image_size=image_size, dinov2_checkpoint=dinov2_checkpoint,
                 sam_checkpoint=sam_checkpoint, adapter_checkpoint=adapter_checkpoint, decoder_dim=decoder_dim,
                 decoder_depth=decoder_depth, decoder_mlp_dim=decoder_mlp_dim, decoder_heads=decoder_heads,
-                **(model_kwargs or {}))
+                pos_interpolation=pos_interpolation, **(model_kwargs or {}))
             self.frozen_prefixes = ("teacher.encoder.", "student.encoder.") if dinov2_checkpoint else ()
         self.teacher: FSDINO = teacher
         self.teacher.requires_grad_(False)
@@ -181,6 +185,9 @@ class SpecializeModule(LeanCheckpointMixin, L.LightningModule):
         checkpoint["fsseg_class_names"] = list(self.student.class_names) if self.student is not None else None
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if not self.hparams.teacher_ckpt and adopt_legacy_hparams(self, checkpoint, {"pos_interpolation": "timm"}):
+            # a 37x37 table resampled at run time by timm == the table resampled at load (before)
+            self.teacher.encoder.pos_interpolation = "timm"
         names = checkpoint.get("fsseg_class_names")
         if names and (self.student is None or self.student.class_names != list(names)):
             self.build_student(list(names), None)
