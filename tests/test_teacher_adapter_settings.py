@@ -205,16 +205,18 @@ def test_checkpoint_without_the_new_hparams_loads_with_the_old_behaviour(tmp_pat
         assert torch.equal(v, loaded.state_dict()[k]), k
 
 
-def test_params_lists_both_uino_sizes_within_budget():
-    from fsseg.models.__main__ import count, parameter_table
+def test_fsseg_params_lists_both_uino_sizes_the_compact_one_within_budget(tmp_path):
+    from tests.cli_utils import run_fsseg
 
-    table = parameter_table("dinov2_vitb14", 518)
-    assert "uino_large" in table and "MHCM + CE (uino, compact)" in table
-    with torch.device("meta"):
-        uino = build_fsdino("uino", backbone="dinov2_vitb14", mamba_backend="torch")
-    segmenter = count(uino) - count(uino.encoder)
+    out = run_fsseg(["params"], cwd=tmp_path).stdout
+    rows = {line.split()[0]: [int(x.replace(",", "")) for x in line.split()[1:]]
+            for line in out.splitlines() if line.split() and line.split()[0] in ("uino", "uino_large", "compact")}
+    segmenter = rows["uino"][-1]
     assert 5.4e6 < segmenter < 5.8e6, segmenter  # seed 002 Fig. 1: "only contains 5.6M parameters"
-    assert count(uino.correlation) < 1e5
+    assert segmenter - rows["compact"][-1] < 1e5  # the MHCM + CE on top of BA+SVP+PCS
+    assert rows["uino_large"][-1] > 10e6
+    mhcm = [line for line in out.splitlines() if line.startswith("MHCM + CE (uino, compact)")]
+    assert mhcm and int(mhcm[0].split()[-1].replace(",", "")) < 1e5
 
 
 def test_compact_uino_runs_on_cpu_with_the_torch_scan():
