@@ -99,7 +99,24 @@ class HierarchicalGlobalModelingBlock(nn.Module):
         return t.reshape(n, c, h, w)
 
 
-class MambaHyperCorrelation(nn.Module):
+class _ShotFusedMHCM(nn.Module):
+    """``forward`` of both MHCM sizes: contrastive enhancement, 4D volume, shot fusion, prior.
+    Subclasses provide ``contrast``, ``shot_fusion``, ``volume``, ``reduce`` and ``_run``."""
+
+    def forward(self, fq: torch.Tensor, fs: torch.Tensor, support_masks: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
+        B, K = fs.shape[:2]
+        if self.contrast is not None:
+            sim = self.contrast(fq, fs, support_masks, sim)
+        vol = self.volume(fq, fs, support_masks)
+        if self.shot_fusion == "mean_corr":
+            prior = self._run(self.reduce(vol.mean(dim=1)), sim)
+        else:
+            prior = self._run(self.reduce(vol.flatten(0, 1)), sim.repeat_interleave(K, dim=0))
+            prior = prior.view(B, K, *prior.shape[1:]).mean(dim=1)
+        return _resize(prior, (4 * fq.shape[-2], 4 * fq.shape[-1]))
+
+
+class MambaHyperCorrelation(_ShotFusedMHCM):
     """MHCM: drop-in replacement for ``Correlation4D`` (same ``forward`` signature/output)."""
 
     def __init__(
@@ -132,23 +149,17 @@ class MambaHyperCorrelation(nn.Module):
     def corr_grid(self) -> int:
         return self.corr.g
 
+    def volume(self, fq: torch.Tensor, fs: torch.Tensor, support_masks: torch.Tensor) -> torch.Tensor:
+        return self.corr.volume(fq, fs, support_masks)
+
+    def reduce(self, vol: torch.Tensor) -> torch.Tensor:
+        return self.corr(vol)
+
     def _run(self, x: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
         x = x + _resize(sim, x.shape[-2:])
         for blk in self.blocks:
             x = blk(x)
         return self.head(x)
-
-    def forward(self, fq: torch.Tensor, fs: torch.Tensor, support_masks: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
-        B, K = fs.shape[:2]
-        if self.contrast is not None:
-            sim = self.contrast(fq, fs, support_masks, sim)
-        vol = self.corr.volume(fq, fs, support_masks)
-        if self.shot_fusion == "mean_corr":
-            prior = self._run(self.corr(vol.mean(dim=1)), sim)
-        else:
-            prior = self._run(self.corr(vol.flatten(0, 1)), sim.repeat_interleave(K, dim=0))
-            prior = prior.view(B, K, *prior.shape[1:]).mean(dim=1)
-        return _resize(prior, (4 * fq.shape[-2], 4 * fq.shape[-1]))
 
 
 class CompactGlobalModelingBlock(nn.Module):
@@ -176,7 +187,7 @@ class CompactGlobalModelingBlock(nn.Module):
         return x + F.interpolate(u, size=(h, w), mode="bilinear", align_corners=False)
 
 
-class CompactMambaHyperCorrelation(nn.Module):
+class CompactMambaHyperCorrelation(_ShotFusedMHCM):
     """MHCM within UINO-FSS's parameter budget (module docstring); same ``forward`` as ``Correlation4D``."""
 
     def __init__(
@@ -211,6 +222,9 @@ class CompactMambaHyperCorrelation(nn.Module):
     def corr_grid(self) -> int:
         return self.g
 
+    def volume(self, fq: torch.Tensor, fs: torch.Tensor, support_masks: torch.Tensor) -> torch.Tensor:
+        return correlation_volume(fq, fs, support_masks, self.g, self.support_masking)
+
     def reduce(self, vol: torch.Tensor) -> torch.Tensor:
         """``[N, g*g (support), g, g (query)]`` -> ``[N, s*s, r, r]`` by average pooling (no parameters)."""
         n, g = vol.shape[0], self.g
@@ -224,18 +238,6 @@ class CompactMambaHyperCorrelation(nn.Module):
             x = blk(x)
         x = self.head(_resize(x, (self.g, self.g)))
         return self.out(F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False))
-
-    def forward(self, fq: torch.Tensor, fs: torch.Tensor, support_masks: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
-        B, K = fs.shape[:2]
-        if self.contrast is not None:
-            sim = self.contrast(fq, fs, support_masks, sim)
-        vol = correlation_volume(fq, fs, support_masks, self.g, self.support_masking)
-        if self.shot_fusion == "mean_corr":
-            prior = self._run(self.reduce(vol.mean(dim=1)), sim)
-        else:
-            prior = self._run(self.reduce(vol.flatten(0, 1)), sim.repeat_interleave(K, dim=0))
-            prior = prior.view(B, K, *prior.shape[1:]).mean(dim=1)
-        return _resize(prior, (4 * fq.shape[-2], 4 * fq.shape[-1]))
 
 
 __all__ = ["MambaHyperCorrelation", "CompactMambaHyperCorrelation", "HierarchicalGlobalModelingBlock", "ContrastiveEnhancement", "swap_query_support"]
