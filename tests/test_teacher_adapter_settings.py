@@ -157,6 +157,8 @@ def test_stage2_builds_the_literal_adapter_from_the_stage1_checkpoint(tmp_path):
     adapter = stage2.model.adapter
     assert adapter.pos_encoding == "none" and not any(isinstance(m, torch.nn.GELU) for m in adapter.modules())
     assert stage2.model.encoder.tap_norm is True
+    # the frozen-feature cache namespace follows settings that are not weights
+    assert "tap_norm=True|adapter_pe=none|adapter_act=Identity" in stage2.feature_namespace()
     with pytest.raises(ValueError, match=r"pos_encoding='sine'.*pos_encoding='none'"):
         FewShotModule(variant="compact", backbone="dinov2_tiny", image_size=56, adapter_checkpoint=ckpt,
                       decoder_dim=32, decoder_mlp_dim=64, decoder_heads=2,

@@ -108,7 +108,10 @@ class FewShotModule(SupportSetPredictionMixin, LeanCheckpointMixin, L.LightningM
     # -- frozen features, optionally cached -----------------------------------------------------
     def feature_namespace(self) -> str:
         m = self.model
-        return (f"fsdino-frozen|{m.encoder.arch}|adapter-frozen={m.freeze_adapter}|"
+        # settings that change the features without being weights (not in the fingerprint)
+        settings = (f"pos={m.encoder.pos_interpolation}|tap_norm={m.encoder.tap_norm}|"
+                    f"adapter_pe={m.adapter.pos_encoding}|adapter_act={type(m.adapter.reduce[1]).__name__}")
+        return (f"fsdino-frozen|{m.encoder.arch}|adapter-frozen={m.freeze_adapter}|{settings}|"
                 f"{module_fingerprint(m.encoder, m.adapter)}")
 
     def _use_cache(self) -> bool:
