@@ -135,6 +135,8 @@ class DINOv2Encoder(nn.Module):
 
     Input: images ``[B,3,H,W]`` in ``[0,1]`` (ImageNet normalisation happens here), H, W multiples of 14.
 
+    ``img_size``: the position table's grid with ``pos_interpolation='timm'`` only; the official
+    mode keeps the checkpoints' 518 (37x37) table whatever the input size.
     ``tap_norm``: pass the block-``tap_block`` tokens through the final LayerNorm, as the official
     ``get_intermediate_layers(norm=True)`` default does (``vision_transformer.py:304,310``). FS-DINO
     does not say; False (default) keeps the raw block output, which is what every stage-1
