@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data_modules.benchmarks import UnlabelledImageFolder
+from data_modules import UnlabelledImageFolder
 from data_modules.transforms import sam_longest_side
 from fsseg.models import BottleneckAdapter
 from fsseg.models.build import PAPER_LITERAL_ADAPTER, build_fsdino
