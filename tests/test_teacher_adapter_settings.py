@@ -232,3 +232,30 @@ def test_compact_uino_runs_on_cpu_with_the_torch_scan():
     with torch.no_grad():
         out = model(q, s, m)
     assert out["logits"].shape == (2, 56, 56) and torch.isfinite(out["logits"]).all()
+
+
+def test_sam_view_distillation_fit_on_non_square_folder_with_cache(tmp_path):
+    import lightning as L
+    from PIL import Image
+
+    from callbacks import TeacherEmbeddingCache
+    from data_modules import UnlabelledDataModule
+    from fsseg.modules import DistillationModule
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    for i, hw in enumerate([(60, 90), (90, 60), (40, 100), (70, 70)]):
+        Image.fromarray(rng.integers(0, 256, size=(*hw, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    L.seed_everything(0)
+    module = DistillationModule(backbone="dinov2_tiny", teacher="tiny", resolution=56)
+    dm = UnlabelledDataModule(root=str(tmp_path / "imgs"), image_size=256, batch_size=4, val_fraction=0.0)
+    cache = TeacherEmbeddingCache(cache_dir=str(tmp_path / "cache"))
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        callbacks=[cache])
+    trainer.fit(module, datamodule=dm)
+    assert module.teacher_calls == 4  # second epoch served from the cache
+    assert "preprocess=sam-longest-side-pad" in module.teacher_cache.namespace
+    batch = next(iter(dm.train_dataloader()))
+    cells = sorted(module.teacher_valid_cells(batch))
+    assert cells == sorted([(11, 16), (16, 11), (7, 16), (16, 16)])  # ceil(171/16), ceil(102/16), ...
