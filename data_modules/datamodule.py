@@ -13,7 +13,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .base import FewShotDataset
+from .chest_xray import ChestXray
 from .coco import Coco20i
+from .deepglobe import Deepglobe
 from .episode_files import episodes_to_json, read_episodes_file
 from .episodes import (
     EpisodeDataset,
@@ -24,13 +26,16 @@ from .episodes import (
 )
 from .folder import FolderDataset, UnlabelledImageFolder
 from .fss import FSS1000
+from .isic import ISIC
 from .masks import BadSampleError, list_images, read_image
 from .pascal import Pascal5i
 from .protocols import get_protocol
 from .synthetic import NUM_CLASSES, SyntheticFewShot, render
 from .transforms import PairTransform, image_to_tensor, resize_image
 
-DATASETS = ("synthetic", "pascal5i", "coco20i", "fss1000", "folder")
+DATASETS = ("synthetic", "pascal5i", "coco20i", "fss1000", "folder", "deepglobe", "isic", "chest_xray")
+# Cross-domain targets (PATNet's CD-FSS, docs/protocols/cdfss.md): test-only, one reader each.
+CROSS_DOMAIN_READERS = {"deepglobe": Deepglobe, "isic": ISIC, "chest_xray": ChestXray}
 
 
 def _rank_world(trainer) -> Tuple[int, int]:
@@ -62,12 +67,15 @@ def build_fewshot_dataset(dataset: str, split: str, root: Optional[str] = None, 
         return Coco20i(root, fold, split, mask_encoding=mask_encoding, list_dir=split_dir, **options)
     if dataset == "fss1000":
         return FSS1000(root, split, split_dir=split_dir, mask_encoding=mask_encoding)
+    if dataset in CROSS_DOMAIN_READERS:
+        return CROSS_DOMAIN_READERS[dataset](root, split)
     return FolderDataset(root, mask_encoding=mask_encoding)
 
 
 class EpisodicDataModule(L.LightningDataModule):
     """Few-shot episodes (batch format: docs/CONTRACTS.md), drawn by a named ``protocol``
-    (``protocols.py``; cards in docs/protocols/): ``fsseg`` (default), ``hsnet`` or ``hdmnet``.
+    (``protocols.py``; cards in docs/protocols/): ``fsseg`` (default), ``hsnet``, ``hdmnet`` or
+    ``patnet`` (cross-domain, docs/protocols/cdfss.md).
 
     Train: ``train_episodes_per_epoch`` episodes over the base classes (``null`` = one pass over the
     training list), augmented if ``augment``. Val/test: fixed lists computed once in the main process

@@ -10,6 +10,8 @@ from .base import FileFewShotDataset, stem
 from .layout import SPLIT_ALIASES, classes_by_area, read_lines
 from .masks import read_mask
 
+ALL_CLASSES_FOLD = 4  # Pascal5i(fold=4): every class in every split (PATNet's source training)
+
 
 class Pascal5i(FileFewShotDataset):
     """PASCAL-5i: ``root/JPEGImages/<id>.jpg`` + ``root/SegmentationClassAug/<id>.png`` (class-index,
@@ -31,6 +33,13 @@ class Pascal5i(FileFewShotDataset):
     masks. Wherever classes come from masks, ``min_pixels`` and ``exclude_novel_images`` apply BAM's
     rule (``layout.classes_by_area``). Train split = base classes, val/test = the fold's novel classes.
 
+    ``fold=4`` (``ALL_CLASSES_FOLD``): all 20 classes in every split -- the source training of
+    cross-domain FSS, where PATNet trains with ``--fold 4`` (github slei109/PATNet ``data/pascal.py:106-108``:
+    fold 4's validation classes 20..24 do not exist, so every class is a training class, and training
+    reads ``trn/fold{j}`` for every j != 4, i.e. all four, ``:125-129``). PATNet's fold-4 validation list
+    is empty (``:131-133``); here val/test read all four ``val/fold{j}.txt``, so a validation set
+    exists. BAM's lists have no fold 4.
+
     ``list_pairs`` keeps the (id, class) pairs in list order (duplicates kept) and
     ``samples_by_class`` the class pools in list order, as the reference code iterates them.
     Reading lists never opens an image; missing image folders only fail when a sample is loaded.
@@ -47,13 +56,15 @@ class Pascal5i(FileFewShotDataset):
                  mask_dir: str = "SegmentationClassAug", min_pixels: int = 0,
                  exclude_novel_images: bool = False) -> None:
         super().__init__(mask_encoding)
-        if not 0 <= fold < 4:
-            raise ValueError(f"PASCAL-5i fold must be 0..3, got {fold}")
+        if not 0 <= fold <= ALL_CLASSES_FOLD:
+            raise ValueError(f"PASCAL-5i fold must be 0..3 (or {ALL_CLASSES_FOLD} = all 20 classes), got {fold}")
         self.root, self.fold, self.split = root, fold, SPLIT_ALIASES[split]
         self.image_dir, self.mask_dir = os.path.join(root, image_dir), os.path.join(root, mask_dir)
         self.min_pixels, self.exclude_novel_images = min_pixels, exclude_novel_images
-        novel = list(range(5 * fold, 5 * fold + 5))
+        novel = [] if fold == ALL_CLASSES_FOLD else list(range(5 * fold, 5 * fold + 5))
         self.class_ids = novel if self.split != "trn" else [c for c in range(20) if c not in novel]
+        if fold == ALL_CLASSES_FOLD:
+            self.class_ids = list(range(20))
         self.class_names = dict(enumerate(self.CLASSES))
         if list_dir is None:
             self.list_format, pairs = "masks", self._derive_pairs(self._image_set_ids())
@@ -82,7 +93,10 @@ class Pascal5i(FileFewShotDataset):
         return None
 
     def _read_hsnet(self, list_dir: str):
-        folds = [j for j in range(4) if j != self.fold] if self.split == "trn" else [self.fold]
+        if self.split == "trn" or self.fold == ALL_CLASSES_FOLD:
+            folds = [j for j in range(4) if j != self.fold]
+        else:
+            folds = [self.fold]
         split = "trn" if self.split == "trn" else "val"
         pairs = []
         for j in folds:
@@ -104,6 +118,9 @@ class Pascal5i(FileFewShotDataset):
         return pairs
 
     def _read_bam(self, bam_dir: str):
+        if self.fold == ALL_CLASSES_FOLD:
+            raise ValueError(f"PASCAL-5i fold {ALL_CLASSES_FOLD} (all classes) has no BAM list in {bam_dir!r}; "
+                             f"give HSNet's or PFENet's lists as list_dir")
         split = "train" if self.split == "trn" else "val"
         data_list = os.path.join(bam_dir, split, f"data_list_{self.fold}.txt")
         dict_file = os.path.join(bam_dir, split, f"sub_class_file_list_{self.fold}.txt")

@@ -9,6 +9,9 @@ up, with the reference file and line of every choice, in ``docs/protocols/<name>
   supports drawn with replacement (only the query is excluded).
 * ``hdmnet``: the FS-DINO paper's stated recipe (PFENet/BAM/HDMNet lists filtered at 2*32*32 pixels,
   one epoch = one pass over the training images, K distinct supports, 10 evaluation seeds).
+* ``patnet``: PATNet's cross-domain FSS (github slei109/PATNet, docs/protocols/cdfss.md): its test
+  episodes for Deepglobe, ISIC, Chest X-ray and FSS-1000 (``patnet.patnet_episode_list``); PASCAL and
+  COCO as ``hsnet`` (PATNet's PASCAL reader is HSNet's), source training on PASCAL fold 4 = all classes.
 
 Every list is computed once in the main process from the split lists only (no image is opened), so
 any number of workers and DDP processes evaluates exactly that list. To add a protocol, subclass
@@ -26,6 +29,7 @@ import numpy as np
 
 from .base import FewShotDataset
 from .episodes import Episode, eligible_classes, fixed_episode_list
+from .patnet import patnet_episode_list
 
 PROTOCOLS: Dict[str, Type["EpisodeProtocol"]] = {}
 
@@ -284,3 +288,28 @@ class HdmnetProtocol(EpisodeProtocol):
         queries = image_classes(ds, eligible)
         draw = TrainDraw(ds, queries, shots, length or len(queries), seed, False, eligible)
         return draw, draw.length
+
+
+@register_protocol
+class PatnetProtocol(HsnetProtocol):
+    """PATNet's CD-FSS (github slei109/PATNet). Its ``data/pascal.py`` and ``data/fss.py`` are HSNet's
+    (only the data paths, the original-size option and the fold-4 guard at pascal.py:132 differ), so
+    PASCAL/COCO training and evaluation are ``hsnet``'s; the cross-domain targets (``data/deepglobe.py``,
+    ``isic.py``, ``lung.py``) and FSS-1000 are drawn by ``patnet_episode_list`` from one legacy
+    ``RandomState(seed)`` (test.py:18 ``fix_randseed(0)``; num_workers=0, data/dataset.py:37-38).
+    FSS-1000 gives HSNet's list (tests/test_cdfss.py checks it against ``hsnet``)."""
+
+    name = "patnet"
+
+    def default_num_episodes(self, benchmark, split, requested):
+        """``None`` = PATNet's count: 600 per target (data/deepglobe.py:13), FSS-1000 every image once
+        (data/fss.py:31-32, whatever the split; 1000 is fsseg's default, not a PATNet count)."""
+        if benchmark == "fss1000" and requested == 1000:
+            return None
+        return super().default_num_episodes(benchmark, split, requested)
+
+    def eval_episodes(self, ds, benchmark, split, shots, n_way, num_episodes, seeds, episodes_per_class=None):
+        if benchmark in ("pascal5i", "coco20i"):
+            return super().eval_episodes(ds, benchmark, split, shots, n_way, num_episodes, seeds, episodes_per_class)
+        _one_way(self.name, n_way)
+        return patnet_episode_list(ds, shots, num_episodes=num_episodes, seed=seeds[0])

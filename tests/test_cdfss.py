@@ -1,0 +1,222 @@
+"""PATNet's CD-FSS readers and episode drawing, on small trees written in the published layouts."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_modules import FSS1000, EpisodicDataModule, Pascal5i
+from data_modules.chest_xray import ChestXray
+from data_modules.deepglobe import DEEPGLOBE_CLASSES, Deepglobe
+from data_modules.isic import ISIC
+from data_modules.patnet import patnet_episode_list
+
+
+def _jpg(path, size=(24, 20), value=0):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    rng = np.random.default_rng(value)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path, quality=95)
+
+
+def _png(path, arr):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def _binary(size=(24, 20), grey_fg=255):
+    m = np.zeros((size[1], size[0]), np.uint8)
+    m[4:12, 5:15] = grey_fg
+    return m
+
+
+def write_deepglobe(root, per_class=(3, 4, 2, 3, 3, 2)):
+    for c, n in enumerate(per_class, 1):
+        for j in range(n):
+            name = f"{100 + 7 * j}_{c}{j}"  # PATNet tile names: <image id>_<row><col>
+            _jpg(os.path.join(root, str(c), "test", "origin", name + ".jpg"), value=c * 10 + j)
+            m = _binary()
+            _png(os.path.join(root, str(c), "test", "groundtruth", name + ".png"), np.stack([m] * 3, -1))
+    return root
+
+
+# ----------------------------------------------------------------------------------- readers
+def test_deepglobe_reader_layout_classes_and_threshold(tmp_path):
+    root = write_deepglobe(str(tmp_path / "Deepglobe"))
+    # a grey mask with values 127/128: PATNet keeps >= 128 (data/deepglobe.py:73-77)
+    m = np.zeros((20, 24), np.uint8)
+    m[0, 0], m[0, 1], m[0, 2] = 127, 128, 200
+    _png(os.path.join(root, "1", "test", "groundtruth", "100_10.png"), m)
+    ds = Deepglobe(root)
+    assert [ds.class_names[c] for c in ds.class_ids] == list(DEEPGLOBE_CLASSES)
+    assert [len(ds.samples_by_class[c]) for c in ds.class_ids] == [3, 4, 2, 3, 3, 2]
+    assert ds.samples_by_class[1] == sorted(glob.glob(os.path.join(root, "2", "test", "origin", "*.jpg")))
+    img, (mask,) = ds.load(os.path.join(root, "1", "test", "origin", "100_10.jpg"), [0])
+    assert img.shape == (20, 24, 3) and mask[0, :3].tolist() == [0, 1, 1] and mask.sum() == 2
+    os.remove(os.path.join(root, "3", "test", "groundtruth", "100_30.png"))
+    with pytest.raises(FileNotFoundError, match="100_30.png"):
+        Deepglobe(root)
+
+
+def test_deepglobe_reader_missing_class_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="1/test/origin"):
+        Deepglobe(str(tmp_path))
+
+
+def _write_isic(root, folders=((0, 1, 2), (3, 4), (5, 6, 7))):
+    for k, ids in enumerate(folders, 1):
+        for i in ids:
+            name = f"ISIC_{i:07d}"
+            _jpg(os.path.join(root, "ISIC2018_Task1-2_Training_Input", str(k), name + ".jpg"), value=i)
+            _png(os.path.join(root, "ISIC2018_Task1_Training_GroundTruth", name + "_segmentation.png"), _binary())
+    return root
+
+
+def test_isic_reader_classes_from_class_id_csv(tmp_path):
+    root = _write_isic(str(tmp_path / "ISIC"))
+    ds = ISIC(root)
+    assert [ds.class_names[c] for c in ds.class_ids] == ["1", "2", "3"]
+    assert [len(ds.samples_by_class[c]) for c in ds.class_ids] == [3, 2, 3]
+    key = ds.samples_by_class[1][0]
+    assert ds.records[key][1].endswith("ISIC2018_Task1_Training_GroundTruth/ISIC_0000003_segmentation.png")
+    assert ds.load(key, [1])[1][0].sum() == 80
+    diagnosis = ["nevus"] * 3 + ["melanoma"] * 2 + ["seborrheic_keratosis"] * 3
+    with open(os.path.join(root, "class_id.csv"), "w") as f:
+        f.write("ID,Class\n" + "".join(f"ISIC_{i:07d},{d}\n" for i, d in enumerate(diagnosis)))
+    assert [ISIC(root).class_names[c] for c in range(3)] == ["nevus", "melanoma", "seborrheic_keratosis"]
+    with open(os.path.join(root, "class_id.csv"), "a") as f:
+        f.write("ISIC_9999999,nevus\n")
+    with open(os.path.join(root, "class_id.csv")) as f:
+        text = f.read().replace("ISIC_0000004,melanoma", "ISIC_0000004,nevus")
+    with open(os.path.join(root, "class_id.csv"), "w") as f:
+        f.write(text)
+    with pytest.raises(ValueError, match="mixes diagnoses"):
+        ISIC(root)
+
+
+def test_chest_xray_reader_pairs_masks_and_keeps_mask_order(tmp_path):
+    root = str(tmp_path / "LungSegmentation")
+    # Mask order differs from image order here: "A_1_mask.png" < "A_mask.png" but "A.png" < "A_1.png".
+    for image_id, mask_name in (("A", "A_mask.png"), ("A_1", "A_1_mask.png"), ("MCU_3", "MCU_3.png")):
+        g = np.full((20, 24), 90, np.uint8)
+        _png(os.path.join(root, "CXR_png", image_id + ".png"), g)
+        _png(os.path.join(root, "masks", mask_name), _binary())
+    with open(os.path.join(root, "masks", "notes.txt"), "w") as f:
+        f.write("not a mask")
+    ds = ChestXray(root)
+    assert [os.path.basename(k) for k in ds.samples_by_class[0]] == ["A_1.png", "A.png", "MCU_3.png"]
+    img, (m,) = ds.load(ds.samples_by_class[0][1], [0])
+    assert img.shape == (20, 24, 3) and (img[..., 0] == 90).all() and m.sum() == 80
+    os.remove(os.path.join(root, "CXR_png", "A.png"))
+    with pytest.raises(FileNotFoundError, match="A.png"):
+        ChestXray(root)
+
+
+# ----------------------------------------------------------------------------------- PATNet drawing
+def _patnet_reference(pools, shots, num, seed=0):
+    """PATNet's sample_episode loop, as data/deepglobe.py:79-90 writes it, on the global generator
+    seeded as test.py:18 seeds it."""
+    np.random.seed(seed)
+    categories = list(pools)
+    out = []
+    for idx in range(num):
+        cls = categories[idx % len(categories)]
+        query = np.random.choice(pools[cls], 1, replace=False)[0]
+        supports = []
+        while True:
+            s = np.random.choice(pools[cls], 1, replace=False)[0]
+            if query != s:
+                supports.append(s)
+            if len(supports) == shots:
+                break
+        out.append((str(query), tuple(str(x) for x in supports), idx % len(categories)))
+    return out
+
+
+@pytest.mark.parametrize("shots", [1, 5])
+def test_patnet_drawing_equals_patnet_loop_round_robin_and_counts(tmp_path, shots):
+    ds = Deepglobe(write_deepglobe(str(tmp_path / "Deepglobe")))
+    episodes = patnet_episode_list(ds, shots, seed=0)
+    assert len(episodes) == 600
+    assert [e.class_ids[0] for e in episodes[:13]] == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5, 0]
+    pools = {c: ds.samples_by_class[c] for c in ds.class_ids}
+    expected = _patnet_reference(pools, shots, 600)
+    assert [(e.query, e.supports[0], e.class_ids[0]) for e in episodes] == expected
+    for e in episodes:
+        assert e.query not in e.supports[0] and len(e.supports[0]) == shots
+        assert all(s in pools[e.class_ids[0]] for s in e.supports[0])
+    assert patnet_episode_list(ds, shots, seed=0) == episodes  # deterministic
+    assert patnet_episode_list(ds, shots, seed=1) != episodes
+    assert len(patnet_episode_list(ds, shots, num_episodes=7)) == 7
+    if shots == 5:  # PATNet draws supports with replacement: a 2-image class repeats its one support
+        two = [e for e in episodes if e.class_ids[0] == 2]
+        assert all(len(set(e.supports[0])) == 1 for e in two)
+
+
+def _write_fss(root, classes=("b_cls", "a_cls", "c_cls")):
+    for c in classes:
+        for n in range(1, 11):
+            _jpg(os.path.join(root, c, f"{n}.jpg"), value=n)
+            _png(os.path.join(root, c, f"{n}.png"), _binary())
+    return root
+
+
+def test_patnet_drawing_fss1000_every_image_once(tmp_path):
+    root = _write_fss(str(tmp_path / "FSS-1000"))
+    ds = FSS1000(root, "test")
+    episodes = patnet_episode_list(ds, 1, seed=0)
+    assert len(episodes) == 30
+    # data/fss.py:24,107-114: sorted categories, each class's sorted jpg names (1, 10, 2, ..., 9)
+    expected_q = [os.path.join(root, c, f"{n}.jpg") for c in ("a_cls", "b_cls", "c_cls")
+                  for n in (1, 10, 2, 3, 4, 5, 6, 7, 8, 9)]
+    assert [e.query for e in episodes] == expected_q
+    np.random.seed(0)  # data/fss.py:89-94 on the generator test.py:18 seeds
+    for e in episodes:
+        while True:
+            s = os.path.join(os.path.dirname(e.query), str(np.random.choice(range(1, 11), 1, replace=False)[0])) + ".jpg"
+            if s != e.query:
+                break
+        assert e.supports[0] == (s,)
+        assert ds.class_names[e.class_ids[0]] == os.path.basename(os.path.dirname(e.query))
+    with pytest.raises(ValueError, match="every image once"):
+        patnet_episode_list(ds, 1, num_episodes=600)
+    os.remove(os.path.join(root, "a_cls", "7.png"))
+    with pytest.raises(Exception, match="7.jpg"):
+        patnet_episode_list(FSS1000(root, "test"), 5, seed=0)
+
+
+def test_datamodule_protocol_patnet_loads_episodes(tmp_path):
+    root = write_deepglobe(str(tmp_path / "Deepglobe"))
+    dm = EpisodicDataModule(dataset="deepglobe", root=root, shots=1, image_size=56, batch_size=2,
+                            test_episodes=600, protocol="patnet")
+    dm.setup("test")
+    assert len(dm.datasets["test"]) == 600
+    assert dm.episode_list("test") == patnet_episode_list(Deepglobe(root), 1, 600, seed=0)
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["query"].shape == (2, 3, 56, 56) and batch["class_id"].tolist() == [0, 1]
+    assert set(batch["query_mask"].unique().tolist()) <= {0, 1}
+    with pytest.raises(ValueError, match="unknown protocol"):
+        EpisodicDataModule(dataset="deepglobe", root=root, protocol="patnett")
+
+
+def test_pascal_fold4_trains_on_all_twenty_classes(tmp_path):
+    root = tmp_path / "VOC2012"
+    lists = tmp_path / "lists"
+    for split in ("trn", "val"):
+        for fold in range(4):
+            ids = [f"2008_{split}{fold}{c}" for c in range(5)]
+            os.makedirs(lists / split, exist_ok=True)
+            (lists / split / f"fold{fold}.txt").write_text(
+                "".join(f"{i}__{5 * fold + c + 1}\n" for c, i in enumerate(ids)))
+            for c, i in enumerate(ids):
+                _jpg(str(root / "JPEGImages" / f"{i}.jpg"), (8, 8))
+                _png(str(root / "SegmentationClassAug" / f"{i}.png"), np.full((8, 8), 5 * fold + c + 1, np.uint8))
+    for split in ("train", "val"):
+        ds = Pascal5i(str(root), fold=4, split=split, list_dir=str(lists))
+        assert ds.class_ids == list(range(20)) and all(len(ds.samples_by_class[c]) == 1 for c in range(20))
+    assert Pascal5i(str(root), fold=0, split="train", list_dir=str(lists)).class_ids == list(range(5, 20))
+    with pytest.raises(ValueError, match="fold must be"):
+        Pascal5i(str(root), fold=5, list_dir=str(lists))
