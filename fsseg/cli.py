@@ -26,6 +26,7 @@ TOOLS = {
     "episodes": "fsseg.episodes_tool:main",
     "davis": "fsseg.video:main",
     "davis-eval": "fsseg.davis_eval:main",
+    "prepare": "fsseg.prepare:main",
 }
 
 
