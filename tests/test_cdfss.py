@@ -220,3 +220,70 @@ def test_pascal_fold4_trains_on_all_twenty_classes(tmp_path):
     assert Pascal5i(str(root), fold=0, split="train", list_dir=str(lists)).class_ids == list(range(5, 20))
     with pytest.raises(ValueError, match="fold must be"):
         Pascal5i(str(root), fold=5, list_dir=str(lists))
+
+
+# ----------------------------------------------------------------------------------- configs
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lightning_configs")
+# Data options other slices add in this round (i11b: scoring_size); the lead removes this set after merging.
+PENDING_DATA_OPTIONS = {"scoring_size"}
+
+
+def _config(name):
+    import yaml
+
+    with open(os.path.join(CONFIGS, name)) as f:
+        text = f.read()
+    return text.splitlines()[0], yaml.safe_load(text)
+
+
+def _datamodule_args(init_args, root):
+    import inspect
+
+    known = set(inspect.signature(EpisodicDataModule.__init__).parameters)
+    unknown = set(init_args) - known
+    assert unknown <= PENDING_DATA_OPTIONS, unknown
+    return {k: v for k, v in init_args.items() if k in known} | {"root": root, "num_workers": 0, "image_size": 56}
+
+
+@pytest.mark.parametrize("shots", [1, 5])
+def test_crossdomain_configs_build_patnet_episode_lists(tmp_path, shots):
+    trees = {"deepglobe": write_deepglobe(str(tmp_path / "Deepglobe"), per_class=(6,) * 6),
+             "isic": _write_isic(str(tmp_path / "ISIC"), folders=(range(0, 6), range(6, 12), range(12, 18))),
+             "fss1000": _write_fss(str(tmp_path / "FSS-1000"))}
+    lung = str(tmp_path / "Lung")
+    for i in range(7):
+        _png(os.path.join(lung, "CXR_png", f"CHNCXR_{i:04d}_0.png"), np.full((20, 24), 90, np.uint8))
+        _png(os.path.join(lung, "masks", f"CHNCXR_{i:04d}_0_mask.png"), _binary())
+    trees["chest_xray"] = lung
+    split_dir = tmp_path / "splits"
+    split_dir.mkdir()
+    for s, names in (("trn", []), ("val", []), ("test", ["b_cls", "a_cls", "c_cls"])):
+        (split_dir / f"{s}.txt").write_text("".join(n + "\r\n" for n in names))  # HSNet's test.txt is CRLF
+    for name, n_episodes in (("deepglobe", 600), ("isic", 600), ("chest_xray", 600), ("fss1000", 30)):
+        first, cfg = _config(f"crossdomain_{name}_{shots}shot.yaml")
+        assert first.startswith("# Protocol: patnet")
+        args = cfg["data"]["init_args"]
+        assert (args["dataset"], args["protocol"], args["shots"], args["seed"]) == (name, "patnet", shots, 0)
+        assert args["scoring_size"] == 400 and cfg["model"] == "base/model_full.yaml"
+        args = _datamodule_args(args, trees[name])
+        if name == "fss1000":
+            args["split_dir"] = str(split_dir)
+        dm = EpisodicDataModule(**args)
+        dm.setup("test")
+        episodes = dm.episode_list("test")
+        assert len(episodes) == n_episodes
+        assert episodes == patnet_episode_list(dm.datasets["test"].dataset, shots, None, seed=0)
+
+
+def test_pascal_source_and_fss1000_ood_configs():
+    first, cfg = _config("crossdomain_pascal_source.yaml")
+    assert first.startswith("# Protocol: patnet") and cfg["data"]["init_args"]["fold"] == 4
+    _, coco = _config("fewshot_coco20i_fold0_1shot.yaml")
+    for shots in (1, 5):
+        first, cfg = _config(f"fss1000_ood_coco20i_{shots}shot.yaml")
+        assert first.startswith("# Protocol: hsnet")
+        args = cfg["data"]["init_args"]
+        assert (args["dataset"], args["protocol"], args["shots"], args["test_episodes"]) == ("fss1000", "hsnet", shots, 0)
+        assert args["split_dir"] == "data/splits/fss"
+        # the model block and input size are the COCO-20i fewshot configs', so their checkpoints load
+        assert cfg["model"] == coco["model"] and args["image_size"] == coco["data"]["init_args"]["image_size"]
