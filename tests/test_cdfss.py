@@ -287,3 +287,37 @@ def test_pascal_source_and_fss1000_ood_configs():
         assert args["split_dir"] == "data/splits/fss"
         # the model block and input size are the COCO-20i fewshot configs', so their checkpoints load
         assert cfg["model"] == coco["model"] and args["image_size"] == coco["data"]["init_args"]["image_size"]
+
+
+# ----------------------------------------------------------------------------------- real files
+SHARED = os.environ.get("FSSEG_SHARED_DATA",
+                        os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                     "shared", "data"))
+
+
+@pytest.mark.shared_data
+def test_isic_reader_on_real_dermoscopy_files(tmp_path):
+    """The five real ISIC/HAM10000 images of ../shared/data arranged in ISIC-2018's published names."""
+    src = os.path.join(SHARED, "cross-domain", "isic")
+    if not os.path.isdir(src):
+        pytest.skip(f"shared test data not found at {SHARED} (set FSSEG_SHARED_DATA)")
+    from data_modules import read_mask
+
+    ids = sorted(os.path.splitext(f)[0] for f in os.listdir(os.path.join(src, "images")) if f.endswith(".jpg"))
+    root = tmp_path / "ISIC"
+    os.makedirs(root / "ISIC2018_Task1_Training_GroundTruth")
+    for k, folder_ids in enumerate((ids[0:2], ids[2:4], [ids[4], ids[0]]), 1):
+        os.makedirs(root / "ISIC2018_Task1-2_Training_Input" / str(k))
+        for i in folder_ids:
+            os.symlink(os.path.join(src, "images", i + ".jpg"), root / "ISIC2018_Task1-2_Training_Input" / str(k) / (i + ".jpg"))
+    for i in ids:
+        os.symlink(os.path.join(src, "masks", i + ".png"), root / "ISIC2018_Task1_Training_GroundTruth" / f"{i}_segmentation.png")
+    ds = ISIC(str(root))
+    for key, (image_path, mask_path) in ds.records.items():
+        img, (m,) = ds.load(key, [0])
+        assert img.shape[:2] == (450, 600) and np.array_equal(m, read_mask(mask_path, "binary255"))
+        assert 0.01 < m.mean() < 0.99
+    dm = EpisodicDataModule(dataset="isic", root=str(root), shots=1, image_size=56, batch_size=3,
+                            protocol="patnet", test_episodes=600)
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["class_id"].tolist() == [0, 1, 2] and batch["query_mask"].float().mean() > 0.01
