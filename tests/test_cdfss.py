@@ -313,7 +313,7 @@ def test_isic_reader_on_real_dermoscopy_files(tmp_path):
     for i in ids:
         os.symlink(os.path.join(src, "masks", i + ".png"), root / "ISIC2018_Task1_Training_GroundTruth" / f"{i}_segmentation.png")
     ds = ISIC(str(root))
-    for key, (image_path, mask_path) in ds.records.items():
+    for key, (_, mask_path) in ds.records.items():
         img, (m,) = ds.load(key, [0])
         assert img.shape[:2] == (450, 600) and np.array_equal(m, read_mask(mask_path, "binary255"))
         assert 0.01 < m.mean() < 0.99

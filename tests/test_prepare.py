@@ -199,3 +199,38 @@ def test_fsseg_prepare_deepglobe_command(tmp_path, capsys):
     assert os.path.isfile(tmp_path / "out" / "5" / "test" / "origin" / "104_12.jpg")
     with pytest.raises(SystemExit, match="fsseg prepare deepglobe: no <id>_sat.jpg images"):
         fsseg_main(["prepare", "deepglobe", str(tmp_path / "nothing"), str(tmp_path / "o2")])
+
+
+@pytest.mark.shared_data
+def test_hsnet_coco_pools_index_classes_in_coco_id_order():
+    """The value rule of `prepare coco20i` (class c 0-based = the c-th category in id order, the
+    order of coco128's classes.txt): every class HSNet's pools list a coco128 image under is one the
+    image holds under that order (HSNet drops some small objects, so it is a subset)."""
+    import pickle
+
+    shared = os.environ.get("FSSEG_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+    if not os.path.isdir(os.path.join(shared, "splits", "coco")):
+        pytest.skip(f"shared test data not found at {shared} (set FSSEG_SHARED_DATA)")
+
+    class PlainData(pickle.Unpickler):  # dict/list/str/int only: never import or run anything
+        def find_class(self, module, name):
+            raise pickle.UnpicklingError(f"refusing {module}.{name}")
+
+    pools: dict = {}
+    for split in ("trn", "val"):
+        for fold in range(4):
+            with open(os.path.join(shared, "splits", "coco", split, f"fold{fold}.pkl"), "rb") as f:
+                for c, paths in PlainData(f).load().items():
+                    for p in paths:
+                        pools.setdefault(int(os.path.splitext(p)[0].rsplit("_", 1)[1]), set()).add(c)
+    with open(os.path.join(shared, "coco128", "classes.txt")) as f:
+        names = [x.strip() for x in f if x.strip()]
+    with open(os.path.join(shared, "coco128", "index.json")) as f:
+        index = json.load(f)
+    held: dict = {}
+    for cname, ids in index.items():
+        for i in ids:
+            held.setdefault(int(i), set()).add(names.index(cname))
+    common = [i for i in held if i in pools]
+    assert len(common) > 100
+    assert all(pools[i] <= held[i] for i in common)
