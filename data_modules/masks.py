@@ -13,6 +13,8 @@ Mask encodings (``read_mask(path, encoding=...)``):
 ``'rgb'``       colour mask: foreground = any channel > 0, or with ``class_value=(r, g, b)`` exactly
                 that colour.
 ``'jpeg'``      lossy mask (e.g. Kvasir-SEG): grey level (PIL ``convert('L')``) > 127.
+``'threshold128'`` the same rule for any file: grey level >= 128 is foreground (HSNet's and PATNet's
+                ``read_mask``, e.g. PATNet ``data/deepglobe.py:73-77``).
 ``'auto'``      detection, in this order:
                 1. ``.jpg``/``.jpeg`` file -> ``'jpeg'``;
                 2. RGB(A) whose channels differ -> ``'rgb'`` (equal channels are read as grey);
@@ -35,7 +37,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-MASK_ENCODINGS = ("auto", "index", "binary255", "binary01", "rgb", "jpeg")
+MASK_ENCODINGS = ("auto", "index", "binary255", "binary01", "rgb", "jpeg", "threshold128")
 IGNORE_INDEX = 255
 
 
@@ -147,7 +149,7 @@ def read_mask(
     if encoding not in MASK_ENCODINGS:
         raise ValueError(f"unknown mask encoding {encoding!r}; choose one of {MASK_ENCODINGS}")
     img = _open(path)
-    if encoding == "jpeg" or (encoding == "auto" and str(path).lower().endswith((".jpg", ".jpeg"))):
+    if encoding in ("jpeg", "threshold128") or (encoding == "auto" and str(path).lower().endswith((".jpg", ".jpeg"))):
         grey = np.asarray(img.convert("L"))
         return (grey > 127).astype(np.uint8)
     arr = _raw_mask_array(img)

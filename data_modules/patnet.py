@@ -36,17 +36,10 @@ import numpy as np
 
 from .base import FewShotDataset, FileFewShotDataset
 from .episodes import Episode
-from .masks import BadSampleError, _open
+from .masks import BadSampleError
 
 PATNET_NUM_EPISODES = 600  # data/deepglobe.py:13, data/isic.py:13, data/lung.py:13 (``num=600``)
 FSS1000_SUPPORT_NUMBERS = 10  # FSS-1000 class folders hold 1.jpg .. 10.jpg (data/fss.py:91)
-
-
-def read_threshold_mask(path: str) -> np.ndarray:
-    """PATNet's mask reading (e.g. ``data/deepglobe.py:73-77``): grey level (PIL ``convert('L')``)
-    ``>= 128`` is foreground. Returns ``uint8 [H, W]`` in {0, 1}."""
-    grey = np.asarray(_open(path).convert("L"))
-    return (grey >= 128).astype(np.uint8)
 
 
 def patnet_jpg(path: str) -> bool:
@@ -63,10 +56,7 @@ class PatnetFileDataset(FileFewShotDataset):
     """
 
     def __init__(self) -> None:
-        super().__init__(mask_encoding="threshold128")
-
-    def _decode(self, key: str, class_id: int) -> np.ndarray:
-        return read_threshold_mask(self.records[key][1])
+        super().__init__(mask_encoding="threshold128")  # grey >= 128, data/deepglobe.py:73-77
 
     def _require_files(self, what: str) -> None:
         """Fail at construction, naming the files, when a listed image or mask is missing."""
@@ -138,4 +128,4 @@ def _fss1000_episodes(dataset: FewShotDataset, rs: np.random.RandomState, shots:
     return episodes
 
 
-__all__ = ["patnet_episode_list", "PatnetFileDataset", "read_threshold_mask", "PATNET_NUM_EPISODES"]
+__all__ = ["patnet_episode_list", "PatnetFileDataset", "PATNET_NUM_EPISODES"]

@@ -267,6 +267,7 @@ def test_crossdomain_configs_build_patnet_episode_lists(tmp_path, shots):
         assert args["scoring_size"] == 400 and cfg["model"] == "base/model_full.yaml"
         args = _datamodule_args(args, trees[name])
         if name == "fss1000":
+            assert args["mask_encoding"] == "threshold128"
             args["split_dir"] = str(split_dir)
         dm = EpisodicDataModule(**args)
         dm.setup("test")
