@@ -15,6 +15,11 @@ from data_modules.deepglobe import DEEPGLOBE_CLASSES, Deepglobe
 from data_modules.isic import ISIC
 from data_modules.patnet import patnet_episode_list
 
+SHARED = os.environ.get("FSSEG_SHARED_DATA",
+                        os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                     "shared", "data"))
+GOLDEN = os.path.join(os.path.dirname(SHARED), "protocol", "golden")  # ../shared/protocol/golden
+
 
 def _jpg(path, size=(24, 20), value=0):
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -170,8 +175,7 @@ def test_patnet_drawing_fss1000_every_image_once(tmp_path):
     episodes = patnet_episode_list(ds, 1, seed=0)
     assert len(episodes) == 30
     # data/fss.py:24,107-114: sorted categories, each class's sorted jpg names (1, 10, 2, ..., 9)
-    expected_q = [os.path.join(root, c, f"{n}.jpg") for c in ("a_cls", "b_cls", "c_cls")
-                  for n in (1, 10, 2, 3, 4, 5, 6, 7, 8, 9)]
+    expected_q = [f"{c}/{n}.jpg" for c in ("a_cls", "b_cls", "c_cls") for n in (1, 10, 2, 3, 4, 5, 6, 7, 8, 9)]
     assert [e.query for e in episodes] == expected_q
     np.random.seed(0)  # data/fss.py:89-94 on the generator test.py:18 seeds
     for e in episodes:
@@ -188,6 +192,58 @@ def test_patnet_drawing_fss1000_every_image_once(tmp_path):
         patnet_episode_list(FSS1000(root, "test"), 5, seed=0)
 
 
+def _empty_fss_tree(root, names):
+    """FSS-1000 class folders of empty 1..10.jpg/png files: listing episodes opens no image."""
+    for name in names:
+        os.makedirs(os.path.join(root, name))
+        for n in range(1, 11):
+            for ext in ("jpg", "png"):
+                open(os.path.join(root, name, f"{n}.{ext}"), "w").close()
+    return root
+
+
+def _fss_episodes(root, split_dir, protocol, shots):
+    dm = EpisodicDataModule("fss1000", root=root, split_dir=split_dir, shots=shots, protocol=protocol)
+    return dm.episode_list("test")
+
+
+@pytest.mark.parametrize("shots", [1, 5])
+def test_patnet_fss1000_list_equals_hsnet_list(tmp_path, shots):
+    """PATNet's data/fss.py is HSNet's (only __init__'s use_original_imgsize argument differs), so the
+    two protocols must draw the same FSS-1000 episodes; they are two implementations (patnet.py draws
+    ``choice(range(1, 11))`` -> '<n>.jpg', protocols.HsnetProtocol indexes the class's images in
+    numeric order), checked against each other here."""
+    names = ["b_cls", "a_cls", "d_cls", "c_cls"]
+    root = _empty_fss_tree(str(tmp_path / "fss"), names)
+    split_dir = tmp_path / "splits"
+    split_dir.mkdir()
+    for s, ns in (("trn", ["e_cls"]), ("val", ["f_cls"]), ("test", names)):
+        (split_dir / f"{s}.txt").write_text("".join(n + "\r\n" for n in ns))
+    patnet = _fss_episodes(root, str(split_dir), "patnet", shots)
+    assert len(patnet) == 40 and patnet == _fss_episodes(root, str(split_dir), "hsnet", shots)
+    assert [e.class_ids[0] for e in patnet[::10]] == [2, 3, 4, 5]  # 2 = offset of the test split, sorted names
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("shots", [1, 5])
+def test_patnet_fss1000_list_equals_hsnet_golden_episodes(tmp_path, shots):
+    """On the real 240 test classes: PATNet's list is HSNet's recorded list (../shared/protocol/golden)."""
+    import json
+
+    split_dir = os.path.join(SHARED, "splits", "fss")
+    golden_file = os.path.join(GOLDEN, f"hsnet_fss_fold0_{shots}shot.json")
+    if not (os.path.isfile(golden_file) and os.path.isdir(split_dir)):
+        pytest.skip(f"reference episodes or FSS split lists not found under {SHARED} (set FSSEG_SHARED_DATA)")
+    with open(os.path.join(split_dir, "test.txt")) as f:
+        root = _empty_fss_tree(str(tmp_path / "fss"), f.read().split())
+    with open(golden_file) as f:
+        golden = json.load(f)["episodes"]
+    patnet = _fss_episodes(root, split_dir, "patnet", shots)
+    assert len(patnet) == len(golden) == 2400
+    assert [(e.query, list(e.supports[0]), e.class_ids[0]) for e in patnet] == \
+        [(g["query"], g["supports"], g["class_id"]) for g in golden]
+
+
 def test_datamodule_protocol_patnet_loads_episodes(tmp_path):
     root = write_deepglobe(str(tmp_path / "Deepglobe"))
     dm = EpisodicDataModule(dataset="deepglobe", root=root, shots=1, image_size=56, batch_size=2,
@@ -198,22 +254,27 @@ def test_datamodule_protocol_patnet_loads_episodes(tmp_path):
     batch = next(iter(dm.test_dataloader()))
     assert batch["query"].shape == (2, 3, 56, 56) and batch["class_id"].tolist() == [0, 1]
     assert set(batch["query_mask"].unique().tolist()) <= {0, 1}
-    with pytest.raises(ValueError, match="unknown protocol"):
+    with pytest.raises(ValueError, match="unknown episode protocol"):
         EpisodicDataModule(dataset="deepglobe", root=root, protocol="patnett")
 
 
-def test_pascal_fold4_trains_on_all_twenty_classes(tmp_path):
+def _write_pascal_lists(tmp_path, per_class=1):
+    """HSNet-format lists, ``per_class`` images per (fold, class), and their 8x8 VOC files."""
     root = tmp_path / "VOC2012"
     lists = tmp_path / "lists"
     for split in ("trn", "val"):
         for fold in range(4):
-            ids = [f"2008_{split}{fold}{c}" for c in range(5)]
+            pairs = [(f"2008_{split}{fold}{c}{k}", 5 * fold + c + 1) for c in range(5) for k in range(per_class)]
             os.makedirs(lists / split, exist_ok=True)
-            (lists / split / f"fold{fold}.txt").write_text(
-                "".join(f"{i}__{5 * fold + c + 1}\n" for c, i in enumerate(ids)))
-            for c, i in enumerate(ids):
+            (lists / split / f"fold{fold}.txt").write_text("".join(f"{i}__{v}\n" for i, v in pairs))
+            for i, v in pairs:
                 _jpg(str(root / "JPEGImages" / f"{i}.jpg"), (8, 8))
-                _png(str(root / "SegmentationClassAug" / f"{i}.png"), np.full((8, 8), 5 * fold + c + 1, np.uint8))
+                _png(str(root / "SegmentationClassAug" / f"{i}.png"), np.full((8, 8), v, np.uint8))
+    return root, lists
+
+
+def test_pascal_fold4_trains_on_all_twenty_classes(tmp_path):
+    root, lists = _write_pascal_lists(tmp_path)
     for split in ("train", "val"):
         ds = Pascal5i(str(root), fold=4, split=split, list_dir=str(lists))
         assert ds.class_ids == list(range(20)) and all(len(ds.samples_by_class[c]) == 1 for c in range(20))
@@ -276,9 +337,26 @@ def test_crossdomain_configs_build_patnet_episode_lists(tmp_path, shots):
         assert episodes == patnet_episode_list(dm.datasets["test"].dataset, shots, None, seed=0)
 
 
-def test_pascal_source_and_fss1000_ood_configs():
+def test_pascal_source_config_trains_on_all_classes(tmp_path):
     first, cfg = _config("crossdomain_pascal_source.yaml")
-    assert first.startswith("# Protocol: patnet") and cfg["data"]["init_args"]["fold"] == 4
+    args = cfg["data"]["init_args"]
+    assert first.startswith("# Protocol: patnet") and (args["fold"], args["protocol"]) == (4, "patnet")
+    root, lists = _write_pascal_lists(tmp_path, per_class=2)
+    dm = EpisodicDataModule(**_datamodule_args(args, str(root)) | {"split_dir": str(lists)})
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    # PATNet trains as HSNet (its data/pascal.py): every (image, class) pair of the four trn lists
+    assert train.dataset.class_ids == list(range(20)) and len(train) == args["train_episodes_per_epoch"]
+    assert sorted({train.episode(i).class_ids[0] for i in range(40)}) == list(range(20))  # one pass = 40 pairs
+    assert len(dm.episode_list("val")) == 1000 and {e.class_ids[0] for e in dm.episode_list("val")} == set(range(20))
+
+
+def test_fss1000_ood_configs_build_hsnet_lists(tmp_path):
+    root = _empty_fss_tree(str(tmp_path / "fss"), ["b_cls", "a_cls"])
+    split_dir = tmp_path / "splits"
+    split_dir.mkdir()
+    for s, ns in (("trn", ["e_cls"]), ("val", ["f_cls"]), ("test", ["b_cls", "a_cls"])):
+        (split_dir / f"{s}.txt").write_text("".join(n + "\n" for n in ns))
     _, coco = _config("fewshot_coco20i_fold0_1shot.yaml")
     for shots in (1, 5):
         first, cfg = _config(f"fss1000_ood_coco20i_{shots}shot.yaml")
@@ -288,12 +366,14 @@ def test_pascal_source_and_fss1000_ood_configs():
         assert args["split_dir"] == "data/splits/fss"
         # the model block and input size are the COCO-20i fewshot configs', so their checkpoints load
         assert cfg["model"] == coco["model"] and args["image_size"] == coco["data"]["init_args"]["image_size"]
+        dm = EpisodicDataModule(**_datamodule_args(args, root) | {"split_dir": str(split_dir)})
+        episodes = dm.episode_list("test")
+        assert sorted(e.query for e in episodes) == sorted(f"{c}/{n}.jpg" for c in ("a_cls", "b_cls") for n in range(1, 11))
+        assert all(len(e.supports[0]) == shots for e in episodes)
+        assert episodes == patnet_episode_list(dm.datasets["test"].dataset, shots, seed=0)
 
 
 # ----------------------------------------------------------------------------------- real files
-SHARED = os.environ.get("FSSEG_SHARED_DATA",
-                        os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                                     "shared", "data"))
 
 
 @pytest.mark.shared_data
