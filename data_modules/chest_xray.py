@@ -39,9 +39,7 @@ class ChestXray(PatnetFileDataset):
                 continue
             base = os.path.basename(m)
             image_id = base[: -len(MASK_SUFFIX)] if base.endswith(MASK_SUFFIX) else base[: -len(".png")]
-            image = os.path.join(image_dir, image_id + ".png")
-            self.records[image] = (image, m)
-            keys.append(image)
+            keys.append(self._add(os.path.join(image_dir, image_id + ".png"), m))
         self.class_ids = [0]
         self.class_names = {0: "lung"}
         self.samples_by_class = {0: keys}

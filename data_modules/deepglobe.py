@@ -40,7 +40,7 @@ class Deepglobe(PatnetFileDataset):
                                         f"<root>/<1..6>/test/{{origin,groundtruth}}, PATNet's layout)")
             # data/deepglobe.py:109-112: sorted glob, '.jpg' by PATNet's split('.')[1] test.
             images = [p for p in sorted(glob.glob(os.path.join(origin, "*"))) if patnet_jpg(p)]
-            for p in images:  # data/deepglobe.py:62-66: groundtruth/<id>.png, id = name up to the first '.'
-                self.records[p] = (p, os.path.join(truth, os.path.basename(p).split(".")[0] + ".png"))
-            self.samples_by_class[c] = images
+            # data/deepglobe.py:62-66: groundtruth/<id>.png, id = name up to the first '.'
+            self.samples_by_class[c] = [self._add(p, os.path.join(truth, os.path.basename(p).split(".")[0] + ".png"))
+                                        for p in images]
         self._require_files(f"Deepglobe {root!r}")

@@ -60,9 +60,9 @@ class ISIC(PatnetFileDataset):
                 raise FileNotFoundError(f"ISIC: missing folder {folder!r} (expected "
                                         f"<root>/{ISIC_IMAGE_DIR}/{{1,2,3}}/, PATNet's layout)")
             images = [p for p in sorted(glob.glob(os.path.join(folder, "*"))) if patnet_jpg(p)]
-            for p in images:  # data/isic.py:61-65
-                self.records[p] = (p, os.path.join(mask_dir, os.path.basename(p).split(".")[0] + "_segmentation.png"))
-            self.samples_by_class[c] = images
+            self.samples_by_class[c] = [  # data/isic.py:61-65
+                self._add(p, os.path.join(mask_dir, os.path.basename(p).split(".")[0] + "_segmentation.png"))
+                for p in images]
             self.class_names[c] = self._folder_class(folder, images, diagnosis, class_file) or folder_name
         self._require_files(f"ISIC {root!r}")
 

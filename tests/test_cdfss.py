@@ -58,8 +58,12 @@ def test_deepglobe_reader_layout_classes_and_threshold(tmp_path):
     ds = Deepglobe(root)
     assert [ds.class_names[c] for c in ds.class_ids] == list(DEEPGLOBE_CLASSES)
     assert [len(ds.samples_by_class[c]) for c in ds.class_ids] == [3, 4, 2, 3, 3, 2]
-    assert ds.samples_by_class[1] == sorted(glob.glob(os.path.join(root, "2", "test", "origin", "*.jpg")))
-    img, (mask,) = ds.load(os.path.join(root, "1", "test", "origin", "100_10.jpg"), [0])
+    # keys: image paths relative to the root, in the order of PATNet's sorted glob
+    assert ds.samples_by_class[1] == [os.path.relpath(p, root) for p in
+                                      sorted(glob.glob(os.path.join(root, "2", "test", "origin", "*.jpg")))]
+    assert ds.records["2/test/origin/100_20.jpg"] == (os.path.join(root, "2/test/origin/100_20.jpg"),
+                                                      os.path.join(root, "2/test/groundtruth/100_20.png"))
+    img, (mask,) = ds.load("1/test/origin/100_10.jpg", [0])
     assert img.shape == (20, 24, 3) and mask[0, :3].tolist() == [0, 1, 1] and mask.sum() == 2
     os.remove(os.path.join(root, "3", "test", "groundtruth", "100_30.png"))
     with pytest.raises(FileNotFoundError, match="100_30.png"):
@@ -86,7 +90,8 @@ def test_isic_reader_classes_from_class_id_csv(tmp_path):
     assert [ds.class_names[c] for c in ds.class_ids] == ["1", "2", "3"]
     assert [len(ds.samples_by_class[c]) for c in ds.class_ids] == [3, 2, 3]
     key = ds.samples_by_class[1][0]
-    assert ds.records[key][1].endswith("ISIC2018_Task1_Training_GroundTruth/ISIC_0000003_segmentation.png")
+    assert key == "ISIC2018_Task1-2_Training_Input/2/ISIC_0000003.jpg"
+    assert ds.records[key][1] == os.path.join(root, "ISIC2018_Task1_Training_GroundTruth/ISIC_0000003_segmentation.png")
     assert ds.load(key, [1])[1][0].sum() == 80
     diagnosis = ["nevus"] * 3 + ["melanoma"] * 2 + ["seborrheic_keratosis"] * 3
     with open(os.path.join(root, "class_id.csv"), "w") as f:
@@ -112,7 +117,7 @@ def test_chest_xray_reader_pairs_masks_and_keeps_mask_order(tmp_path):
     with open(os.path.join(root, "masks", "notes.txt"), "w") as f:
         f.write("not a mask")
     ds = ChestXray(root)
-    assert [os.path.basename(k) for k in ds.samples_by_class[0]] == ["A_1.png", "A.png", "MCU_3.png"]
+    assert ds.samples_by_class[0] == ["CXR_png/A_1.png", "CXR_png/A.png", "CXR_png/MCU_3.png"]
     img, (m,) = ds.load(ds.samples_by_class[0][1], [0])
     assert img.shape == (20, 24, 3) and (img[..., 0] == 90).all() and m.sum() == 80
     os.remove(os.path.join(root, "CXR_png", "A.png"))
@@ -256,6 +261,21 @@ def test_datamodule_protocol_patnet_loads_episodes(tmp_path):
     assert set(batch["query_mask"].unique().tolist()) <= {0, 1}
     with pytest.raises(ValueError, match="unknown episode protocol"):
         EpisodicDataModule(dataset="deepglobe", root=root, protocol="patnett")
+
+
+def test_patnet_episode_file_names_are_root_relative(tmp_path):
+    """An episode file written on one copy of the data evaluates the same episodes on another."""
+    import json
+    import shutil
+
+    root = write_deepglobe(str(tmp_path / "Deepglobe"), per_class=(6,) * 6)
+    dm = EpisodicDataModule(dataset="deepglobe", root=root, shots=5, test_episodes=20, protocol="patnet")
+    data = dm.episodes_json("test")
+    assert data["episodes"][0]["query"].startswith("1/test/origin/") and data["protocol"] == "patnet"
+    (tmp_path / "episodes.json").write_text(json.dumps(data))
+    moved = shutil.copytree(root, str(tmp_path / "elsewhere"))
+    again = EpisodicDataModule(dataset="deepglobe", root=moved, shots=5, episodes_file=str(tmp_path / "episodes.json"))
+    assert again.episode_list("test") == dm.episode_list("test")
 
 
 def _write_pascal_lists(tmp_path, per_class=1):
