@@ -339,3 +339,32 @@ def test_poly_schedule_matches_hdmnet_formula_per_iteration():
         assert seen[it - 1] == pytest.approx(base * (1 - it / total) ** 0.9)
     assert seen[0] == pytest.approx(base * 0.9 ** 0.9) and seen[-1] == 0.0
     assert poly_lr_factor(4, 10) == pytest.approx(math.pow(0.5, 0.9))
+
+
+# -- specialisation honours the scoring size -----------------------------------------------------
+
+
+def test_specialization_queries_carry_the_original_label_and_module_scores_there(tmp_path):
+    from data_modules import SpecializationDataModule
+    from fsseg.modules import SpecializeModule
+
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        for i, (h, w) in enumerate([(30, 70), (45, 40), (24, 90)]):
+            _save(f"{tmp_path}/sup/{c}/images/{i}.jpg", rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+            _save(f"{tmp_path}/sup/{c}/masks/{i}.png", (_label(h, w) == 1).astype(np.uint8) * 255)
+    dm = SpecializationDataModule(support_dir=f"{tmp_path}/sup", val_dir=f"{tmp_path}/sup", image_size=56,
+                                  batch_size=3, scoring_size="original")
+    batch = next(iter(dm.test_dataloader()))
+    labels = batch["query_label_orig"]
+    assert [tuple(t.shape) for t in labels] == [(30, 70), (45, 40), (24, 90)]
+    expected = torch.from_numpy((_label(30, 70) == 1).astype(np.int64))  # class "cat" -> index 1
+    assert torch.equal(labels[0], expected)
+    assert batch["query_mask"].shape == (3, 56, 56)
+    torch.manual_seed(0)
+    module = SpecializeModule(variant="compact", backbone="dinov2_tiny", image_size=56, decoder_dim=32,
+                              decoder_mlp_dim=64, decoder_heads=2, init_from_supports=False)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    res = trainer.test(module, datamodule=dm, verbose=False)[0]
+    assert 0 <= res["test/miou"] <= 100
