@@ -103,7 +103,8 @@ class FewShotIoU(Metric):
 
     def compute(self) -> dict:
         """``{"miou", "fbiou", "iou_per_class"}`` (x100, mean over the seeds that received episodes);
-        with ``num_seeds > 1`` also ``miou_seed{s}`` / ``fbiou_seed{s}`` for every seed index."""
+        when more than one seed received episodes, also ``miou_seed{s}`` / ``fbiou_seed{s}`` for each
+        of them (a validation list scored under seed 0 only reads exactly as a one-seed metric)."""
         per_seed = [self._compute_seed(s) for s in range(self.num_seeds)]
         used = [s for s in range(self.num_seeds) if self.episodes[s].sum() > 0] or [0]
         miou = sum(per_seed[s][0] for s in used) / len(used)
@@ -112,9 +113,9 @@ class FewShotIoU(Metric):
         per_class = {c: sum(per_seed[s][2][c] for s in used if c in per_seed[s][2])
                      / sum(c in per_seed[s][2] for s in used) for c in classes}
         out = {"miou": miou, "fbiou": fbiou, "iou_per_class": per_class}
-        if self.num_seeds > 1:
-            for s, (m, f, _) in enumerate(per_seed):
-                out[f"miou_seed{s}"], out[f"fbiou_seed{s}"] = m, f
+        if len(used) > 1:
+            for s in used:
+                out[f"miou_seed{s}"], out[f"fbiou_seed{s}"] = per_seed[s][0], per_seed[s][1]
         return out
 
 

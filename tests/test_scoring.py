@@ -368,3 +368,17 @@ def test_specialization_queries_carry_the_original_label_and_module_scores_there
                         enable_model_summary=False)
     res = trainer.test(module, datamodule=dm, verbose=False)[0]
     assert 0 <= res["test/miou"] <= 100
+
+
+def test_seeded_metric_fed_one_seed_reads_like_a_one_seed_metric():
+    g = torch.Generator().manual_seed(0)
+    pred, tgt = torch.randint(0, 2, (4, 6, 6), generator=g), torch.randint(0, 2, (4, 6, 6), generator=g)
+    cls = torch.tensor([0, 1, 1, 0])
+    seeded, plain = FewShotIoU(2, num_seeds=10), FewShotIoU(2)
+    seeded.update(pred, tgt, cls)  # no seed index: all seed 0 (e.g. validation)
+    plain.update(pred, tgt, cls)
+    assert seeded.compute() == plain.compute()
+    seeded.update(pred, 1 - tgt, cls, torch.full((4,), 3))
+    out = seeded.compute()
+    assert set(out) == {"miou", "fbiou", "iou_per_class", "miou_seed0", "fbiou_seed0", "miou_seed3", "fbiou_seed3"}
+    assert out["miou"] == pytest.approx((out["miou_seed0"] + out["miou_seed3"]) / 2)
