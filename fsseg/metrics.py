@@ -60,7 +60,7 @@ class FewShotIoU(Metric):
         self.add_state("episodes", torch.zeros(num_seeds, num_classes, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, pred: torch.Tensor, target: torch.Tensor, class_id: torch.Tensor,
-               seed_index: Optional[torch.Tensor] = None) -> None:
+               seed_index: Optional[torch.Tensor | Sequence[int]] = None) -> None:
         """``pred``, ``target``: integer ``[B,H,W]`` (0/1; target may hold ``ignore_index``);
         ``class_id``: integer ``[B]``; ``seed_index``: integer ``[B]`` (absent: all 0)."""
         if pred.shape != target.shape or pred.dim() != 3:
@@ -73,7 +73,8 @@ class FewShotIoU(Metric):
             raise ValueError(f"FewShotIoU.update: class ids {class_id.tolist()} outside 0..{self.num_classes - 1}")
         if seed_index is None:
             seed_index = torch.zeros_like(class_id)
-        seed_index = seed_index.reshape(-1).long().to(class_id.device)
+        # a LongTensor [B], or the plain list of ints a default collate leaves for int items
+        seed_index = torch.as_tensor(seed_index).reshape(-1).long().to(class_id.device)
         if seed_index.numel() != class_id.numel() or (seed_index < 0).any() or (seed_index >= self.num_seeds).any():
             raise ValueError(f"FewShotIoU.update: seed indices {seed_index.tolist()} must be one per episode "
                              f"in 0..{self.num_seeds - 1}")
@@ -147,6 +148,9 @@ def update_scored(metric: FewShotIoU, logits: torch.Tensor, predict: Callable[[t
     250) and HSNet's ``--use_original_imgsize`` (model/hsnet.py:74-78); for one foreground logit,
     ``logit > 0`` equals the argmax of (background, foreground) logits with difference ``logit``,
     and bilinear interpolation commutes with that difference."""
+    if seed_index is not None:
+        seed_index = torch.as_tensor(seed_index, device=class_id.device).reshape(-1)
+
     def update(pred, tgt, cid, seeds):
         if cid.dim() == 2:  # N-way: every class of the episode pooled as its own class
             p, t, c = binarize_multiclass(pred, tgt, cid)

@@ -174,8 +174,8 @@ class _Tagged(Dataset):
 
     def __getitem__(self, i):
         item = dict(self.base[self.indices[i]])
-        if self.seed_of is not None:
-            item["eval_seed"] = torch.tensor(self.seed_of(self.indices[i]), dtype=torch.int64)
+        if self.seed_of is not None:  # a plain int, as EpisodeDataset gives it: collated into a list
+            item["eval_seed"] = self.seed_of(self.indices[i])
         return item
 
 
