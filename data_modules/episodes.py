@@ -181,6 +181,9 @@ class EpisodeDataset(Dataset):
     episode (same classes when possible), so every episode is a function of its index and the data
     only, whatever the worker count, rank or load order; the skip is counted with a warning.
     Otherwise the ``BadSampleError`` propagates, naming the file.
+    ``scoring_size`` (val/test): ``model``, an int or ``original`` -- the last two add the item key
+    ``query_label_orig`` (``transforms.scoring_label``, docs/protocols/scoring.md).
+    ``augmentation`` (train): ``fsseg`` or ``hdmnet`` (``transforms.HDMNetAugment`` with ``hdmnet_scale``).
     """
 
     def __init__(self, dataset: FewShotDataset, shots: int = 1, n_way: int = 1,

@@ -150,7 +150,7 @@ class PairTransform:
 def scoring_label(mask: np.ndarray, scoring_size: Union[str, int]) -> torch.Tensor:
     """The query label the metric scores against: int64 ``[H0, W0]`` (``"original"``: never resized)
     or ``[S, S]`` (an int ``S``: nearest-neighbour resize with ``torch.nn.functional.interpolate``,
-    as HSNet resizes its query label to 400x400, data/pascal.py:38-39, coco.py, fss.py)."""
+    as HSNet resizes its query label to 400x400: data/pascal.py:38-39, coco.py:39-40, fss.py:39)."""
     label = torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64))
     if scoring_size == "original":
         return label
