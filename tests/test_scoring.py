@@ -382,3 +382,17 @@ def test_seeded_metric_fed_one_seed_reads_like_a_one_seed_metric():
     out = seeded.compute()
     assert set(out) == {"miou", "fbiou", "iou_per_class", "miou_seed0", "fbiou_seed0", "miou_seed3", "fbiou_seed3"}
     assert out["miou"] == pytest.approx((out["miou_seed0"] + out["miou_seed3"]) / 2)
+
+
+def test_seeded_metric_two_gloo_processes_equal_one(tmp_path):
+    from tests.ddp_metric_worker import seeded_episodes, seeded_rank
+
+    pred, tgt, cls, seeds = seeded_episodes()
+    whole = FewShotIoU(3, num_seeds=3)
+    whole.update(pred, tgt, cls, seeds)
+    out = str(tmp_path / "rank0.pt")
+    torch.multiprocessing.spawn(seeded_rank, args=(2, f"file://{tmp_path}/rendezvous", out), nprocs=2)
+    two, one = torch.load(out), whole.compute()
+    assert set(two) == set(one) and "miou_seed2" in one
+    for key in one:
+        assert two[key] == pytest.approx(one[key])
