@@ -62,7 +62,7 @@ class HDMNetAugment:
     way, so they would not reproduce these ops exactly. The image stays float32 through the chain as
     in HDMNet (``dataset.py:213``: ``np.float32(image)``), so the mean padding is not rounded.
     Random draws come from a ``np.random.Generator`` in HDMNet's order (scale; rotate p, angle; blur
-    p; flip p). Like HDMNet, no retry when augmentation removes the foreground.
+    p; flip p). ``PairTransform`` draws again when the chain removed all foreground (see there).
     """
 
     def __init__(self, image_size: int, scale: Tuple[float, float] = HDMNET_SCALE["pascal"],
@@ -134,16 +134,26 @@ class PairTransform:
 
     def __call__(self, image: np.ndarray, masks: Sequence[np.ndarray], seed: Optional[int] = None,
                  keep_foreground: bool = True) -> Tuple[np.ndarray, List[np.ndarray]]:
-        if self.hdmnet is not None:
-            return self.hdmnet(image, masks, np.random.default_rng(seed))
-        if self.aug is not None:
-            self.aug.set_random_seed(int(seed if seed is not None else np.random.randint(2**31)))
+        if self.aug is not None or self.hdmnet is not None:
+            seed = int(seed if seed is not None else np.random.randint(2**31))
+            rng = np.random.default_rng(seed)
+            if self.aug is not None:
+                self.aug.set_random_seed(seed)
             for _ in range(4):
-                out = self.aug(image=image, masks=list(masks))
-                if not keep_foreground or all((m == 1).any() for m in out["masks"][:1]) \
+                img, out = self._augment(image, masks, rng)
+                # The models cannot pool an empty support mask: when augmentation removed all
+                # foreground, draw again (HDMNet keeps it; only objects lying entirely in a corner
+                # that the rotation cuts away are affected).
+                if not keep_foreground or all((m == 1).any() for m in out[:1]) \
                         or not all((m == 1).any() for m in masks[:1]):
-                    return out["image"], list(out["masks"])
+                    return img, out
         out = self.resize(image=image, masks=list(masks))
+        return out["image"], list(out["masks"])
+
+    def _augment(self, image, masks, rng) -> Tuple[np.ndarray, List[np.ndarray]]:
+        if self.hdmnet is not None:
+            return self.hdmnet(image, masks, rng)
+        out = self.aug(image=image, masks=list(masks))
         return out["image"], list(out["masks"])
 
 

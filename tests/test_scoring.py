@@ -396,3 +396,17 @@ def test_seeded_metric_two_gloo_processes_equal_one(tmp_path):
     assert set(two) == set(one) and "miou_seed2" in one
     for key in one:
         assert two[key] == pytest.approx(one[key])
+
+
+def test_hdmnet_chain_draws_again_when_the_support_foreground_is_cut_away():
+    from data_modules.transforms import PairTransform
+
+    tf = PairTransform(32, train=True, augmentation="hdmnet")
+    label = np.zeros((40, 60), np.uint8)
+    label[0, 0] = 1  # a one-pixel object in the corner: lost whenever the rotation fires
+    image = _hand_image().astype(np.uint8)
+    lost = [s for s in range(200) if not (tf.hdmnet(image, [label], np.random.default_rng(s))[1][0] == 1).any()]
+    assert lost  # the chain alone does lose it
+    for s in lost[:5]:
+        _, (m,) = tf(image, [label], seed=s)
+        assert (m == 1).any()
