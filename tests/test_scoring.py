@@ -185,16 +185,18 @@ class _SeededDM(EpisodicDataModule):
 
     def __init__(self, eval_seeds=None, keep=None, **kw):
         super().__init__(**kw)
-        if eval_seeds is not None:
-            self.eval_seeds = eval_seeds
-        self._keep = keep
+        self._seeds, self._keep = eval_seeds, keep
+
+    @property
+    def eval_seeds(self):
+        return self._seeds or [self.seed]
 
     def setup(self, stage=None):
         super().setup(stage)
         ds = self.datasets.get("test")
         if ds is not None and not isinstance(ds, _Tagged):
             idx = [i for i in range(len(ds)) if self._keep is None or self._keep(i)]
-            tag = (lambda i: i % 2) if getattr(self, "eval_seeds", None) else None
+            tag = (lambda i: i % 2) if self._seeds else None
             self.datasets["test"] = _Tagged(ds, idx, tag)
 
 
