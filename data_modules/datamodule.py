@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Dict, List, Literal, Optional, Tuple
+from typing import Dict, List, Literal, Optional, Tuple, Union
 
 import lightning as L
 import numpy as np
@@ -31,7 +31,7 @@ from .masks import BadSampleError, list_images, read_image
 from .pascal import Pascal5i
 from .protocols import get_protocol
 from .synthetic import NUM_CLASSES, SyntheticFewShot, render
-from .transforms import PairTransform, image_to_tensor, resize_image
+from .transforms import HDMNET_SCALE, PairTransform, image_to_tensor, resize_image
 
 DATASETS = ("synthetic", "pascal5i", "coco20i", "fss1000", "folder", "deepglobe", "isic", "chest_xray")
 # Cross-domain targets (PATNet's CD-FSS, docs/protocols/cdfss.md): test-only, one reader each.
@@ -87,6 +87,12 @@ class EpisodicDataModule(L.LightningDataModule):
     Validation is not the test: it draws from ``val_seed`` (default ``seed + 1``; FSS-1000 validates on
     its own val classes); ``val_on_test: true`` validates on the test episodes, as the reference code
     does, and says so in the log.
+
+    ``scoring_size``: where val/test are scored (docs/protocols/scoring.md): ``model`` (the label
+    resized to ``image_size``), an int ``S`` (HSNet's 400: label nearest-resized to SxS) or
+    ``original`` (HDMNet: the label at its original size); the last two add ``query_label_orig``.
+    ``augmentation``: ``fsseg`` (random resized crop, flip, colour jitter) or ``hdmnet`` (HDMNet's
+    scale/rotate/blur/flip/resize chain, ``augmentation_scale`` default [0.9, 1.1], COCO [0.8, 1.25]).
     """
 
     def __init__(
@@ -116,6 +122,10 @@ class EpisodicDataModule(L.LightningDataModule):
         episodes_file: Optional[str] = None,
         val_seed: Optional[int] = None,
         val_on_test: bool = False,
+        # -- scoring size and training recipe (docs/protocols/scoring.md) --
+        scoring_size: Union[Literal["model", "original"], int] = "model",
+        augmentation: Literal["fsseg", "hdmnet"] = "fsseg",
+        augmentation_scale: Optional[Tuple[float, float]] = None,
     ) -> None:
         super().__init__()
         if shots < 1 or n_way < 1:
@@ -137,8 +147,17 @@ class EpisodicDataModule(L.LightningDataModule):
         self.val_seed = seed + 1 if val_seed is None else val_seed
         self.datasets: Dict[str, EpisodeDataset] = {}
         self._file_seeds: Optional[List[int]] = None
+        # Scoring size / training recipe: passed to every EpisodeDataset by ``_recipe``.
+        self.scoring_size, self.augmentation = scoring_size, augmentation
+        self.augmentation_scale = tuple(augmentation_scale) if augmentation_scale else \
+            HDMNET_SCALE["coco" if dataset == "coco20i" else "pascal"]
 
     # -- building --------------------------------------------------------------------------------
+    def _recipe(self) -> dict:
+        """EpisodeDataset options of the scoring size and the training augmentation."""
+        return {"scoring_size": self.scoring_size, "augmentation": self.augmentation,
+                "hdmnet_scale": self.augmentation_scale}
+
     def _fewshot(self, split: str) -> FewShotDataset:
         return build_fewshot_dataset(self.dataset_name, split, self.root, self.fold, self.split_dir,
                                      self.mask_encoding, self.seed, self.synthetic_image_size,
@@ -164,7 +183,8 @@ class EpisodicDataModule(L.LightningDataModule):
                 ds, self.dataset_name, split, self.shots, self.n_way,
                 self.protocol.default_num_episodes(self.dataset_name, split, n), seeds, self.episodes_per_class)
         return EpisodeDataset(ds, self.shots, self.n_way, episodes=episodes, image_size=self.image_size,
-                              train=False, seed=self.seed, skip_bad_samples=self.skip_bad_samples)
+                              train=False, seed=self.seed, skip_bad_samples=self.skip_bad_samples,
+                              **self._recipe())
 
     def _train_dataset(self) -> EpisodeDataset:
         ds = self._fewshot("train")
@@ -172,7 +192,8 @@ class EpisodicDataModule(L.LightningDataModule):
                                                 self.train_episodes_per_epoch)
         return EpisodeDataset(ds, self.shots, self.n_way, episodes=None, length=length,
                               image_size=self.image_size, train=True, augment=self.augment, seed=self.seed,
-                              skip_bad_samples=self.skip_bad_samples, train_draw=draw)
+                              skip_bad_samples=self.skip_bad_samples, train_draw=draw,
+                              **self._recipe())
 
     def setup(self, stage: Optional[str] = None) -> None:
         if stage in (None, "fit") and "train" not in self.datasets:

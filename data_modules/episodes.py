@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from .base import FewShotDataset
 from .masks import IGNORE_INDEX, BadSampleError
-from .transforms import PairTransform, image_to_tensor
+from .transforms import HDMNET_SCALE, PairTransform, image_to_tensor, scoring_label
 
 
 @dataclass(frozen=True)
@@ -181,18 +181,27 @@ class EpisodeDataset(Dataset):
     episode (same classes when possible), so every episode is a function of its index and the data
     only, whatever the worker count, rank or load order; the skip is counted with a warning.
     Otherwise the ``BadSampleError`` propagates, naming the file.
+    ``scoring_size`` (val/test): ``model``, an int or ``original`` -- the last two add the item key
+    ``query_label_orig`` (``transforms.scoring_label``, docs/protocols/scoring.md).
+    ``augmentation`` (train): ``fsseg`` or ``hdmnet`` (``transforms.HDMNetAugment`` with ``hdmnet_scale``).
     """
 
     def __init__(self, dataset: FewShotDataset, shots: int = 1, n_way: int = 1,
                  episodes: Optional[List[Episode]] = None, length: int = 1000, image_size: int = 518,
                  train: bool = False, augment: bool = True, seed: int = 0, skip_bad_samples: bool = False,
-                 max_retries: int = 20, train_draw=None) -> None:
+                 max_retries: int = 20, train_draw=None, scoring_size: Union[str, int] = "model",
+                 augmentation: str = "fsseg", hdmnet_scale: Tuple[float, float] = HDMNET_SCALE["pascal"]) -> None:
         self.dataset, self.shots, self.n_way = dataset, shots, n_way
         self.train_draw = train_draw
         self.episodes = episodes
         self.length = length
         self.train = train
-        self.transform = PairTransform(image_size, train=train and augment)
+        self.transform = PairTransform(image_size, train=train and augment, augmentation=augmentation,
+                                       hdmnet_scale=hdmnet_scale)
+        if scoring_size != "model":
+            scoring_label(np.zeros((1, 1), np.uint8), scoring_size)  # validates the value early
+        # Training batches are scored by the loss at the model size: no scoring label there.
+        self.scoring_size = "model" if train else scoring_size
         self.seed = seed
         self.skip_bad_samples = skip_bad_samples
         self.max_retries = max_retries
@@ -249,6 +258,10 @@ class EpisodeDataset(Dataset):
         if self.transform.train:
             base_seed = int(np.random.default_rng([self.seed, index, attempt, 1]).integers(2**31))
         q_img, q_masks = ds.load(ep.query, ep.class_ids)
+        label_orig = None
+        if self.scoring_size != "model":  # the label at the original size, before any resize
+            label_orig = scoring_label(q_masks[0] if self.n_way == 1 else query_index_mask(q_masks),
+                                       self.scoring_size)
         q_img, q_masks = self.transform(q_img, q_masks, None if base_seed is None else base_seed)
         sup_imgs, sup_masks = [], []
         for w, (c, keys) in enumerate(zip(ep.class_ids, ep.supports)):
@@ -274,7 +287,7 @@ class EpisodeDataset(Dataset):
             support, support_masks = torch.stack(sup_imgs), torch.stack(sup_masks)
             class_id = torch.tensor(ep.class_ids, dtype=torch.int64)
             support_names = [[ds.describe(k) for k in keys] for keys in ep.supports]
-        return {
+        item = {
             "query": image_to_tensor(q_img),
             "query_mask": qm,
             "support": support,
@@ -284,14 +297,21 @@ class EpisodeDataset(Dataset):
             "query_name": ds.describe(ep.query),
             "support_names": support_names,
         }
+        if label_orig is not None:
+            item["query_label_orig"] = label_orig
+        return item
+
+
+# Per-item tensors whose sizes differ between items (original label sizes): kept as a list.
+LIST_KEYS = frozenset({"query_label_orig"})
 
 
 def collate_dicts(items: List[Dict]) -> Dict:
-    """Stack tensors; keep everything else (names, paths) as plain Python lists."""
+    """Stack tensors; keep ``LIST_KEYS`` tensors and everything else (names, paths) as plain lists."""
     out = {}
     for key in items[0]:
         vals = [it[key] for it in items]
-        out[key] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else vals
+        out[key] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) and key not in LIST_KEYS else vals
     return out
 
 

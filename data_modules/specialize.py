@@ -20,7 +20,7 @@ without it, ``synthetic_classes`` novel synthetic classes (``SyntheticFewShot`` 
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import lightning as L
 import numpy as np
@@ -33,7 +33,7 @@ from .episodes import collate_dicts
 from .folder import FolderDataset
 from .masks import IGNORE_INDEX, list_images
 from .synthetic import SyntheticFewShot, novel_classes
-from .transforms import PairTransform, image_to_tensor
+from .transforms import PairTransform, image_to_tensor, scoring_label
 
 
 def class_index_label(ds: FewShotDataset, key: str, own_class: int, class_ids: Sequence[int],
@@ -84,26 +84,39 @@ class AugmentedSupportDataset(Dataset):
 class LabelledQueryDataset(Dataset):
     """Queries with class-index masks; ``items`` = (dataset, key, own class id in ``ds``, class index)."""
 
-    def __init__(self, items: List[Tuple[FewShotDataset, str, int, int]], num_classes: int, image_size: int) -> None:
+    def __init__(self, items: List[Tuple[FewShotDataset, str, int, int]], num_classes: int, image_size: int,
+                 scoring_size: Union[str, int] = "model") -> None:
         self.items, self.num_classes = items, num_classes
         self.tf = PairTransform(image_size, train=False)
+        self.scoring_size = scoring_size
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int):
         ds, key, own, ci = self.items[index]
+        item = {"query_name": ds.describe(key), "class_id": torch.arange(self.num_classes)}
         if isinstance(ds, FileFewShotDataset) and ds.mask_value(key, own) is None:
             img, (m,) = ds.load(key, [own])
+            if self.scoring_size != "model":  # label before any resize (docs/protocols/scoring.md)
+                item["query_label_orig"] = scoring_label(_own_class_label(m, ci), self.scoring_size)
             img, (m,) = self.tf(img, [m])
-            label = np.where(m == 1, ci + 1, np.where(m == IGNORE_INDEX, IGNORE_INDEX, 0)).astype(np.int64)
-            img = image_to_tensor(img)
-            label = torch.from_numpy(label)
+            item["query"], item["query_mask"] = image_to_tensor(img), torch.from_numpy(_own_class_label(m, ci))
         else:
             ids = getattr(self, "class_ids", None) or [own]
-            img, label = class_index_label(ds, key, own, ids, self.tf)
-        return {"query": img, "query_mask": label, "class_id": torch.arange(self.num_classes),
-                "query_name": ds.describe(key)}
+            item["query"], item["query_mask"] = class_index_label(ds, key, own, ids, self.tf)
+            if self.scoring_size != "model":
+                _, label = class_index_label(ds, key, own, ids, _untransformed)
+                item["query_label_orig"] = scoring_label(label.numpy(), self.scoring_size)
+        return item
+
+
+def _own_class_label(mask: np.ndarray, class_index: int) -> np.ndarray:
+    return np.where(mask == 1, class_index + 1, np.where(mask == IGNORE_INDEX, IGNORE_INDEX, 0)).astype(np.int64)
+
+
+def _untransformed(image: np.ndarray, masks: Sequence[np.ndarray], seed: Optional[int] = None):
+    return image, list(masks)
 
 
 class SpecializationDataModule(L.LightningDataModule):
@@ -120,17 +133,21 @@ class SpecializationDataModule(L.LightningDataModule):
         synthetic_classes / synthetic_fold / synthetic_queries / synthetic_seed: the synthetic
             fallback (novel classes of that fold; ``synthetic_queries`` held-out images per class).
         repeats: copies of each support per epoch (1 plain + repeats-1 augmented).
+        scoring_size: where val/test queries are scored, as ``EpisodicDataModule.scoring_size``
+            (``model`` | an int | ``original``; docs/protocols/scoring.md).
     """
 
     def __init__(self, support_dir: Optional[str] = None, query_dir: Optional[str] = None,
                  val_dir: Optional[str] = None, image_size: int = 518, shots: Optional[int] = None,
                  mask_encoding: str = "auto", synthetic_classes: int = 2, synthetic_fold: int = 0,
                  synthetic_queries: int = 4, synthetic_seed: int = 0, repeats: int = 8, augment: bool = True,
-                 batch_size: int = 4, num_workers: int = 0) -> None:
+                 batch_size: int = 4, num_workers: int = 0, scoring_size: Union[Literal["model", "original"], int] = "model"
+                 ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
         self.repeats, self.augment, self.query_dir = repeats, augment, query_dir
+        self.scoring_size = scoring_size
         self.val_items: List[Tuple[FewShotDataset, str, int, int]] = []
         if support_dir:
             ds: FewShotDataset = FolderDataset(support_dir, mask_encoding=mask_encoding)
@@ -164,6 +181,7 @@ class SpecializationDataModule(L.LightningDataModule):
         dm.image_size = image_size
         dm.batch_size, dm.num_workers = kwargs.get("batch_size", 4), kwargs.get("num_workers", 0)
         dm.repeats, dm.augment, dm.query_dir = kwargs.get("repeats", 8), kwargs.get("augment", True), None
+        dm.scoring_size = kwargs.get("scoring_size", "model")
         dm.dataset, dm.class_ids = dataset, list(support_keys)
         dm.support_keys = {c: list(v) for c, v in support_keys.items()}
         ks = {len(v) for v in dm.support_keys.values()}
@@ -227,7 +245,7 @@ class SpecializationDataModule(L.LightningDataModule):
         return self._loader(ds, True)
 
     def _query_loader(self) -> DataLoader:
-        ds = LabelledQueryDataset(self.val_items, self.num_classes, self.image_size)
+        ds = LabelledQueryDataset(self.val_items, self.num_classes, self.image_size, self.scoring_size)
         ds.class_ids = self.class_ids
         return self._loader(ds, False)
 

@@ -3,7 +3,8 @@
 DINOv2 and the distilled adapter are frozen; SVP, the PCS path, the 4D correlation (or UINO-FSS's
 MHCM), the learnable positional encoding and the decoder are trained on base classes with
 Dice + BCE on the prior mask and on the final mask (eq. 6-8). Validation/test report the field's
-mIoU and FB-IoU (``fsseg.metrics.FewShotIoU``) on novel classes.
+mIoU and FB-IoU (``fsseg.metrics.FewShotIoU``) on novel classes, at the data module's scoring size
+(``query_label_orig``, docs/protocols/scoring.md) and per evaluation seed (``eval_seed``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from fsseg.cache import TensorDiskCache, module_fingerprint
 from fsseg.losses import dice_bce_loss
-from fsseg.metrics import FewShotIoU, binarize_multiclass
+from fsseg.metrics import FewShotIoU, update_scored
 from fsseg.models import build_fsdino
 from fsseg.models.build import canonical_variant
 from fsseg.models.fsdino import ImageFeatures
@@ -42,7 +43,10 @@ class FewShotModule(SupportSetPredictionMixin, LeanCheckpointMixin, L.LightningM
             load with it, and their ``uino`` is today's ``uino_large``).
         num_classes: size of the benchmark's class-id space (linked from ``data.num_classes``).
         prior_loss_weight: weight of L_prior in L = L_prior + L_final (1 in the paper).
-        lr / weight_decay / lr_schedule: AdamW (paper: lr 1e-3), optional cosine decay over the run.
+        lr / weight_decay / lr_schedule: AdamW (paper: lr 1e-3; HDMNet: weight decay 0.01), then per
+            optimizer step ``none``, ``cosine`` decay over the run, or ``poly``: HDMNet's
+            ``lr * (1 - it/max_it) ** poly_power`` (``poly_lr_factor``).
+        poly_power: exponent of the ``poly`` schedule (HDMNet config ``power: 0.9``).
         feature_cache: ``off`` (``eval`` once a ``FrozenFeatureCache`` is attached); ``eval`` caches frozen features of val/test images (never augmented);
             ``all`` also of training images (only valid with training augmentation off).
         nonfinite: ``raise`` stops naming the step and samples; ``skip`` drops the step.
@@ -65,7 +69,8 @@ class FewShotModule(SupportSetPredictionMixin, LeanCheckpointMixin, L.LightningM
         prior_loss_weight: float = 1.0,
         lr: float = 1e-3,
         weight_decay: float = 1e-2,
-        lr_schedule: Literal["none", "cosine"] = "cosine",
+        lr_schedule: Literal["none", "cosine", "poly"] = "cosine",
+        poly_power: float = 0.9,
         feature_cache: Literal["off", "eval", "all"] = "off",
         nonfinite: Literal["raise", "skip"] = "raise",
         pos_interpolation: Literal["official", "timm"] = "official",
@@ -99,11 +104,14 @@ class FewShotModule(SupportSetPredictionMixin, LeanCheckpointMixin, L.LightningM
         super().on_load_checkpoint(checkpoint)
 
     def setup(self, stage: str) -> None:
-        # The metric's class-id space follows the benchmark the data module serves.
-        n = getattr(getattr(self.trainer, "datamodule", None), "num_classes", None)
-        if n and n != self.val_metric.num_classes:
-            self.val_metric = FewShotIoU(int(n))
-            self.test_metric = FewShotIoU(int(n))
+        # The metric's class-id space and seed list follow the benchmark the data module serves.
+        dm = getattr(self.trainer, "datamodule", None)
+        n = getattr(dm, "num_classes", None) or self.val_metric.num_classes
+        self.eval_seeds = list(getattr(dm, "eval_seeds", None) or [0])
+        seeds = len(self.eval_seeds)
+        if n != self.val_metric.num_classes or seeds != self.val_metric.num_seeds:
+            self.val_metric = FewShotIoU(int(n), num_seeds=seeds).to(self.device)
+            self.test_metric = FewShotIoU(int(n), num_seeds=seeds).to(self.device)
 
     # -- frozen features, optionally cached -----------------------------------------------------
     def feature_namespace(self) -> str:
@@ -178,19 +186,26 @@ class FewShotModule(SupportSetPredictionMixin, LeanCheckpointMixin, L.LightningM
         return loss
 
     @staticmethod
-    def predictions(out: dict) -> torch.Tensor:
+    def predict_from_logits(logits: torch.Tensor) -> torch.Tensor:
+        """1-way ``[B,H,W]`` -> foreground where the logit is > 0; N-way ``[B,N,H,W]`` -> class index
+        0..N, the ``FSDINO.segment_multiclass`` rule (background logit fixed at 0)."""
+        if logits.dim() == 3:
+            return (logits > 0).long()
+        return torch.cat([logits.new_zeros(logits.shape[0], 1, *logits.shape[-2:]), logits], dim=1).argmax(1)
+
+    @classmethod
+    def predictions(cls, out: dict) -> torch.Tensor:
         if "pred" in out:
             return out["pred"]
-        return (out["logits"] > 0).long()
+        return cls.predict_from_logits(out["logits"])
 
     def _eval_step(self, batch: dict, metric: FewShotIoU, stage: str) -> dict:
         out = self.forward_episode(batch)
         pred = self.predictions(out)
         target = batch["query_mask"]
-        if batch["class_id"].dim() == 2:  # N-way: every class of the episode pooled as its own class
-            metric.update(*binarize_multiclass(pred, target, batch["class_id"]))
-        else:
-            metric.update(pred, target, batch["class_id"])
+        update_scored(metric, out["logits"], self.predict_from_logits, target, batch["class_id"],
+                      labels=batch.get("query_label_orig"), seed_index=batch.get("eval_seed"))
+        if batch["class_id"].dim() == 1:
             loss, _ = self.episode_loss(out, target)
             self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=pred.shape[0])
         return {"pred": pred, "logits": out["logits"]}
@@ -202,9 +217,13 @@ class FewShotModule(SupportSetPredictionMixin, LeanCheckpointMixin, L.LightningM
         return self._eval_step(batch, self.test_metric, "test")
 
     def _log_metric(self, metric: FewShotIoU, stage: str) -> dict:
-        result = metric.compute()
+        result = metric.compute()  # states already summed over DDP ranks: no sync_dist
         self.log(f"{stage}/miou", result["miou"], prog_bar=True, sync_dist=False)
         self.log(f"{stage}/fbiou", result["fbiou"], sync_dist=False)
+        # HDMNet's protocol: every seed's figures besides their mean (test.py:165-175); seed index s
+        # is position s in the data module's ``eval_seeds``.
+        for key in [k for k in result if "_seed" in k]:
+            self.log(f"{stage}/{key}", result[key], sync_dist=False)
         self.last_metrics = {f"{stage}/{k}": v for k, v in result.items()}
         metric.reset()
         return result
@@ -221,5 +240,16 @@ class FewShotModule(SupportSetPredictionMixin, LeanCheckpointMixin, L.LightningM
         if self.hparams.lr_schedule == "none":
             return opt
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        if self.hparams.lr_schedule == "poly":
+            power = self.hparams.poly_power
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: poly_lr_factor(step, total, power))
+        else:
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def poly_lr_factor(step: int, total_steps: int, power: float = 0.9) -> float:
+    """LR multiplier of optimizer step ``step`` (0-based) in HDMNet's poly schedule: its train.py:299-301
+    sets ``lr = base_lr * (1 - current_iter / max_iter) ** power`` with ``current_iter = step + 1``
+    before each step (util/util.py:52-57), so the last of ``max_iter`` steps runs at lr 0."""
+    return max(0.0, 1.0 - (step + 1) / total_steps) ** power

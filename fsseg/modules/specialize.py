@@ -25,11 +25,15 @@ import torch
 import torch.nn.functional as F
 
 from fsseg.losses import multiclass_ce_dice_loss
-from fsseg.metrics import FewShotIoU, binarize_multiclass
+from fsseg.metrics import FewShotIoU, update_scored
 from fsseg.models import build_fsdino
 from fsseg.models.fsdino import FSDINO, ImageFeatures
 from fsseg.models.specialized import SpecializedSegmenter
 from fsseg.modules.common import LeanCheckpointMixin, NonFiniteLossGuard, adopt_legacy_hparams
+
+
+def _argmax(logits: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(1)
 
 
 def soft_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -256,10 +260,12 @@ class SpecializeModule(LeanCheckpointMixin, L.LightningModule):
         query, target = batch["query"], batch["query_mask"]
         feats = self.student.extract(query)
         out = self.student.decode(feats, out_size=query.shape[-2:])
-        metric.update(*binarize_multiclass(out["pred"], target, batch["class_id"]))
+        # class-index logits [B,N+1,H,W] (channel 0 background): scored at the batch's scoring size
+        labels = batch.get("query_label_orig")
+        update_scored(metric, out["logits"], _argmax, target, batch["class_id"], labels=labels)
         if self.hparams.eval_teacher and self._support is not None:
             t = self.teacher_logits(feats, query.shape[-2:])
-            teacher_metric.update(*binarize_multiclass(t.argmax(1), target, batch["class_id"]))
+            update_scored(teacher_metric, t, _argmax, target, batch["class_id"], labels=labels)
         return {"pred": out["pred"], "logits": out["logits"]}
 
     def validation_step(self, batch: dict, batch_idx: int):
