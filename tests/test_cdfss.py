@@ -305,8 +305,6 @@ def test_pascal_fold4_trains_on_all_twenty_classes(tmp_path):
 
 # ----------------------------------------------------------------------------------- configs
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lightning_configs")
-# Data options other slices add in this round (i11b: scoring_size); the lead removes this set after merging.
-PENDING_DATA_OPTIONS = {"scoring_size"}
 
 
 def _config(name):
@@ -321,9 +319,8 @@ def _datamodule_args(init_args, root):
     import inspect
 
     known = set(inspect.signature(EpisodicDataModule.__init__).parameters)
-    unknown = set(init_args) - known
-    assert unknown <= PENDING_DATA_OPTIONS, unknown
-    return {k: v for k, v in init_args.items() if k in known} | {"root": root, "num_workers": 0, "image_size": 56}
+    assert set(init_args) <= known, set(init_args) - known
+    return dict(init_args) | {"root": root, "num_workers": 0, "image_size": 56}
 
 
 @pytest.mark.parametrize("shots", [1, 5])
