@@ -34,6 +34,18 @@ from torch import nn
 from .fsdino import FSDINO, ImageFeatures
 
 
+def per_class_supports(support, support_masks):
+    """``([K_c,3,H,W] per class], [[K_c,H,W] per class])`` from the stacked ``[N,K,...]`` form (a leading
+    batch of 1 accepted) or from per-class lists (classes with different shot counts)."""
+    if isinstance(support, torch.Tensor):
+        if support.dim() == 6:
+            support, support_masks = support[0], support_masks[0]
+        return list(support.unbind(0)), list(support_masks.unbind(0))
+    if len(support) != len(support_masks):
+        raise ValueError(f"{len(support)} classes of support images but {len(support_masks)} of masks")
+    return list(support), list(support_masks)
+
+
 class ClassSpecificPrompts(nn.Module):
     """The dedicated layer: per-class sparse tokens ``[N,T,D]`` and a per-class prototype head on
     the semantic features producing the dense prior ``[B,N,h,w]``."""
@@ -117,23 +129,24 @@ class SpecializedSegmenter(nn.Module):
         return model
 
     @torch.no_grad()
-    def init_from_supports(self, fsdino: FSDINO, support: torch.Tensor, support_masks: torch.Tensor,
-                           fit_prior: bool = True) -> None:
+    def init_from_supports(self, fsdino: FSDINO, support, support_masks, fit_prior: bool = True) -> None:
         """Tokens <- teacher SVP tokens, prototypes <- teacher PCS prototypes, and (correlation
-        variants) per-class affine fit of the teacher's dense input on the cosine map."""
-        if support.dim() == 6:
-            support, support_masks = support[0], support_masks[0]
-        N, K = support.shape[:2]
+        variants) per-class affine fit of the teacher's dense input on the cosine map.
+        ``support [N,K,3,H,W]`` / ``support_masks [N,K,H,W]``, or per-class lists of ``[K_c,3,H,W]`` /
+        ``[K_c,H,W]`` when the classes have different shot counts (a total support budget)."""
+        images, masks = per_class_supports(support, support_masks)
+        N = len(images)
         if N != self.num_classes:
             raise ValueError(f"supports hold {N} classes, the layer {self.num_classes}")
+        counts = [int(x.shape[0]) for x in images]
         was_training = fsdino.training
         fsdino.eval()
-        feats = fsdino.extract(support.flatten(0, 1))
-        sem = feats.semantic.view(N, K, *feats.semantic.shape[1:])
+        feats = fsdino.extract(torch.cat(images))
+        sems = feats.semantic.split(counts)
         layer = self.specialization
         encs = []
         for c in range(N):
-            enc = fsdino.encode_support_features(sem[c:c + 1], support_masks[c:c + 1])
+            enc = fsdino.encode_support_features(sems[c][None], masks[c][None])
             encs.append(enc)
             layer.prototypes[c] = enc.prototype[0]
             if layer.num_tokens:

@@ -28,7 +28,7 @@ from fsseg.losses import multiclass_ce_dice_loss
 from fsseg.metrics import FewShotIoU, update_scored
 from fsseg.models import build_fsdino
 from fsseg.models.fsdino import FSDINO, ImageFeatures
-from fsseg.models.specialized import SpecializedSegmenter
+from fsseg.models.specialized import SpecializedSegmenter, per_class_supports
 from fsseg.modules.common import LeanCheckpointMixin, NonFiniteLossGuard, adopt_legacy_hparams
 
 
@@ -157,14 +157,14 @@ class SpecializeModule(LeanCheckpointMixin, L.LightningModule):
 
     @torch.no_grad()
     def set_support(self, support_set: dict) -> None:
-        """Cache the support set's frozen features (the teacher's conditioning)."""
-        s, m = support_set["support"], support_set["support_masks"]
-        if s.dim() == 6:
-            s, m = s[0], m[0]
-        n, k = s.shape[:2]
-        sem = self.teacher.extract(s.flatten(0, 1).to(self.device), with_embedding=False).semantic
-        self._support = {"semantic": sem.view(n, k, *sem.shape[1:]), "masks": m.to(self.device).float(),
-                         "images": s, "class_names": list(support_set.get("class_names") or self.student.class_names)}
+        """Cache the support set's frozen features (the teacher's conditioning). Classes may hold
+        different shot counts (per-class lists, see ``per_class_supports``)."""
+        images, masks = per_class_supports(support_set["support"], support_set["support_masks"])
+        counts = [int(x.shape[0]) for x in images]
+        sem = self.teacher.extract(torch.cat(images).to(self.device), with_embedding=False).semantic
+        self._support = {"semantic": list(sem.split(counts)), "masks": [m.to(self.device).float() for m in masks],
+                         "images": images,
+                         "class_names": list(support_set.get("class_names") or self.student.class_names)}
 
     def setup(self, stage: str) -> None:
         if stage == "predict" and self.student is not None:
@@ -201,24 +201,29 @@ class SpecializeModule(LeanCheckpointMixin, L.LightningModule):
     @torch.no_grad()
     def teacher_logits(self, feats: ImageFeatures, out_size, shot_index: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Episodic teacher's N-way logits ``[B,N+1,H,W]`` (background 0) on query features;
-        with ``shot_index`` (and ``leave_one_out``, K > 1) sample b's supports exclude shot
-        ``shot_index[b]`` of every class (so a support image never conditions its own target)."""
+        with ``shot_index`` (and ``leave_one_out``) sample b's supports exclude shot ``shot_index[b]``
+        of every class that has that shot and more than one (so a support image never conditions its
+        own target). Classes may hold different shot counts K_c."""
         if self._support is None:
             raise RuntimeError("no support set cached (set_support)")
-        sem, masks = self._support["semantic"], self._support["masks"]
-        n_cls, k = sem.shape[:2]
-        b = feats.embedding.shape[0]
-        loo = shot_index is not None and self.hparams.leave_one_out and k > 1
-        if loo:
-            keep = torch.tensor([[j for j in range(k) if j != int(s)] for s in shot_index], device=sem.device)
+        b = feats.semantic.shape[0]
+        loo = shot_index is not None and self.hparams.leave_one_out
         out = []
-        for c in range(n_cls):
-            if loo:
-                s, m = sem[c][keep], masks[c][keep]  # [B,K-1,...]
-            else:
-                s, m = sem[c:c + 1], masks[c:c + 1]  # batch 1, broadcast
-            enc = self.teacher.encode_support_features(s, m)
-            out.append(self.teacher.decode(feats, enc, out_size=tuple(out_size))["logits"])
+        for c, (sem, masks) in enumerate(zip(self._support["semantic"], self._support["masks"])):
+            k = sem.shape[0]
+            own = (shot_index.to(sem.device) < k) if loo and k > 1 else torch.zeros(b, dtype=torch.bool, device=sem.device)
+            logits = sem.new_empty(b, *tuple(out_size))
+            rest = (~own).nonzero().flatten()
+            if len(rest):  # all K_c shots, one encoding broadcast over these samples
+                enc = self.teacher.encode_support_features(sem[None], masks[None])
+                logits[rest] = self.teacher.decode(feats[rest], enc, out_size=tuple(out_size))["logits"]
+            idx = own.nonzero().flatten()
+            if len(idx):  # the other K_c - 1 shots
+                keep = torch.stack([torch.tensor([j for j in range(k) if j != int(shot_index[i])]) for i in idx.tolist()])
+                keep = keep.to(sem.device)
+                enc = self.teacher.encode_support_features(sem[keep], masks[keep])
+                logits[idx] = self.teacher.decode(feats[idx], enc, out_size=tuple(out_size))["logits"]
+            out.append(logits)
         logits = torch.stack(out, 1)
         return torch.cat([logits.new_zeros(b, 1, *logits.shape[-2:]), logits], 1)
 
