@@ -25,6 +25,8 @@ from .episodes import (
 )
 from .folder import FolderDataset, UnlabelledImageFolder
 from .fss import FSS1000
+from .isic3 import ISIC3
+from .kvasir import KvasirSEG
 from .masks import (
     IGNORE_INDEX,
     BadSampleError,
@@ -34,8 +36,11 @@ from .masks import (
     read_image,
     read_mask,
 )
+from .nucleus import Nucleus
 from .pascal import Pascal5i
-from .specialize import SpecializationDataModule
+from .pool import PooledDataset
+from .pothole import Pothole
+from .specialize import BudgetSpecializationDataModule, SpecializationDataModule
 from .synthetic import SyntheticFewShot, base_classes, novel_classes
 from .transforms import PairTransform, build_test_transform, build_train_transform
 
@@ -47,4 +52,5 @@ __all__ = [
     "eligible_classes", "fixed_episode_list", "rank_slice", "sample_episode", "PairTransform",
     "build_train_transform", "build_test_transform", "EpisodicDataModule", "UnlabelledDataModule",
     "SupportQueryFolderDataModule", "SpecializationDataModule", "build_fewshot_dataset", "DATASETS",
+    "BudgetSpecializationDataModule", "PooledDataset", "KvasirSEG", "ISIC3", "Nucleus", "Pothole",
 ]

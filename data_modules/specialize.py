@@ -2,7 +2,8 @@
 
 * ``support_set()`` -> un-augmented supports ``{"support": [N,K,3,S,S], "support_masks": [N,K,S,S]
   float 0/1, "class_names": list[str], "support_names": list[list[str]]}`` (what the episodic
-  teacher conditions on).
+  teacher conditions on); when the classes hold different shot counts K_c (a total budget),
+  ``support`` / ``support_masks`` are per-class lists of ``[K_c,3,S,S]`` / ``[K_c,S,S]``.
 * train batches: ``{"image": [B,3,S,S], "label": [B,S,S] int64 class-index 0..N (255 ignore),
   "class_index": [B] (the support's class, 0-based), "shot_index": [B] (its shot, for the teacher's
   leave-one-out), "name": list[str]}``. Each epoch holds every support ``repeats`` times; the first
@@ -174,8 +175,8 @@ class SpecializationDataModule(L.LightningDataModule):
     @classmethod
     def from_dataset(cls, dataset: FewShotDataset, support_keys: Dict[int, List[str]],
                      query_keys: Sequence[Tuple[str, int]] = (), image_size: int = 518, **kwargs) -> "SpecializationDataModule":
-        """Any reader + explicit support keys per class id (equal K) and ``(key, class id)`` queries
-        (used by the leave-one-out cross-domain experiment)."""
+        """Any reader + explicit support keys per class id (shot counts may differ between classes)
+        and ``(key, class id)`` queries (the leave-one-out cross-domain experiment, the budget protocol)."""
         dm = cls.__new__(cls)
         L.LightningDataModule.__init__(dm)
         dm.image_size = image_size
@@ -184,10 +185,10 @@ class SpecializationDataModule(L.LightningDataModule):
         dm.scoring_size = kwargs.get("scoring_size", "model")
         dm.dataset, dm.class_ids = dataset, list(support_keys)
         dm.support_keys = {c: list(v) for c, v in support_keys.items()}
-        ks = {len(v) for v in dm.support_keys.values()}
-        if len(ks) != 1:
-            raise ValueError(f"every class needs the same number of shots, got {sorted(ks)}")
-        dm.shots = ks.pop()
+        empty = [c for c, v in dm.support_keys.items() if not v]
+        if empty:
+            raise ValueError(f"classes {empty} have no support image")
+        dm.shots = max(len(v) for v in dm.support_keys.values())
         dm.val_items = [(dataset, key, c, dm.class_ids.index(c)) for key, c in query_keys]
         dm._support_set = None
         return dm
@@ -231,7 +232,9 @@ class SpecializationDataModule(L.LightningDataModule):
             imgs.append(torch.stack(wi))
             masks.append(torch.stack(wm))
             names.append(wn)
-        self._support_set = {"support": torch.stack(imgs), "support_masks": torch.stack(masks),
+        if len({len(x) for x in imgs}) == 1:  # equal shot counts: the stacked [N,K,...] form
+            imgs, masks = torch.stack(imgs), torch.stack(masks)
+        self._support_set = {"support": imgs, "support_masks": masks,
                              "class_names": self.class_names, "support_names": names}
         return self._support_set
 
@@ -263,4 +266,127 @@ class SpecializationDataModule(L.LightningDataModule):
                           num_workers=self.num_workers, collate_fn=collate_dicts)
 
 
-__all__ = ["SpecializationDataModule", "AugmentedSupportDataset", "LabelledQueryDataset", "class_index_label"]
+# ---------------------------------------------------------------------------------------------
+# DistillFSS's protocol (seed 000; github pasqualedem/DistillFSS): supports chosen from the training
+# part by a total budget, an 80/20 split where the dataset has none, every test image scored once.
+def hierarchical_uniform_indices(last: int, count: int) -> List[int]:
+    """Indices into a list of ``last + 1`` items: the two ends, then midpoints of the gaps, level by
+    level, the first ``count`` in sorted order. Reproduces DistillFSS's
+    ``hierarchical_uniform_sampling(N, M)`` (``distillfss/utils/utils.py:407-430``), with which it
+    picks the supports (``kvasir.py:122``, ``nucleus.py:94``, ``pothole.py:112``, per class in
+    ``isic.py:107-110``). May return fewer than ``count`` when the list is too short."""
+    if count == 1:
+        return [0]
+    chosen = [0, last]
+    while len(chosen) < count:
+        new = []
+        for a, b in zip(chosen[:-1], chosen[1:]):
+            mid = (a + b) // 2
+            if mid not in chosen:
+                new.append(mid)
+            if len(chosen) + len(new) >= count:
+                break
+        if not new:
+            break
+        chosen = sorted(chosen + new)
+    return chosen[:count]
+
+
+def budget_per_class(budget: int, class_ids: Sequence[int]) -> Dict[int, int]:
+    """Split a total budget of ``budget`` support images over the classes: ``budget // N`` each,
+    the remainder one more each to the first classes in id order (counts may differ by one)."""
+    n = len(class_ids)
+    if budget < n:
+        raise ValueError(f"a support budget of {budget} image(s) cannot cover {n} classes")
+    return {c: budget // n + (1 if i < budget % n else 0) for i, c in enumerate(sorted(class_ids))}
+
+
+def select_support_budget(train_keys_by_class: Dict[int, Sequence[str]], budget: int) -> Dict[int, List[str]]:
+    """Supports for a total budget: per class (``budget_per_class``) the hierarchical-uniform picks
+    (``hierarchical_uniform_indices``) over that class's training keys **sorted by name**, so the
+    choice depends on the names only, never on the order the file system lists them in (the
+    reference picks over its data-frame order, which follows ``os.listdir``)."""
+    out = {}
+    for c, k in budget_per_class(budget, list(train_keys_by_class)).items():
+        pool = sorted(set(train_keys_by_class[c]))
+        idx = hierarchical_uniform_indices(len(pool) - 1, k)
+        if len(pool) < k or len(set(idx)) < k:
+            raise ValueError(f"class {c}: a budget of {k} support(s) but only {len(pool)} training image(s)")
+        out[c] = [pool[i] for i in idx]
+    return out
+
+
+def split_train_test(keys: Sequence[str], test_fraction: float = 0.2, seed: int = 42,
+                     published_test: Optional[Sequence[str]] = None) -> Tuple[List[str], List[str]]:
+    """``(train keys, test keys)``, both sorted. The dataset's own split (``published_test``) when it
+    has one; else ``ceil(test_fraction * n)`` test keys drawn by ``RandomState(seed).permutation`` of
+    the name-sorted keys: the draw of scikit-learn's ``train_test_split(test_size=0.2,
+    random_state=42)`` that DistillFSS uses (``kvasir.py:65``, ``nucleus.py:43``), applied to the
+    sorted list instead of ``os.listdir`` order so it does not depend on the file system."""
+    keys = sorted(set(keys))
+    if published_test is not None:
+        test = set(published_test)
+        unknown = sorted(test - set(keys))
+        if unknown:
+            raise ValueError(f"{len(unknown)} published test id(s) not in the dataset, e.g. {unknown[:3]}")
+        return [k for k in keys if k not in test], [k for k in keys if k in test]
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    n_test = int(np.ceil(test_fraction * len(keys)))
+    if not 0 < n_test < len(keys):
+        raise ValueError(f"cannot split {len(keys)} image(s) {1 - test_fraction:.0%}/{test_fraction:.0%}")
+    perm = np.random.RandomState(seed).permutation(len(keys))
+    return sorted(keys[i] for i in perm[n_test:]), sorted(keys[i] for i in perm[:n_test])
+
+
+def build_pooled_dataset(dataset: str, root: str) -> FewShotDataset:
+    """A DistillFSS target dataset by name, read from ``root`` in its published layout."""
+    from .isic3 import ISIC3
+    from .kvasir import KvasirSEG
+    from .nucleus import Nucleus
+    from .pothole import Pothole
+
+    readers = {"kvasir": KvasirSEG, "isic": ISIC3, "nucleus": Nucleus, "pothole": Pothole}
+    if dataset not in readers:
+        raise ValueError(f"unknown DistillFSS dataset {dataset!r}; choose one of {sorted(readers)}")
+    return readers[dataset](root)
+
+
+class BudgetSpecializationDataModule(SpecializationDataModule):
+    """DistillFSS's protocol for ``SpecializeModule``: a support set of ``budget`` images in total
+    chosen from the training part (``select_support_budget``), the test part (the dataset's own, or
+    ``split_train_test``'s seeded draw) scored once per image with the specialised model (and, with
+    ``eval_teacher``, the episodic teacher conditioned on all the supports).
+
+    Args:
+        dataset: ``kvasir`` | ``isic`` | ``nucleus`` | ``pothole`` (readers in ``data_modules``).
+        root: the dataset folder in its published layout (see each reader / docs/protocols/distillfss.md).
+        budget: total number of support images K (DistillFSS uses 5 / 10 / 25 / 50).
+        test_fraction / split_seed: the drawn split, for datasets without one (80/20, seed 42).
+        max_test_images: score only the first n test images (sorted by name; smoke runs), None = all.
+        image_size / repeats / augment / batch_size / num_workers / query_dir: as ``SpecializationDataModule``.
+    """
+
+    def __init__(self, dataset: str, root: str, budget: int = 5, test_fraction: float = 0.2, split_seed: int = 42,
+                 max_test_images: Optional[int] = None, image_size: int = 518, query_dir: Optional[str] = None,
+                 repeats: int = 8, augment: bool = True, batch_size: int = 4, num_workers: int = 0) -> None:
+        L.LightningDataModule.__init__(self)
+        self.save_hyperparameters()
+        ds = build_pooled_dataset(dataset, root)
+        train, test = split_train_test(ds.all_keys(), test_fraction, split_seed, getattr(ds, "published_test", None))
+        train_set = set(train)
+        by_class = {c: [k for k in ds.samples_by_class[c] if k in train_set] for c in ds.class_ids}
+        support = select_support_budget(by_class, budget)
+        own_class = {k: c for c in ds.class_ids for k in ds.samples_by_class[c]}
+        test = test[:max_test_images] if max_test_images else test
+        self.dataset, self.class_ids, self.support_keys = ds, list(ds.class_ids), support
+        self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
+        self.repeats, self.augment, self.query_dir = repeats, augment, query_dir
+        self.shots = max(len(v) for v in support.values())
+        self.val_items = [(ds, k, own_class[k], self.class_ids.index(own_class[k])) for k in test]
+        self.train_keys, self.test_keys = train, test
+        self._support_set = None
+
+
+__all__ = ["SpecializationDataModule", "BudgetSpecializationDataModule", "select_support_budget", "split_train_test",
+           "budget_per_class", "hierarchical_uniform_indices", "build_pooled_dataset", "AugmentedSupportDataset", "LabelledQueryDataset", "class_index_label"]

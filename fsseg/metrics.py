@@ -158,8 +158,16 @@ def update_scored(metric: FewShotIoU, logits: torch.Tensor, predict: Callable[[t
         else:
             metric.update(pred, tgt, cid, seeds)
 
+    for pred, tgt, rows in scored_predictions(logits, predict, target, labels):
+        update(pred, tgt, class_id[rows], None if seed_index is None else seed_index[rows])
+
+
+def scored_predictions(logits: torch.Tensor, predict: Callable[[torch.Tensor], torch.Tensor], target: torch.Tensor,
+                       labels: Optional[Sequence[torch.Tensor]] = None):
+    """``(prediction, target, rows)`` at the scoring size (see ``update_scored``): the whole batch at
+    the model size without ``labels``, else one item at a time at its label's size."""
     if labels is None:
-        update(predict(logits), target, class_id, seed_index)
+        yield predict(logits), target, slice(None)
         return
     if len(labels) != logits.shape[0]:
         raise ValueError(f"update_scored: {len(labels)} scoring labels for a batch of {logits.shape[0]}")
@@ -171,5 +179,59 @@ def update_scored(metric: FewShotIoU, logits: torch.Tensor, predict: Callable[[t
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=True)
         x = x[:, 0] if one_channel else x
-        update(predict(x), label.to(x.device)[None], class_id[i:i + 1],
-               None if seed_index is None else seed_index[i:i + 1])
+        yield predict(x), label.to(x.device)[None], slice(i, i + 1)
+
+
+def update_dataset_scored(metric: "DatasetForegroundIoU", logits: torch.Tensor,
+                          predict: Callable[[torch.Tensor], torch.Tensor], target: torch.Tensor,
+                          labels: Optional[Sequence[torch.Tensor]] = None) -> None:
+    """``DatasetForegroundIoU`` at the same scoring size as ``update_scored``."""
+    for pred, tgt, _ in scored_predictions(logits, predict, target, labels):
+        metric.update(pred, tgt)
+
+
+class DatasetForegroundIoU(Metric):
+    """DistillFSS's reported score: per-class Jaccard pooled over the whole test set, averaged over
+    the foreground classes (its ``MulticlassJaccardIndex_fg``), x100.
+
+    DistillFSS (github pasqualedem/DistillFSS) accumulates torchmetrics'
+    ``MulticlassJaccardIndex(num_classes=N+1, average="none")`` over every test image
+    (``refine.py:234-237``, updated in ``distillfss/test.py:46``) and reports the mean of entries
+    1..N (``distillfss/utils/utils.py:404``, ``linearize_metrics``): for class c,
+    ``IoU_c = sum_images |P_c & G_c| / sum_images |P_c | G_c|`` (0 when the union is empty, as
+    torchmetrics' ``zero_division=0``), not a mean of per-image IoUs. ``pred`` / ``target``:
+    class-index maps ``[B,H,W]`` in 0..N (background 0); target pixels equal to ``ignore_index``
+    are left out (the reference's datasets have none).
+    """
+
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if num_classes < 1:
+            raise ValueError(f"DatasetForegroundIoU needs num_classes >= 1 (foreground classes), got {num_classes}")
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.add_state("intersection", torch.zeros(num_classes + 1, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("union", torch.zeros(num_classes + 1, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        if pred.shape != target.shape:
+            raise ValueError(f"DatasetForegroundIoU.update: pred {tuple(pred.shape)} != target {tuple(target.shape)}")
+        valid = target != self.ignore_index
+        bad = valid & ((target < 0) | (target > self.num_classes))
+        if bad.any() or (pred < 0).any() or (pred > self.num_classes).any():
+            raise ValueError(f"DatasetForegroundIoU.update: class indices outside 0..{self.num_classes}")
+        p, t = pred[valid].long(), target[valid].long()
+        n = self.num_classes + 1
+        area_p = torch.bincount(p, minlength=n).double()
+        area_t = torch.bincount(t, minlength=n).double()
+        inter = torch.bincount(t[p == t], minlength=n).double()
+        self.intersection += inter
+        self.union += area_p + area_t - inter
+
+    def compute(self) -> dict:
+        iou = torch.where(self.union > 0, self.intersection / self.union.clamp(min=1), torch.zeros_like(self.union))
+        return {"fg_iou": float(iou[1:].mean() * 100), "iou_all": float(iou.mean() * 100),
+                "iou_per_class": {c: float(iou[c] * 100) for c in range(1, self.num_classes + 1)}}

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from fsseg.losses import multiclass_ce_dice_loss
-from fsseg.metrics import FewShotIoU, update_scored
+from fsseg.metrics import DatasetForegroundIoU, FewShotIoU, update_dataset_scored, update_scored
 from fsseg.models import build_fsdino
 from fsseg.models.fsdino import FSDINO, ImageFeatures
 from fsseg.models.specialized import SpecializedSegmenter, per_class_supports
@@ -133,6 +133,8 @@ class SpecializeModule(LeanCheckpointMixin, L.LightningModule):
         self.test_metric = FewShotIoU(1)
         self.val_teacher_metric = FewShotIoU(1)
         self.test_teacher_metric = FewShotIoU(1)
+        self.val_dataset_iou, self.test_dataset_iou = DatasetForegroundIoU(1), DatasetForegroundIoU(1)
+        self.val_teacher_dataset_iou, self.test_teacher_dataset_iou = DatasetForegroundIoU(1), DatasetForegroundIoU(1)
         if class_names:
             self.build_student(list(class_names))
 
@@ -151,6 +153,7 @@ class SpecializeModule(LeanCheckpointMixin, L.LightningModule):
         n = len(class_names)
         for name in ("val_metric", "test_metric", "val_teacher_metric", "test_teacher_metric"):
             setattr(self, name, FewShotIoU(n).to(self.device))
+            setattr(self, name.replace("metric", "dataset_iou"), DatasetForegroundIoU(n).to(self.device))
         if support_set is not None:
             self.set_support(support_set)
         return self.student
@@ -261,23 +264,25 @@ class SpecializeModule(LeanCheckpointMixin, L.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in parts.items()}, batch_size=bs)
         return loss
 
-    def _eval_step(self, batch: dict, metric: FewShotIoU, teacher_metric: FewShotIoU) -> dict:
+    def _eval_step(self, batch: dict, stage: str, metric: FewShotIoU, teacher_metric: FewShotIoU) -> dict:
         query, target = batch["query"], batch["query_mask"]
         feats = self.student.extract(query)
         out = self.student.decode(feats, out_size=query.shape[-2:])
         # class-index logits [B,N+1,H,W] (channel 0 background): scored at the batch's scoring size
         labels = batch.get("query_label_orig")
         update_scored(metric, out["logits"], _argmax, target, batch["class_id"], labels=labels)
+        update_dataset_scored(getattr(self, f"{stage}_dataset_iou"), out["logits"], _argmax, target, labels)
         if self.hparams.eval_teacher and self._support is not None:
             t = self.teacher_logits(feats, query.shape[-2:])
             update_scored(teacher_metric, t, _argmax, target, batch["class_id"], labels=labels)
+            update_dataset_scored(getattr(self, f"{stage}_teacher_dataset_iou"), t, _argmax, target, labels)
         return {"pred": out["pred"], "logits": out["logits"]}
 
     def validation_step(self, batch: dict, batch_idx: int):
-        return self._eval_step(batch, self.val_metric, self.val_teacher_metric)
+        return self._eval_step(batch, "val", self.val_metric, self.val_teacher_metric)
 
     def test_step(self, batch: dict, batch_idx: int):
-        return self._eval_step(batch, self.test_metric, self.test_teacher_metric)
+        return self._eval_step(batch, "test", self.test_metric, self.test_teacher_metric)
 
     def _log_metrics(self, stage: str, metric: FewShotIoU, teacher_metric: FewShotIoU) -> None:
         res = metric.compute()
@@ -285,11 +290,20 @@ class SpecializeModule(LeanCheckpointMixin, L.LightningModule):
         self.log(f"{stage}/fbiou", res["fbiou"])
         self.last_metrics = {f"{stage}/{k}": v for k, v in res.items()}
         metric.reset()
+        # DistillFSS's figure (dataset-pooled foreground Jaccard), beside FewShotIoU
+        self._log_dataset_iou(f"{stage}/dataset_fg_iou", getattr(self, f"{stage}_dataset_iou"))
         if teacher_metric.episodes.sum() > 0:
             tr = teacher_metric.compute()
             self.log(f"{stage}/teacher_miou", tr["miou"])
             self.last_metrics[f"{stage}/teacher_miou"] = tr["miou"]
             teacher_metric.reset()
+            self._log_dataset_iou(f"{stage}/teacher_dataset_fg_iou", getattr(self, f"{stage}_teacher_dataset_iou"))
+
+    def _log_dataset_iou(self, name: str, metric: DatasetForegroundIoU) -> None:
+        value = metric.compute()["fg_iou"]
+        self.log(name, value)
+        self.last_metrics[name] = value
+        metric.reset()
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val", self.val_metric, self.val_teacher_metric)
