@@ -212,7 +212,7 @@ class SpecializeModule(LeanCheckpointMixin, L.LightningModule):
         b = feats.semantic.shape[0]
         loo = shot_index is not None and self.hparams.leave_one_out
         out = []
-        for c, (sem, masks) in enumerate(zip(self._support["semantic"], self._support["masks"])):
+        for sem, masks in zip(self._support["semantic"], self._support["masks"]):
             k = sem.shape[0]
             own = (shot_index.to(sem.device) < k) if loo and k > 1 else torch.zeros(b, dtype=torch.bool, device=sem.device)
             logits = sem.new_empty(b, *tuple(out_size))
