@@ -364,12 +364,15 @@ class BudgetSpecializationDataModule(SpecializationDataModule):
         budget: total number of support images K (DistillFSS uses 5 / 10 / 25 / 50).
         test_fraction / split_seed: the drawn split, for datasets without one (80/20, seed 42).
         max_test_images: score only the first n test images (sorted by name; smoke runs), None = all.
+        scoring_size: ``model`` (default: DistillFSS scores the S x S resized image and nearest-resized
+            mask, ``distillfss/data/__init__.py:54-58``, ``kvasir.py:92-96``), an int or ``original``.
         image_size / repeats / augment / batch_size / num_workers / query_dir: as ``SpecializationDataModule``.
     """
 
     def __init__(self, dataset: str, root: str, budget: int = 5, test_fraction: float = 0.2, split_seed: int = 42,
                  max_test_images: Optional[int] = None, image_size: int = 518, query_dir: Optional[str] = None,
-                 repeats: int = 8, augment: bool = True, batch_size: int = 4, num_workers: int = 0) -> None:
+                 repeats: int = 8, augment: bool = True, batch_size: int = 4, num_workers: int = 0,
+                 scoring_size: Union[Literal["model", "original"], int] = "model") -> None:
         L.LightningDataModule.__init__(self)
         self.save_hyperparameters()
         ds = build_pooled_dataset(dataset, root)
@@ -382,6 +385,7 @@ class BudgetSpecializationDataModule(SpecializationDataModule):
         self.dataset, self.class_ids, self.support_keys = ds, list(ds.class_ids), support
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
         self.repeats, self.augment, self.query_dir = repeats, augment, query_dir
+        self.scoring_size = scoring_size
         self.shots = max(len(v) for v in support.values())
         self.val_items = [(ds, k, own_class[k], self.class_ids.index(own_class[k])) for k in test]
         self.train_keys, self.test_keys = train, test
