@@ -232,7 +232,9 @@ def test_dataset_foreground_iou_is_pooled_not_per_image():
 
 def test_ragged_budget_specialises_and_logs_dataset_iou(tmp_path):
     root = isic_tree(tmp_path / "ISIC")
-    dm = BudgetSpecializationDataModule("isic", str(root), budget=5, image_size=56, repeats=1, batch_size=4)
+    # scored at the masks' own size (20x24), the labels path of both metrics
+    dm = BudgetSpecializationDataModule("isic", str(root), budget=5, image_size=56, repeats=1, batch_size=4,
+                                        scoring_size="original")
     L.seed_everything(0)
     module = SpecializeModule(**TINY, eval_teacher=True)
     trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
