@@ -188,3 +188,27 @@ def test_demo_checkpoint_of_main_loads():
 
     m = FewShotModule.load_from_checkpoint(DEMO_CKPT)
     assert m.hparams.image_size == 112 and m.hparams.sam_checkpoint is None
+
+
+def test_stage2_checkpoint_keeps_the_stage1_adapter_settings_without_the_adapter_file(tmp_path):
+    """Adapter settings read from the stage-1 checkpoint (i13) are written into the stage-2
+    hyper-parameters, so the rebuilt model has them although the adapter file is gone."""
+    import lightning as L
+
+    from fsseg.models.build import PAPER_LITERAL_ADAPTER
+    from fsseg.modules import FewShotModule
+    from tests.test_teacher_adapter_settings import _stage1_checkpoint
+
+    stage1 = Path(_stage1_checkpoint(tmp_path, adapter_kwargs=dict(PAPER_LITERAL_ADAPTER), tap_norm=True))
+    fs = FewShotModule(variant="compact", backbone="dinov2_tiny", image_size=56, decoder_dim=32, decoder_mlp_dim=64,
+                       decoder_heads=2,
+                       adapter_checkpoint=str(stage1))
+    assert fs.model.encoder.tap_norm is True and fs.model.adapter.pos_encoding == "none"
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer.strategy.connect(fs)
+    trainer.save_checkpoint(str(tmp_path / "s2.ckpt"))
+    stage1.unlink()
+    loaded = FewShotModule.load_from_checkpoint(tmp_path / "s2.ckpt")
+    assert loaded.model.encoder.tap_norm is True and loaded.model.adapter.pos_encoding == "none"
+    for k, v in fs.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k

@@ -182,13 +182,16 @@ def frozen_records(ckpt: Mapping[str, Any], cls) -> list[dict]:
 
 
 def rebuild_hparams(ckpt: Mapping[str, Any], ckpt_path: Optional[str] = None,
-                    overrides: Optional[Mapping[str, Any]] = None, download: bool = True) -> tuple[str, dict]:
+                    overrides: Optional[Mapping[str, Any]] = None, download: bool = True,
+                    default_cls=None) -> tuple[str, dict]:
     """``(class_path, constructor kwargs)`` that rebuild the checkpoint's module on this machine:
     frozen files located (``locate_frozen_file``), init-only files dropped (their weights are in the
-    state dict), ``overrides`` (arguments given now) applied last."""
+    state dict), ``overrides`` (arguments given now) applied last. ``default_cls``: the class when the
+    checkpoint does not name one (saved outside LightningCLI); else ``FewShotModule``."""
     hp = dict(ckpt.get("hyper_parameters") or {})
     hp.pop("_instantiator", None)
-    class_path = hp.pop("_class_path", None) or "fsseg.modules.FewShotModule"
+    fallback = f"{default_cls.__module__}.{default_cls.__name__}" if default_cls else "fsseg.modules.FewShotModule"
+    class_path = hp.pop("_class_path", None) or fallback
     cls = module_class(class_path)
     overrides = dict(overrides or {})
     for rec in frozen_records(ckpt, cls):
@@ -204,7 +207,7 @@ def load_module_from_checkpoint(path: str | os.PathLike, cls=None, overrides: Op
                                 map_location: Any = "cpu"):
     """Rebuild a fsseg LightningModule from ``path`` on this machine and load its weights."""
     ckpt = load_checkpoint_file(path)
-    class_path, hp = rebuild_hparams(ckpt, str(path), overrides)
+    class_path, hp = rebuild_hparams(ckpt, str(path), overrides, default_cls=cls)
     klass = module_class(class_path)
     if cls is not None and not issubclass(klass, cls):
         raise CheckpointMismatchError(f"{path}: a {klass.__name__} checkpoint, not a {cls.__name__} one")
