@@ -373,6 +373,8 @@ class UnlabelledDataModule(L.LightningDataModule):
         seed: seed of the train/val split and the shuffling.
         synthetic_images: number of synthetic pictures when ``root`` is None.
         shuffle: shuffle the training images each epoch.
+        teacher_view: ``longest_side``: also serve each image as SAM's predictor sees it (longest side
+            resized, padded; the distillation target); ``none``: the square-resized image only.
     """
 
     def __init__(self, root: Optional[str] = None, image_size: int = 1024, batch_size: int = 4,

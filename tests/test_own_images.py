@@ -254,3 +254,29 @@ def test_every_readme_table_error_is_one_error_line(tmp_path):
         path = getattr(err, "path", None)
         if path:
             assert path in line, (name, line)
+
+
+def test_every_model_and_data_argument_has_a_help_text():
+    """jsonargparse shows each constructor argument's docstring entry as its --help text."""
+    import inspect
+
+    import docstring_parser
+
+    from callbacks import PredictionWriter
+    from data_modules import (
+        EpisodicDataModule,
+        SpecializationDataModule,
+        SupportQueryFolderDataModule,
+        UnlabelledDataModule,
+    )
+    from fsseg.modules import DistillationModule, FewShotModule, SpecializeModule
+
+    missing = {}
+    for cls in (FewShotModule, DistillationModule, SpecializeModule, EpisodicDataModule, UnlabelledDataModule,
+                SupportQueryFolderDataModule, SpecializationDataModule, PredictionWriter):
+        doc = docstring_parser.parse(f"{cls.__doc__ or ''}\n{cls.__init__.__doc__ or ''}")
+        documented = {p.arg_name for p in doc.params}
+        params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        if [p for p in params if p not in documented]:
+            missing[cls.__name__] = [p for p in params if p not in documented]
+    assert not missing, missing

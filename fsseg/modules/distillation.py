@@ -60,6 +60,8 @@ class DistillationModule(LeanCheckpointMixin, L.LightningModule):
         adapter_init: adapter weights to start from (a previous stage's checkpoint, for the three
             chained runs ``distill_126/252/518.yaml``); its adapter settings are taken with it.
         gkd_temperature: softmax temperature of the GKD objective.
+        adapter_mid_dim: adapter width after the first 1x1 conv (256 in the paper).
+        adapter_bottleneck_dim: adapter width of the attention blocks (128 in the paper).
         adapter_kwargs: further ``BottleneckAdapter`` options; ``{pos_encoding: none, conv_act:
             false}`` is the paper's adapter taken literally (``fsseg.models.build.PAPER_LITERAL_ADAPTER``);
             None: fsseg's adapter (sine position encoding, GELUs between the convs).
