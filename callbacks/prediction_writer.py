@@ -16,6 +16,12 @@ Per query ``<stem>`` (``<stem>_<index>`` when two queries share a stem), in ``ou
   to ``summary.csv`` (``image,height,width,mask,overlay,background,<class 1>,...``, pixel
   fractions) and ``summary.jsonl``. Both files are started afresh at the beginning of each predict
   run (one header); with several processes each rank writes ``summary.rank<r>.{csv,jsonl}``.
+* ``summary.json`` at the end of the run: the support set actually used (files and K per class, the
+  module's ``support_set_info``), the queries whose EXIF orientation was applied, and the unreadable
+  queries skipped (``skip_bad_queries``), each also printed.
+
+Photos with an EXIF orientation are segmented as every viewer shows them (turned); masks and
+overlays are written in that orientation.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
-from PIL import Image
+from PIL import Image, ImageOps
 
 from fsseg.visualize import overlay
 
@@ -37,10 +43,18 @@ from fsseg.visualize import overlay
 class PredictionWriter(BasePredictionWriter):
     """See the module docstring. ``output_dir`` is created when missing."""
 
-    def __init__(self, output_dir: str = "predictions", single_class_value: int = 255,
+    def __init__(self, output_dir: Optional[str] = None, single_class_value: int = 255,
                  write_overlays: bool = True, print_summary: bool = True) -> None:
+        """
+        Args:
+            output_dir: folder for masks/, overlays/ and the summaries (``fsseg predict`` fills it in:
+                ``--output_dir``, else ``<checkpoint's run folder>/predictions/<query folder>``).
+            single_class_value: mask value of the foreground when there is one class (0/255).
+            write_overlays: also write the photo with the classes coloured.
+            print_summary: print one line per photo and the run's summary.
+        """
         super().__init__(write_interval="batch")
-        self.output_dir = Path(output_dir)
+        self.output_dir = Path(output_dir if output_dir is not None else "predictions")
         self.single_class_value = int(single_class_value)
         self.write_overlays = write_overlays
         self.print_summary = print_summary
@@ -63,6 +77,8 @@ class PredictionWriter(BasePredictionWriter):
         self._header_written = False
         self._used = set()
         self.written = []
+        self.skipped: list = []
+        self.exif_turned: list = []
 
     def on_predict_start(self, trainer, pl_module) -> None:
         self._start(trainer.global_rank, trainer.world_size)
@@ -76,7 +92,7 @@ class PredictionWriter(BasePredictionWriter):
 
     # -- one image --------------------------------------------------------------------------------
     def write_one(self, pred: torch.Tensor, path: str, size: Sequence[int], class_names: Sequence[str],
-                  index: int = 0, image: Optional[np.ndarray] = None) -> dict:
+                  index: int = 0, image: Optional[np.ndarray] = None, exif_orientation: int = 1) -> dict:
         """Write mask/overlay/summary of one query; ``pred [S,S]`` class index at model size."""
         if self._csv_path is None:
             self._start(0, 1)
@@ -102,7 +118,9 @@ class PredictionWriter(BasePredictionWriter):
             fractions[name] = float((mask == c).sum()) / total
         record = {"image": str(path), "height": h, "width": w, "mask": str(mask_path),
                   "overlay": str(overlay_path) if overlay_path else "", "classes": names,
-                  "fractions": fractions}
+                  "fractions": fractions, "exif_orientation": int(exif_orientation or 1)}
+        if record["exif_orientation"] != 1:
+            self.exif_turned.append(str(path))
         self._append(record)
         self.written.append(record)
         return record
@@ -110,8 +128,8 @@ class PredictionWriter(BasePredictionWriter):
     @staticmethod
     def _read(path: str, h: int, w: int) -> np.ndarray:
         try:
-            with Image.open(path) as im:  # pixels as stored (no EXIF rotation), like the data modules
-                img = np.asarray(im.convert("RGB"))
+            with Image.open(path) as im:  # EXIF orientation applied, as the data modules read the photo
+                img = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
         except (OSError, ValueError):
             return np.full((h, w, 3), 127, np.uint8)
         if img.shape[:2] != (h, w):
@@ -146,18 +164,52 @@ class PredictionWriter(BasePredictionWriter):
         paths = prediction.get("query_path") or [f"query{batch_idx}_{i}" for i in range(pred.shape[0])]
         names = prediction.get("class_names") or []
         indices = list(batch_indices) if batch_indices else list(range(pred.shape[0]))
+        orientations = prediction.get("exif_orientation") or [1] * pred.shape[0]
         bar = getattr(trainer, "progress_bar_callback", None)
+        for path, reason in prediction.get("skipped_queries") or []:
+            self.skipped.append({"image": str(path), "reason": str(reason)})
+            self._print(bar, f"skipped unreadable query {path}: {reason}")
         for i in range(pred.shape[0]):
             size = sizes[i].tolist() if sizes is not None else list(pred.shape[-2:])
-            rec = self.write_one(pred[i], paths[i], size, names, index=int(indices[i]) if i < len(indices) else i)
-            if self.print_summary:
-                line = self.summary_line(rec)
-                if bar is not None and hasattr(bar, "print"):
-                    bar.print(line)
-                else:
-                    print(line)
+            rec = self.write_one(pred[i], paths[i], size, names, index=int(indices[i]) if i < len(indices) else i,
+                                 exif_orientation=orientations[i] if i < len(orientations) else 1)
+            self._print(bar, self.summary_line(rec))
+
+    def _print(self, bar, line: str) -> None:
+        if not self.print_summary:
+            return
+        if bar is not None and hasattr(bar, "print"):
+            bar.print(line)
+        else:
+            print(line)
+
+    def on_predict_start_summary(self, pl_module) -> None:
+        info = getattr(pl_module, "support_set_info", None)
+        if info and self.print_summary:
+            for name, c in info["classes"].items():
+                files = ", ".join(os.path.basename(f) for f in c["files"])
+                print(f"support set: class {name!r}: K={c['k']} of {c['available']} labelled ({files})")
+
+    def summary(self, pl_module=None) -> dict:
+        """What ``summary.json`` holds (see the module docstring)."""
+        return {"output_dir": str(self.output_dir), "images": len(self.written),
+                "support_set": getattr(pl_module, "support_set_info", None),
+                "exif_orientation_applied": list(self.exif_turned),
+                "skipped_queries": {"count": len(self.skipped), "files": list(self.skipped)}}
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch_idx == 0 and dataloader_idx == 0:
+            self.on_predict_start_summary(pl_module)
 
     def on_predict_end(self, trainer, pl_module) -> None:
+        if self.output_dir.is_dir():
+            suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+            (self.output_dir / f"summary{suffix}.json").write_text(json.dumps(self.summary(pl_module), indent=2))
         if self.print_summary and trainer.is_global_zero:
+            extra = ""
+            if self.exif_turned:
+                extra += f"; EXIF orientation applied to {len(self.exif_turned)} photo(s)"
+            if self.skipped:
+                extra += f"; {len(self.skipped)} unreadable query(ies) skipped"
             print(f"predictions: {len(self.written)} masks in {self.output_dir / 'masks'}, summary in "
-                  f"{self._csv_path}")
+                  f"{self._csv_path} and {self.output_dir / 'summary.json'}{extra}")

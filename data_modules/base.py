@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .masks import BadSampleError, check_same_size, read_image, read_mask
+from .masks import BadSampleError, check_same_size, exif_orientation, read_image, read_mask
 
 
 class FewShotDataset:
@@ -81,11 +81,11 @@ class FileFewShotDataset(FewShotDataset):
     def load_image(self, key: str) -> np.ndarray:
         return read_image(self.records[key][0])
 
-    def _decode(self, key: str, class_id: int) -> np.ndarray:
+    def _decode(self, key: str, class_id: int, orientation: Optional[int] = None) -> np.ndarray:
         mask_path = self.records[key][1]
         value = self.mask_value(key, class_id)
         if value is None:
-            m = read_mask(mask_path, self.mask_encoding)
+            m = read_mask(mask_path, self.mask_encoding, orientation=orientation)
             vals = set(np.unique(m).tolist())
             if not vals <= {0, 1, 255}:
                 raise BadSampleError(
@@ -95,15 +95,22 @@ class FileFewShotDataset(FewShotDataset):
                 )
             return m
         enc = "index" if self.mask_encoding == "auto" else self.mask_encoding
-        return read_mask(mask_path, enc, class_value=value)
+        return read_mask(mask_path, enc, class_value=value, orientation=orientation)
 
     def load_mask(self, key: str, class_id: int) -> np.ndarray:
-        return self._decode(key, class_id)
+        return self.load(key, [class_id])[1][0]
 
     def load(self, key: str, class_ids: Sequence[int]):
+        """Image and masks, the image's EXIF orientation applied to both. A mask already drawn on the
+        turned picture (its size matches only unturned) is used as it is."""
         image_path, mask_path = self.records[key]
         image = read_image(image_path)
-        masks = [self._decode(key, c) for c in class_ids]
+        orientation = exif_orientation(image_path)
+        masks = [self._decode(key, c, orientation) for c in class_ids]
+        if orientation != 1 and any(m.shape[:2] != image.shape[:2] for m in masks):
+            unturned = [self._decode(key, c, 1) for c in class_ids]
+            if all(m.shape[:2] == image.shape[:2] for m in unturned):
+                masks = unturned
         for m in masks:
             check_same_size(image, m, image_path, mask_path)
         return image, masks

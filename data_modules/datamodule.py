@@ -27,7 +27,7 @@ from .episodes import (
 from .folder import FolderDataset, UnlabelledImageFolder
 from .fss import FSS1000
 from .isic import ISIC
-from .masks import BadSampleError, list_images, read_image
+from .masks import BadSampleError, exif_orientation, list_images, read_image
 from .pascal import Pascal5i
 from .protocols import get_protocol
 from .synthetic import NUM_CLASSES, SyntheticFewShot, render
@@ -46,13 +46,27 @@ def _rank_world(trainer) -> Tuple[int, int]:
     return 0, 1
 
 
+def holdout_split(ds: FewShotDataset, split: str, fraction: float, seed: int = 0) -> FewShotDataset:
+    """Keep, per class, a seeded ``fraction`` of the images for val/test and the rest for train
+    (an image is in one side only, whatever class it is drawn for)."""
+    keys = ds.all_keys()
+    perm = np.random.default_rng(seed).permutation(len(keys))
+    n_hold = int(round(fraction * len(keys)))
+    held = {keys[int(i)] for i in perm[:n_hold]}
+    keep = (lambda k: k not in held) if split == "train" else (lambda k: k in held)
+    ds.samples_by_class = {c: [k for k in v if keep(k)] for c, v in ds.samples_by_class.items()}
+    return ds
+
+
 def build_fewshot_dataset(dataset: str, split: str, root: Optional[str] = None, fold: int = 0,
                           split_dir: Optional[str] = None, mask_encoding: str = "auto", seed: int = 0,
                           synthetic_image_size: int = 112, synthetic_images_per_class: int = 50,
-                          options: Optional[Dict] = None) -> FewShotDataset:
+                          options: Optional[Dict] = None, holdout_fraction: float = 0.0,
+                          classes: Optional[List[str]] = None) -> FewShotDataset:
     """Factory used by ``EpisodicDataModule`` (``split`` in train/val/test). ``split_dir`` is the list
     folder of the benchmark (PASCAL-5i: HSNet's, BAM's or PFENet's lists; COCO-20i: HSNet's pickled
-    pools; FSS-1000: the class lists). ``options``: the protocol's reader options (area filtering)."""
+    pools; FSS-1000: the class lists). ``options``: the protocol's reader options (area filtering). ``folder`` only:
+    ``classes`` (class-index masks) and ``holdout_fraction`` (``holdout_split``)."""
     options = options or {}
     if dataset == "synthetic":
         return SyntheticFewShot(fold=fold, split=split, seed=seed, image_size=synthetic_image_size,
@@ -69,7 +83,10 @@ def build_fewshot_dataset(dataset: str, split: str, root: Optional[str] = None, 
         return FSS1000(root, split, split_dir=split_dir, mask_encoding=mask_encoding)
     if dataset in CROSS_DOMAIN_READERS:
         return CROSS_DOMAIN_READERS[dataset](root, split)
-    return FolderDataset(root, mask_encoding=mask_encoding)
+    ds = FolderDataset(root, mask_encoding=mask_encoding, classes=classes)
+    if holdout_fraction > 0:
+        return holdout_split(ds, split, holdout_fraction, seed)
+    return ds
 
 
 class EpisodicDataModule(L.LightningDataModule):
@@ -93,6 +110,44 @@ class EpisodicDataModule(L.LightningDataModule):
     ``original`` (HDMNet: the label at its original size); the last two add ``query_label_orig``.
     ``augmentation``: ``fsseg`` (random resized crop, flip, colour jitter) or ``hdmnet`` (HDMNet's
     scale/rotate/blur/flip/resize chain, ``augmentation_scale`` default [0.9, 1.1], COCO [0.8, 1.25]).
+
+    The ``folder`` dataset (your own data) has no class split: train, val and test episodes use the
+    same classes and, unless ``holdout_fraction`` > 0, the same images (said in a warning).
+
+    Args:
+        dataset: ``synthetic`` | ``pascal5i`` | ``coco20i`` | ``fss1000`` | ``folder`` | ``deepglobe`` |
+            ``isic`` | ``chest_xray`` (README "Data").
+        root: folder of the dataset on disk (None for ``synthetic``).
+        fold: cross-validation fold (PASCAL-5i, COCO-20i: which classes are novel; synthetic too).
+        shots: K, support images per class in an episode.
+        n_way: classes per episode (1: binary; N > 1: class-index query masks, evaluation only).
+        image_size: images and masks are resized to this square size (the model's input size).
+        batch_size: episodes per training batch.
+        num_workers: DataLoader worker processes (0: load in the main process).
+        train_episodes_per_epoch: training episodes per epoch (null: one pass over the training list).
+        val_episodes: fixed validation episodes (<= 0: every (image, class) pair once as query).
+        test_episodes: fixed test episodes (<= 0: every pair once; FSS-1000 at 1000: every test image).
+        episodes_per_class: overrides val/test_episodes with this many episodes per class.
+        seed: seed of the fixed episode lists, the training draws and the hold-out split.
+        split_dir: split lists (PASCAL ``<id>__<class>`` lists, FSS-1000 ``trn/val/test.txt``).
+        mask_encoding: ``auto`` (detected per file) | ``index`` | ``binary255`` | ``binary01`` | ``rgb`` | ``jpeg``.
+        skip_bad_samples: re-draw an episode touching an unreadable file (counted, warned) instead of stopping.
+        augment: training augmentation (flip, scale, crop, colour jitter).
+        synthetic_image_size: size the ``synthetic`` dataset renders at.
+        synthetic_images_per_class: images per class of the ``synthetic`` dataset.
+        eval_batch_size: episodes per val/test batch (default: ``batch_size``).
+        holdout_fraction: ``folder`` only: this fraction of the images (seeded) is kept out of
+            training and used for val/test episodes (0: val/test on the training images).
+        classes: ``folder`` with class-index masks: only these classes (names from ``classes.txt``
+            or mask values), e.g. ``dog,airplane`` or ``18,5``.
+        protocol: episode protocol: ``fsseg`` | ``hsnet`` | ``hdmnet`` | ``patnet`` (docs/protocols/).
+        episodes_file: evaluate the test split on this JSON episode list (``fsseg episodes``).
+        val_seed: seed of the validation episodes (default ``seed + 1``).
+        val_on_test: validate on the test episodes, as the reference code does (logged).
+        scoring_size: where val/test are scored: ``model``, an int ``S`` (HSNet's 400) or ``original``
+            (HDMNet; docs/protocols/scoring.md).
+        augmentation: training augmentation recipe: ``fsseg`` or ``hdmnet``.
+        augmentation_scale: HDMNet's scale range (default [0.9, 1.1], COCO [0.8, 1.25]).
     """
 
     def __init__(
@@ -126,8 +181,16 @@ class EpisodicDataModule(L.LightningDataModule):
         scoring_size: Union[Literal["model", "original"], int] = "model",
         augmentation: Literal["fsseg", "hdmnet"] = "fsseg",
         augmentation_scale: Optional[Tuple[float, float]] = None,
+        holdout_fraction: float = 0.0,
+        classes: Optional[Union[str, List[str]]] = None,
     ) -> None:
         super().__init__()
+        if not 0 <= holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
+        if dataset == "folder" and holdout_fraction == 0:
+            warnings.warn(f"dataset 'folder' ({root}): validation and test episodes use the training images and "
+                          "classes (no held-out data); set data.holdout_fraction (e.g. 0.2) to keep a seeded share "
+                          "of the images out of training", stacklevel=2)
         if shots < 1 or n_way < 1:
             raise ValueError(f"shots and n_way must be >= 1 (got shots={shots}, n_way={n_way})")
         self.save_hyperparameters()
@@ -145,6 +208,7 @@ class EpisodicDataModule(L.LightningDataModule):
         self.protocol_name, self.protocol = protocol, get_protocol(protocol)
         self.episodes_file, self.val_on_test = episodes_file, val_on_test
         self.val_seed = seed + 1 if val_seed is None else val_seed
+        self.holdout_fraction, self.classes = holdout_fraction, classes
         self.datasets: Dict[str, EpisodeDataset] = {}
         self._file_seeds: Optional[List[int]] = None
         # Scoring size / training recipe: passed to every EpisodeDataset by ``_recipe``.
@@ -162,7 +226,8 @@ class EpisodicDataModule(L.LightningDataModule):
         return build_fewshot_dataset(self.dataset_name, split, self.root, self.fold, self.split_dir,
                                      self.mask_encoding, self.seed, self.synthetic_image_size,
                                      self.synthetic_images_per_class,
-                                     options=self.protocol.dataset_options(self.dataset_name, split))
+                                     options=self.protocol.dataset_options(self.dataset_name, split),
+                                     holdout_fraction=self.holdout_fraction, classes=self.classes)
 
     @property
     def eval_seeds(self) -> List[int]:
@@ -298,6 +363,18 @@ class UnlabelledDataModule(L.LightningDataModule):
     ``'none'`` serves only the square ``image`` (synthetic pictures are square: never needed).
     ``val_fraction`` of the images (chosen by a permutation seeded with ``seed``; at least one when
     > 0 and there are >= 2 images) go to validation. ``index`` is the position in the full folder.
+
+    Args:
+        root: folder of images (recursive); None: synthetic pictures.
+        image_size: images are resized to this square size (1024: SAM's input, teacher cacheable).
+        batch_size: images per batch.
+        num_workers: DataLoader worker processes.
+        val_fraction: share of the images (seeded) used for validation.
+        seed: seed of the train/val split and the shuffling.
+        synthetic_images: number of synthetic pictures when ``root`` is None.
+        shuffle: shuffle the training images each epoch.
+        teacher_view: ``longest_side``: also serve each image as SAM's predictor sees it (longest side
+            resized, padded; the distillation target); ``none``: the square-resized image only.
     """
 
     def __init__(self, root: Optional[str] = None, image_size: int = 1024, batch_size: int = 4,
@@ -355,18 +432,38 @@ class UnlabelledDataModule(L.LightningDataModule):
 
 # =================================================================================================
 class _QueryFolder(Dataset):
-    def __init__(self, paths: List[str], image_size: int) -> None:
-        self.paths, self.image_size = paths, image_size
+    def __init__(self, paths: List[str], image_size: int, skip_bad: bool = False) -> None:
+        self.paths, self.image_size, self.skip_bad = paths, image_size, skip_bad
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        img = read_image(self.paths[index])
+        try:
+            img = read_image(self.paths[index])
+        except BadSampleError as e:
+            if not self.skip_bad:
+                raise
+            return {"bad_query": (self.paths[index], e.reason)}
         h, w = img.shape[:2]
         return {"query": image_to_tensor(resize_image(img, self.image_size)),
                 "query_original_size": torch.tensor([h, w], dtype=torch.int64),
-                "query_path": self.paths[index], "index": torch.tensor(index, dtype=torch.int64)}
+                "query_path": self.paths[index], "index": torch.tensor(index, dtype=torch.int64),
+                "exif_orientation": exif_orientation(self.paths[index])}
+
+
+def collate_queries(items: List[Dict]) -> Dict:
+    """``collate_dicts`` of the readable queries; unreadable ones (skip mode) listed in
+    ``skipped_queries`` (``[(path, reason)]``); a batch of only those has ``query [0,3,S,S]``."""
+    good = [it for it in items if "bad_query" not in it]
+    skipped = [it["bad_query"] for it in items if "bad_query" in it]
+    if good:
+        batch = collate_dicts(good)
+    else:
+        batch = {"query": torch.zeros(0, 3, 1, 1), "query_original_size": torch.zeros(0, 2, dtype=torch.int64),
+                 "query_path": [], "index": torch.zeros(0, dtype=torch.int64), "exif_orientation": []}
+    batch["skipped_queries"] = skipped
+    return batch
 
 
 class SupportQueryFolderDataModule(L.LightningDataModule):
@@ -374,28 +471,53 @@ class SupportQueryFolderDataModule(L.LightningDataModule):
 
     Support layouts: ``support_dir/images`` + ``support_dir/masks``; ``support_dir/image`` +
     ``support_dir/label`` (or ``support_dir/support/{image,label}``, the fss1000-eiffel layout);
-    per-class ``support_dir/<class>/{images,masks}`` for multi-class. ``query_dir`` may be a folder
-    (recursive) or a single image file.
+    per-class ``support_dir/<class>/{images,masks}`` for multi-class; class-index masks (COCO, VOC)
+    with ``classes``. ``query_dir`` may be a folder (recursive) or a single image file.
 
     ``support_batch()`` -> ``{"support": [1,N,K,3,S,S], "support_masks": [1,N,K,S,S] float 0/1,
     "class_names": list[str] (N), "support_names": list[list[str]] (N x K)}``; K = ``shots`` or the
-    smallest per-class count (first K images in sorted order). ``predict_dataloader`` batches:
-    ``{"query": [B,3,S,S], "query_original_size": [B,2] (H,W), "query_path": list[str], "index": [B]}``.
+    smallest per-class count (first K images in sorted order); ``support_set_description()`` says
+    which files and K were used. ``predict_dataloader`` batches: ``{"query": [B,3,S,S],
+    "query_original_size": [B,2] (H,W), "query_path": list[str], "index": [B], "exif_orientation",
+    "skipped_queries"}``. EXIF orientation is applied to images and masks alike.
+
+    Args:
+        support_dir: folder of labelled examples (layouts above).
+        query_dir: folder of photos to segment (recursive), or one image file.
+        image_size: loading size of supports and queries (None: the model's ``image_size``, set by
+            ``fsseg predict`` from the checkpoint).
+        mask_encoding: ``auto`` (detected per file) | ``index`` | ``binary255`` | ``binary01`` | ``rgb`` | ``jpeg``.
+        batch_size: queries per batch.
+        num_workers: DataLoader worker processes.
+        shots: K supports per class (None: the smallest class's count, the same K for every class).
+        classes: support masks holding class indices (COCO, VOC): the classes to segment, by name
+            (``classes.txt`` in the support folder, line k = value k) or mask value, e.g.
+            ``dog,airplane`` or ``18,5``.
+        skip_bad_queries: skip unreadable query images (counted, listed in ``summary.json``) instead
+            of stopping at the first.
     """
 
-    def __init__(self, support_dir: str, query_dir: str, image_size: int = 518, mask_encoding: str = "auto",
-                 batch_size: int = 1, num_workers: int = 0, shots: Optional[int] = None) -> None:
+    def __init__(self, support_dir: str, query_dir: str, image_size: Optional[int] = None, mask_encoding: str = "auto",
+                 batch_size: int = 1, num_workers: int = 0, shots: Optional[int] = None,
+                 classes: Optional[Union[str, List[str]]] = None, skip_bad_queries: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.support_dir, self.query_dir = support_dir, query_dir
         self.image_size, self.mask_encoding = image_size, mask_encoding
         self.batch_size, self.num_workers, self.shots = batch_size, num_workers, shots
-        self.supports = FolderDataset(support_dir, mask_encoding=mask_encoding)
+        self.skip_bad_queries = skip_bad_queries
+        self.supports = FolderDataset(support_dir, mask_encoding=mask_encoding, classes=classes)
         if os.path.isfile(query_dir):
             self.query_paths = [query_dir]
         else:
             self.query_paths = list_images(query_dir, recursive=True, what="query folder")
         self._support_batch = None
+
+    def _size(self) -> int:
+        if not self.image_size:
+            raise ValueError("SupportQueryFolderDataModule: image_size not set (fsseg predict sets it from the "
+                             "checkpoint; give --data.image_size otherwise)")
+        return int(self.image_size)
 
     def support_batch(self) -> Dict:
         if self._support_batch is not None:
@@ -407,8 +529,8 @@ class SupportQueryFolderDataModule(L.LightningDataModule):
         if few or k < 1:
             raise ValueError(f"support folder {self.support_dir!r}: classes with fewer than K={k} "
                              f"labelled images: {few}")
-        tf = PairTransform(self.image_size, train=False)
-        imgs, masks, names = [], [], []
+        tf = PairTransform(self._size(), train=False)
+        imgs, masks, names, turned = [], [], [], []
         for c in ds.class_ids:
             wi, wm, wn = [], [], []
             for key in ds.samples_by_class[c][:k]:
@@ -422,6 +544,8 @@ class SupportQueryFolderDataModule(L.LightningDataModule):
                 wi.append(image_to_tensor(img))
                 wm.append(torch.from_numpy((m == 1).astype(np.float32)))
                 wn.append(ds.describe(key))
+                if exif_orientation(ds.records[key][0]) != 1:
+                    turned.append(ds.describe(key))
             imgs.append(torch.stack(wi))
             masks.append(torch.stack(wm))
             names.append(wn)
@@ -430,12 +554,23 @@ class SupportQueryFolderDataModule(L.LightningDataModule):
             "support_masks": torch.stack(masks)[None],
             "class_names": [ds.class_names[c] for c in ds.class_ids],
             "support_names": names,
+            "available": {ds.class_names[c]: n for c, n in counts.items()},
+            "exif_turned": turned,
         }
         return self._support_batch
 
+    def support_set_description(self) -> Dict:
+        """The support set actually used: per class K, the files, and how many were available."""
+        sb = self.support_batch()
+        return {"support_dir": str(self.support_dir),
+                "classes": {name: {"k": len(files), "available": sb["available"][name], "files": list(files)}
+                            for name, files in zip(sb["class_names"], sb["support_names"])},
+                "exif_orientation_applied": list(sb["exif_turned"])}
+
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(_QueryFolder(self.query_paths, self.image_size), batch_size=self.batch_size,
-                          shuffle=False, num_workers=self.num_workers, collate_fn=collate_dicts)
+        return DataLoader(_QueryFolder(self.query_paths, self._size(), self.skip_bad_queries),
+                          batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                          collate_fn=collate_queries)
 
 
 __all__ = ["EpisodicDataModule", "UnlabelledDataModule", "SupportQueryFolderDataModule",

@@ -18,23 +18,28 @@ class FolderDataset(FileFewShotDataset):
     1. per-class folders ``root/<class>/images`` + ``root/<class>/masks`` (binary masks);
     2. one folder ``root/images`` + ``root/masks`` (or ``image``/``label``, ``support/image``/``support/label``):
        * binary masks -> a single class named after ``root`` (or ``class_name``);
-       * ``mask_encoding='index'`` -> class-index masks; classes = values 1..254 found (names from
-         ``root/classes.txt`` when present, line k-1 = value k).
+       * ``mask_encoding='index'`` or ``classes`` given -> class-index masks (COCO, VOC); classes =
+         the values 1..254 found, or only ``classes`` (names from ``root/classes.txt``, line k-1 =
+         value k, or mask values), in that order.
     Images and masks are matched by file stem; non-image files are skipped with a warning.
     """
 
     name = "folder"
 
-    def __init__(self, root: str, mask_encoding: str = "auto", class_name: Optional[str] = None) -> None:
+    def __init__(self, root: str, mask_encoding: str = "auto", class_name: Optional[str] = None,
+                 classes: Optional[List[str]] = None) -> None:
         super().__init__(mask_encoding)
         self.root = root
         if not os.path.isdir(root):
             raise FileNotFoundError(f"folder dataset root {root!r} does not exist")
         self._values: Optional[Dict[int, int]] = None
+        self.wanted = _class_list(classes)
         single = single_class_dirs(root)
         if single is not None:
             self.records = pair_folder(*single)
-            if mask_encoding == "index":
+            if mask_encoding == "index" or self.wanted:
+                if self.mask_encoding == "auto":
+                    self.mask_encoding = "index"
                 self._init_index(root)
             else:
                 self.class_ids = [0]
@@ -45,6 +50,11 @@ class FolderDataset(FileFewShotDataset):
         if not classes:
             raise FileNotFoundError(
                 f"{root!r}: no recognised layout (expected images/+masks/, image/+label/ or <class>/images+masks/)")
+        if self.wanted:
+            unknown = [c for c in self.wanted if c not in classes]
+            if unknown:
+                raise ValueError(f"{root}: classes {unknown} not found; class folders: {classes}")
+            classes = list(self.wanted)
         self.class_ids = list(range(len(classes)))
         self.class_names = dict(enumerate(classes))
         self.samples_by_class = {}
@@ -62,13 +72,40 @@ class FolderDataset(FileFewShotDataset):
                 if 1 <= v <= 254:
                     members.setdefault(int(v), []).append(key)
         values = sorted(members)
+        if self.wanted:
+            values = [self._class_value(c, names, members, root) for c in self.wanted]
         self._values = {i: v for i, v in enumerate(values)}
         self.class_ids = list(range(len(values)))
         self.class_names = {i: (names[v - 1] if names and v - 1 < len(names) else str(v)) for i, v in self._values.items()}
         self.samples_by_class = {i: sorted(members[v]) for i, v in self._values.items()}
 
+    @staticmethod
+    def _class_value(c: str, names: Optional[List[str]], members: Dict[int, List[str]], root: str) -> int:
+        """Mask value of a class given by name (``classes.txt``) or by value."""
+        if str(c).isdigit():
+            v = int(c)
+        elif names and c in names:
+            v = names.index(c) + 1
+        else:
+            hint = (f"names in {os.path.join(root, 'classes.txt')}: {names[:10]}..." if names else
+                    f"no {os.path.join(root, 'classes.txt')} (line k = name of value k): give mask values instead")
+            raise ValueError(f"{root}: class {c!r} unknown ({hint})")
+        if v not in members:
+            raise ValueError(f"{root}: class {c!r} (mask value {v}) appears in no mask; values present: "
+                             f"{sorted(members)[:20]}")
+        return v
+
     def mask_value(self, key: str, class_id: int) -> Optional[int]:
         return None if self._values is None else self._values[class_id]
+
+
+def _class_list(classes) -> List[str]:
+    """``"dog,airplane"`` / ``["dog", "airplane"]`` / ``[18, 5]`` -> ``["dog", "airplane"]``."""
+    if classes is None:
+        return []
+    if isinstance(classes, str):
+        classes = classes.split(",")
+    return [str(c).strip() for c in classes if str(c).strip()]
 
 
 class UnlabelledImageFolder:

@@ -7,7 +7,7 @@ import warnings
 from typing import Dict, List
 
 from .base import stem
-from .masks import is_image_file, list_images
+from .masks import BadSampleError, check_not_dangling, is_image_file, list_images
 
 SPLIT_ALIASES = {"train": "trn", "trn": "trn", "val": "val", "test": "test"}
 
@@ -18,22 +18,48 @@ def read_lines(path: str) -> List[str]:
 
 
 def pair_folder(image_dir: str, mask_dir: str) -> Dict[str, tuple]:
-    """Match images with masks by file stem; images without a mask are skipped with a warning."""
+    """Match images with masks by file stem: exactly, else ignoring case when that is unambiguous.
+    Two images (or two masks) with the same stem are an error naming both; a broken symbolic link is
+    an error naming it; images without a mask are skipped with a warning."""
     images = list_images(image_dir, recursive=False, what="image folder")
-    masks = {}
+    by_stem: Dict[str, str] = {}
+    for p in images:
+        if stem(p) in by_stem:
+            raise BadSampleError(p, f"two images with the stem {stem(p)!r}: {by_stem[stem(p)]} and {p} "
+                                    "(masks are matched by stem); rename or remove one")
+        by_stem[stem(p)] = p
+    masks: Dict[str, str] = {}
     for f in sorted(os.listdir(mask_dir)):
+        full = os.path.join(mask_dir, f)
+        check_not_dangling(full)
         if is_image_file(f):
-            masks.setdefault(stem(f), os.path.join(mask_dir, f))
-    out, missing = {}, []
+            if stem(f) in masks:
+                raise BadSampleError(full, f"two masks with the stem {stem(f)!r}: {masks[stem(f)]} and {full}; "
+                                           "rename or remove one")
+            masks[stem(f)] = full
+    masks_ci: Dict[str, List[str]] = {}
+    for s, m in masks.items():
+        masks_ci.setdefault(s.lower(), []).append(m)
+    images_ci: Dict[str, int] = {}
+    for s in by_stem:
+        images_ci[s.lower()] = images_ci.get(s.lower(), 0) + 1
+    out, missing, ambiguous = {}, [], []
     for p in images:
         m = masks.get(stem(p))
+        if m is None:
+            cands = masks_ci.get(stem(p).lower(), [])
+            if len(cands) == 1 and images_ci[stem(p).lower()] == 1:
+                m = cands[0]  # IMG_1.JPG <-> img_1.png
+            elif cands:
+                ambiguous.append(f"{p} ~ {cands}")
         if m is None:
             missing.append(p)
         else:
             out[p] = (p, m)
     if missing:
+        why = f"; stems that differ only in case are ambiguous: {ambiguous[:3]}" if ambiguous else ""
         warnings.warn(f"{image_dir}: {len(missing)} image(s) without a mask in {mask_dir} skipped, "
-                      f"e.g. {missing[:3]}", stacklevel=3)
+                      f"e.g. {missing[:3]} (matched by file stem, ignoring case when unambiguous){why}", stacklevel=3)
     if not out:
         raise FileNotFoundError(f"no image/mask pairs found in {image_dir!r} + {mask_dir!r} (matched by file stem)")
     return out

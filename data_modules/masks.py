@@ -36,6 +36,15 @@ from typing import Optional, Sequence, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+# EXIF orientation tag (0x0112) -> the transpose that shows the picture as every viewer does
+# (the table of PIL.ImageOps.exif_transpose).
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 MASK_ENCODINGS = ("auto", "index", "binary255", "binary01", "rgb", "jpeg", "threshold128")
 IGNORE_INDEX = 255
@@ -72,12 +81,46 @@ def _open(path) -> Image.Image:
     return img
 
 
-def read_image(path: Union[str, os.PathLike]) -> np.ndarray:
-    """Read any image file as RGB ``uint8 [H, W, 3]`` (grey / palette / RGBA converted).
+def exif_orientation(path_or_image) -> int:
+    """EXIF orientation of an image (1 = stored upright; 2..8 = flipped / rotated)."""
+    try:
+        if isinstance(path_or_image, Image.Image):
+            return int(path_or_image.getexif().get(0x0112, 1) or 1)
+        with Image.open(str(path_or_image)) as im:
+            return int(im.getexif().get(0x0112, 1) or 1)
+    except (OSError, ValueError, TypeError, SyntaxError):
+        return 1
 
-    EXIF orientation is *not* applied: pixels are used as stored, so masks stay aligned.
+
+def apply_orientation(img: Image.Image, orientation: int) -> Image.Image:
+    """``img`` turned as an EXIF ``orientation`` says (1 or unknown: unchanged)."""
+    method = _ORIENTATION_TRANSPOSE.get(int(orientation or 1))
+    return img.transpose(method) if method is not None else img
+
+
+def high_bit_depth_to_uint8(img: Image.Image) -> np.ndarray:
+    """16-bit / 32-bit / float grey image -> ``uint8 [H, W]`` scaled to 0..255: ``I;16*`` by 65535 ->
+    255; ``I`` (32-bit) by 257 when it holds values above 255 (16-bit data); ``F`` by 255 when in
+    [0, 1]. Reading such a file as 8 bit would clip it to white."""
+    a = np.asarray(img).astype(np.float64)
+    if img.mode.startswith("I;16") or (img.mode == "I" and a.size and a.max() > 255):
+        a = a / 257.0
+    elif img.mode == "F" and a.size and a.max() <= 1.0:
+        a = a * 255.0
+    return np.clip(np.round(a), 0, 255).astype(np.uint8)
+
+
+def read_image(path: Union[str, os.PathLike]) -> np.ndarray:
+    """Read any image file as RGB ``uint8 [H, W, 3]`` (grey / palette / RGBA converted; 16-bit and
+    float images scaled to 0..255, ``high_bit_depth_to_uint8``).
+
+    The EXIF orientation is applied (the picture as every viewer shows it); ``read_mask`` applies
+    the same turn to the image's mask (``orientation``), so both stay aligned.
     """
-    img = _open(path)
+    img = apply_orientation(_open(path), exif_orientation(path))
+    if img.mode in HIGH_BIT_DEPTH_MODES:
+        grey = high_bit_depth_to_uint8(img)
+        return np.repeat(grey[..., None], 3, axis=2)
     if img.mode != "RGB":
         img = img.convert("RGB")
     return np.asarray(img, dtype=np.uint8).copy()
@@ -111,10 +154,19 @@ def detect_mask_encoding(path: Union[str, os.PathLike], arr: Optional[np.ndarray
 
 def _raw_mask_array(img: Image.Image) -> np.ndarray:
     """2-D array for grey/palette masks (palette indices kept), 3-D only for truly coloured masks."""
-    if img.mode in ("L", "P", "I", "I;16", "1"):
+    if img.mode in ("L", "P", "1"):
         a = np.asarray(img)
         if img.mode == "1":
             a = a.astype(np.uint8)
+        return a
+    if img.mode in HIGH_BIT_DEPTH_MODES:
+        a = np.asarray(img)
+        values = np.unique(a)
+        full = 65535 if img.mode != "F" else 1.0
+        if len(values) <= 2 and set(values.tolist()) <= {0, full} and full in values.tolist():
+            return (a > 0).astype(np.uint8) * np.uint8(255)  # 16-bit 0/65535 (or float 0/1) binary mask
+        if a.size and a.min() >= 0 and a.max() <= 255 and np.all(a == np.round(a)):
+            return a.astype(np.uint8)  # class-index values stored in a 16-bit file
         return a
     if img.mode in ("LA", "PA"):
         return np.asarray(img)[..., 0]
@@ -140,15 +192,20 @@ def read_mask(
     path: Union[str, os.PathLike],
     encoding: str = "auto",
     class_value: Optional[Union[int, Sequence[int]]] = None,
+    orientation: Optional[int] = None,
 ) -> np.ndarray:
     """Decode a mask file to ``uint8 [H, W]``.
 
     Binary encodings give {0, 1} (+255 ignore). ``'index'`` without ``class_value`` gives the raw
     class-index map; with ``class_value`` (int, or an (r, g, b) colour for ``'rgb'``) a binary mask.
+    ``orientation``: the EXIF orientation of the mask's *image* (``exif_orientation``), applied to the
+    mask as ``read_image`` applies it to the image; None: the mask file's own EXIF orientation.
+    16-bit masks: 0/65535 reads as 0/255, small class indices as they are.
     """
     if encoding not in MASK_ENCODINGS:
         raise ValueError(f"unknown mask encoding {encoding!r}; choose one of {MASK_ENCODINGS}")
     img = _open(path)
+    img = apply_orientation(img, exif_orientation(img) if orientation is None else orientation)
     if encoding in ("jpeg", "threshold128") or (encoding == "auto" and str(path).lower().endswith((".jpg", ".jpeg"))):
         grey = np.asarray(img.convert("L"))
         return (grey > 127).astype(np.uint8)
@@ -199,6 +256,13 @@ def check_same_size(image: np.ndarray, mask: np.ndarray, image_path, mask_path) 
         )
 
 
+def check_not_dangling(path: Union[str, os.PathLike]) -> None:
+    """A symbolic link whose target is gone is an error naming both (never a silently smaller folder)."""
+    if os.path.islink(path) and not os.path.exists(path):
+        raise BadSampleError(path, f"broken symbolic link (points to {os.readlink(path)}, which does not exist); "
+                                   "fix the link or remove it")
+
+
 def list_images(root: Union[str, os.PathLike], recursive: bool = True, what: str = "image folder") -> list:
     """Sorted image files under ``root``; non-image files are skipped with one counted warning."""
     root = str(root)
@@ -209,10 +273,13 @@ def list_images(root: Union[str, os.PathLike], recursive: bool = True, what: str
         for d, dirs, files in os.walk(root):
             dirs.sort()
             for f in files:
-                (found if is_image_file(f) else skipped).append(os.path.join(d, f))
+                p = os.path.join(d, f)
+                check_not_dangling(p)
+                (found if is_image_file(f) else skipped).append(p)
     else:
         for f in os.listdir(root):
             p = os.path.join(root, f)
+            check_not_dangling(p)
             if os.path.isfile(p):
                 (found if is_image_file(f) else skipped).append(p)
     skipped = [s for s in skipped if not os.path.basename(s).startswith(".")]

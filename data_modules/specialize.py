@@ -131,11 +131,17 @@ class SpecializationDataModule(L.LightningDataModule):
             the only class when N = 1).
         image_size: model input size.
         shots: K per class (first K in sorted order); None = all available (smallest class count).
-        synthetic_classes / synthetic_fold / synthetic_queries / synthetic_seed: the synthetic
-            fallback (novel classes of that fold; ``synthetic_queries`` held-out images per class).
+        mask_encoding: ``auto`` (detected per file) | ``index`` | ``binary255`` | ``binary01`` | ``rgb`` | ``jpeg``.
+        synthetic_classes: number of classes of the synthetic fallback (novel classes of ``synthetic_fold``).
+        synthetic_fold: fold whose novel classes the synthetic fallback uses.
+        synthetic_queries: held-out synthetic images per class (validation/test).
+        synthetic_seed: seed of the synthetic fallback.
         repeats: copies of each support per epoch (1 plain + repeats-1 augmented).
         scoring_size: where val/test queries are scored, as ``EpisodicDataModule.scoring_size``
             (``model`` | an int | ``original``; docs/protocols/scoring.md).
+        augment: augment the repeated supports.
+        batch_size: images per batch.
+        num_workers: DataLoader worker processes.
     """
 
     def __init__(self, support_dir: Optional[str] = None, query_dir: Optional[str] = None,

@@ -30,39 +30,64 @@ import json
 import time
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import torch
-from torch import nn
 
-from fsseg.models.fsdino import FSDINO, SupportEncoding
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from fsseg.models.fsdino import FSDINO
+
+# torch and the models are imported inside the functions: `fsseg export --help` answers at once.
 
 SMALL_MODEL = dict(variant="full", backbone="dinov2_tiny", image_size=112, decoder_dim=32,
                    decoder_mlp_dim=64, decoder_heads=2)
 ONNX_NAME = "fsseg_segmenter.onnx"
 
 
-class EncodedSegmenter(nn.Module):
-    """``query [B,3,S,S] -> (logits [B,N,S,S], pred [B,S,S])`` with the support encodings as buffers."""
+class RawDescriptionDefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Description kept as written, defaults shown."""
+BUNDLE_NAME = "fsseg_bundle.ckpt"
 
-    def __init__(self, model: FSDINO, encodings: list[SupportEncoding]) -> None:
-        super().__init__()
-        self.model = model
-        self.n = len(encodings)
-        fields = ("semantic", "masks", "shot_prototypes", "prototype", "sparse")
-        for c, enc in enumerate(encodings):
-            for f in fields:
-                self.register_buffer(f"enc{c}_{f}", getattr(enc, f).detach().clone(), persistent=False)
 
-    def encodings(self) -> list[SupportEncoding]:
-        return [SupportEncoding(*(getattr(self, f"enc{c}_{f}") for f in
-                                  ("semantic", "masks", "shot_prototypes", "prototype", "sparse")))
-                for c in range(self.n)]
+def _encoded_segmenter_class():
+    from torch import nn
 
-    def forward(self, query: torch.Tensor):
-        out = self.model.segment_multiclass_encoded(query, self.encodings())
-        return out["logits"], out["pred"]
+    from fsseg.models.fsdino import SupportEncoding
+
+    class EncodedSegmenter(nn.Module):
+        """``query [B,3,S,S] -> (logits [B,N,S,S], pred [B,S,S])`` with the support encodings as buffers."""
+
+        def __init__(self, model: FSDINO, encodings: list[SupportEncoding]) -> None:
+            super().__init__()
+            self.model = model
+            self.n = len(encodings)
+            fields = ("semantic", "masks", "shot_prototypes", "prototype", "sparse")
+            for c, enc in enumerate(encodings):
+                for f in fields:
+                    self.register_buffer(f"enc{c}_{f}", getattr(enc, f).detach().clone(), persistent=False)
+
+        def encodings(self) -> list[SupportEncoding]:
+            return [SupportEncoding(*(getattr(self, f"enc{c}_{f}") for f in
+                                      ("semantic", "masks", "shot_prototypes", "prototype", "sparse")))
+                    for c in range(self.n)]
+
+        def forward(self, query: torch.Tensor):
+            out = self.model.segment_multiclass_encoded(query, self.encodings())
+            return out["logits"], out["pred"]
+
+    return EncodedSegmenter
+
+
+def __getattr__(name: str):
+    # `from fsseg.export import EncodedSegmenter` builds the class (and imports torch) only then
+    if name == "EncodedSegmenter":
+        cls = _encoded_segmenter_class()
+        globals()["EncodedSegmenter"] = cls
+        return cls
+    raise AttributeError(name)
 
 
 def trained_state_dict(model: FSDINO) -> dict[str, torch.Tensor]:
@@ -71,19 +96,27 @@ def trained_state_dict(model: FSDINO) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith(frozen)}
 
 
-def load_module(ckpt_path: Optional[str], small: bool):
+def load_module(ckpt_path: Optional[str], small: bool, dinov2_checkpoint: Optional[str] = None):
+    """The trained module of ``ckpt_path``, rebuilt on this machine (``fsseg.modules.checkpoints``:
+    the frozen DINOv2 file given now, or found by name/sha256; no SAM or adapter file needed)."""
     from fsseg.modules import FewShotModule
 
     if ckpt_path:
-        return FewShotModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True).eval()
+        overrides = {"dinov2_checkpoint": dinov2_checkpoint} if dinov2_checkpoint else {}
+        return FewShotModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True, **overrides).eval()
+    import torch
+
     if not small:
-        raise SystemExit("fsseg export: give --ckpt_path, or --small for the built-in small (untrained) model")
+        raise ValueError("fsseg export: give --ckpt_path (a trained checkpoint), or --small for the built-in small "
+                         "(untrained) model")
     torch.manual_seed(0)
     return FewShotModule(**SMALL_MODEL).eval()
 
 
 def onnx_export(wrapper: nn.Module, query: torch.Tensor, path: Path, opset: int) -> str:
     """TorchDynamo exporter first (batch dimension dynamic), the TorchScript one as a fallback."""
+    import torch
+
     errors = []
     try:
         batch = torch.export.Dim("batch", min=1, max=64)
@@ -125,18 +158,21 @@ def run_onnx(path: Path, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def export(ckpt_path: Optional[str], support_dir: str, output_dir: str, image_size: Optional[int] = None,
            opset: int = 18, small: bool = False, shots: Optional[int] = None, query: Optional[str] = None,
-           mask_encoding: str = "auto") -> dict:
+           mask_encoding: str = "auto", bundle: bool = False, dinov2_checkpoint: Optional[str] = None) -> dict:
     """Do the export (see the module docstring); returns the ``export.json`` record."""
+    import torch
     from safetensors.torch import save_file
 
     from data_modules import SupportQueryFolderDataModule
+    from fsseg.modules.checkpoints import write_bundle
 
     t0 = time.time()
-    module = load_module(ckpt_path, small)
+    module = load_module(ckpt_path, small, dinov2_checkpoint)
+    out = Path(output_dir)
+    bundle_path = write_bundle(module, out / BUNDLE_NAME, ckpt_path) if bundle else None
     size = int(image_size or module.hparams.image_size)
     if size != module.hparams.image_size:
         print(f"note: model trained at {module.hparams.image_size}, exporting at {size}")
-    out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     dm = SupportQueryFolderDataModule(support_dir, query or support_dir, image_size=size,
                                       mask_encoding=mask_encoding, shots=shots)
@@ -144,7 +180,7 @@ def export(ckpt_path: Optional[str], support_dir: str, output_dir: str, image_si
     module.hparams.image_size = size  # supports/queries resized to the export size
     with torch.no_grad():
         encodings = module.set_support_set(sb["support"], sb["support_masks"], sb["class_names"])
-    wrapper = EncodedSegmenter(module.model, encodings).eval()
+    wrapper = __getattr__("EncodedSegmenter")(module.model, encodings).eval()
     if query:  # a real photo as the parity input
         q = next(iter(dm.predict_dataloader()))["query"][:1]
     else:
@@ -175,7 +211,8 @@ def export(ckpt_path: Optional[str], support_dir: str, output_dir: str, image_si
         "onnx_vs_torch_max_abs_diff_logits": diff, "onnx_vs_torch_pred_agreement": pred_agree,
         "parity_batch": int(q2.shape[0]), "trained_tensors": len(weights),
         "trained_params": int(sum(v.numel() for v in weights.values())),
-        "checkpoint": ckpt_path, "seconds": round(time.time() - t0, 2),
+        "checkpoint": ckpt_path, "bundle": str(bundle_path) if bundle_path else None,
+        "seconds": round(time.time() - t0, 2),
     }
     (out / "export.json").write_text(json.dumps(record, indent=2))
     return record
@@ -183,24 +220,31 @@ def export(ckpt_path: Optional[str], support_dir: str, output_dir: str, image_si
 
 def main(argv: Optional[list[str]] = None) -> None:
     p = argparse.ArgumentParser(prog="fsseg export", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt_path", help="FewShotModule checkpoint (.ckpt)")
+                                formatter_class=RawDescriptionDefaultsHelpFormatter)
+    p.add_argument("--ckpt_path", help="FewShotModule checkpoint (.ckpt) of `fsseg fit`")
+    p.add_argument("--dinov2_checkpoint", default=None,
+                   help="the frozen DINOv2 file, when it is not found by name (next to the checkpoint, ~/.cache/fsseg)")
+    p.add_argument("--bundle", action="store_true",
+                   help=f"also write {BUNDLE_NAME}: one checkpoint with everything, the frozen encoder included "
+                        "(fsseg predict/test/demo-ui --ckpt_path it on a machine without any weight file)")
     p.add_argument("--small", action="store_true", help="no checkpoint: the small built-in model (untrained)")
     p.add_argument("--support_dir", required=True, help="support folder (layouts of SupportQueryFolderDataModule)")
-    p.add_argument("--output_dir", default="export")
+    p.add_argument("--output_dir", default="export", help="folder for the exported files")
     p.add_argument("--image_size", type=int, default=None, help="default: the model's image_size")
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset")
     p.add_argument("--shots", type=int, default=None, help="K supports per class (default: all, same K per class)")
-    p.add_argument("--mask_encoding", default="auto")
+    p.add_argument("--mask_encoding", default="auto", help="support masks: auto|index|binary255|binary01|rgb|jpeg")
     p.add_argument("--query", default=None, help="an image (or folder) used as the parity-check input")
     p.add_argument("--max_diff", type=float, default=1e-3, help="fail when onnxruntime differs more (logits)")
     a = p.parse_args(argv)
     rec = export(a.ckpt_path, a.support_dir, a.output_dir, a.image_size, a.opset, a.small, a.shots, a.query,
-                 a.mask_encoding)
+                 a.mask_encoding, bundle=a.bundle, dinov2_checkpoint=a.dinov2_checkpoint)
     print(f"ONNX ({rec['exporter']}, opset {rec['opset']}): {rec['onnx']}  classes: {rec['class_names']}")
     print(f"onnxruntime vs PyTorch: max abs diff of logits {rec['onnx_vs_torch_max_abs_diff_logits']:.3g}, "
           f"pred agreement {100 * rec['onnx_vs_torch_pred_agreement']:.2f}% (batch {rec['parity_batch']})")
     print(f"trained weights: {rec['weights']} ({rec['trained_params']} params), hyper-parameters: {rec['hparams']}")
+    if rec["bundle"]:
+        print(f"bundle (everything, frozen encoder included): {rec['bundle']}")
     if rec["onnx_vs_torch_max_abs_diff_logits"] > a.max_diff:
         raise SystemExit(f"ONNX parity check failed: {rec['onnx_vs_torch_max_abs_diff_logits']} > {a.max_diff}")
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from fsseg.visualize import overlay
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions: `fsseg demo-ui --help` answers at once.
 
 SHOTS = 3
 
@@ -67,12 +68,18 @@ def mask_from_upload(mask: Optional[np.ndarray], size: tuple[int, int]) -> Optio
         m = m[..., :3].max(axis=-1) if m.shape[-1] >= 3 else m[..., 0]
     m = m > 0
     if m.shape != tuple(size):
+        import torch
+        import torch.nn.functional as F
+
         t = torch.from_numpy(m.astype(np.float32))[None, None]
         m = F.interpolate(t, size=size, mode="nearest")[0, 0].numpy() > 0.5
     return m
 
 
 def _to_tensor(img: np.ndarray, size: int) -> torch.Tensor:
+    import torch
+    import torch.nn.functional as F
+
     t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div(255.0)[None]
     return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0]
 
@@ -84,8 +91,18 @@ class DemoSegmenter:
         self.module = module.eval()
         self.size = int(module.hparams.image_size)
 
-    @torch.no_grad()
     def __call__(self, shots: list[tuple[np.ndarray, np.ndarray]], query: np.ndarray) -> dict:
+        import torch
+
+        with torch.no_grad():
+            return self._segment(shots, query)
+
+    def _segment(self, shots: list[tuple[np.ndarray, np.ndarray]], query: np.ndarray) -> dict:
+        import torch
+        import torch.nn.functional as F
+
+        from fsseg.visualize import overlay
+
         if not shots:
             raise ValueError("give at least one support image with a mask (uploaded or painted)")
         if query is None:
@@ -168,25 +185,30 @@ def build_app(module):
     return demo
 
 
-def load_module(ckpt_path: Optional[str]):
+def load_module(ckpt_path: Optional[str], dinov2_checkpoint: Optional[str] = None):
     from fsseg.export import load_module as _load
 
-    return _load(ckpt_path, small=not ckpt_path)
+    return _load(ckpt_path, small=not ckpt_path, dinov2_checkpoint=dinov2_checkpoint)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    p = argparse.ArgumentParser(prog="fsseg demo-ui", description="Gradio demo of few-shot segmentation")
-    p.add_argument("--ckpt_path", help="FewShotModule checkpoint; without it the small built-in model")
+    p = argparse.ArgumentParser(prog="fsseg demo-ui", description="Gradio demo of few-shot segmentation",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--ckpt_path", help="FewShotModule checkpoint of `fsseg fit` (or an `fsseg export --bundle` file)")
+    p.add_argument("--dinov2_checkpoint", default=None,
+                   help="the frozen DINOv2 file, when it is not found by name (next to the checkpoint, ~/.cache/fsseg)")
     p.add_argument("--small", action="store_true", help="use the small built-in (untrained) model")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on")
+    p.add_argument("--port", type=int, default=7860, help="port to serve on")
     a = p.parse_args(argv)
+    if not a.ckpt_path and not a.small:
+        p.error("give --ckpt_path (a trained checkpoint) or --small (the small built-in untrained model)")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         import gradio  # noqa: F401
     except ImportError as e:
         raise SystemExit("fsseg demo-ui needs gradio: pip install 'fsseg[demo]'") from e
-    module = load_module(None if a.small else a.ckpt_path)
+    module = load_module(None if a.small else a.ckpt_path, a.dinov2_checkpoint)
     build_app(module).launch(server_name=a.host, server_port=a.port, ssr_mode=False, share=False)
 
 

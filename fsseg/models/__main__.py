@@ -1,4 +1,4 @@
-"""``python -m fsseg.models [--backbone dinov2_vitb14] [--image-size 518]``: parameter table.
+"""Parameter table of every variant (``fsseg params [--backbone dinov2_vitb14] [--image_size 518]``).
 
 Models are built with random weights on the ``meta`` device (no memory, no checkpoint needed).
 "trainable" = parameters with ``requires_grad`` in stage 2 (encoder and adapter frozen; SAM
@@ -6,12 +6,9 @@ decoder's IoU head and unused multimask hypernetworks frozen, see ``decoder.py``
 """
 from __future__ import annotations
 
-import argparse
-
 import torch
 
 from .build import build_fsdino
-from .encoder import DINOV2_ARCHS
 from .fsdino import VARIANTS
 
 
@@ -55,12 +52,9 @@ def parameter_table(backbone: str = "dinov2_vitb14", image_size: int = 518, devi
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m fsseg.models", description=__doc__)
-    ap.add_argument("--backbone", default="dinov2_vitb14", choices=sorted(DINOV2_ARCHS))
-    ap.add_argument("--image-size", type=int, default=518)
-    ap.add_argument("--device", default="meta", help="'meta' (instant) or 'cpu'")
-    args = ap.parse_args(argv)
-    print(parameter_table(args.backbone, args.image_size, args.device))
+    from fsseg.params import main as params_main
+
+    params_main(argv, prog="fsseg params")
 
 
 if __name__ == "__main__":

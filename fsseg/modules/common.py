@@ -176,12 +176,44 @@ class SampleTrackingMixin:
 
 class LeanCheckpointMixin(SampleTrackingMixin):
     """Lightning hooks: frozen prefixes are left out of saved checkpoints and checked on load; the
-    batch in progress is named in any exception (``SampleTrackingMixin``)."""
+    batch in progress is named in any exception (``SampleTrackingMixin``).
+
+    Portable checkpoints (``fsseg.modules.checkpoints``): ``FROZEN_WEIGHT_ARGS`` maps each argument
+    naming a frozen file to the state-dict prefix it fills; each such file is recorded in the
+    checkpoint by official name, size and sha256 (not only by its path). ``INIT_ONLY_WEIGHT_ARGS``
+    name files whose weights end up in the state dict, so a rebuilt model never reads them again.
+    ``load_from_checkpoint`` rebuilds through the same lookup."""
 
     frozen_prefixes: tuple[str, ...] = ()
+    FROZEN_WEIGHT_ARGS: dict[str, str] = {}
+    INIT_ONLY_WEIGHT_ARGS: tuple[str, ...] = ()
+    _frozen_records: Optional[list] = None
+
+    def frozen_weight_records(self) -> list[dict]:
+        """Records of the frozen files this module was built from (hashed once per module)."""
+        if self._frozen_records is None:
+            from fsseg.modules.checkpoints import frozen_weight_record
+
+            hp = dict(self.hparams)
+            self._frozen_records = [
+                frozen_weight_record(arg, prefix, hp[arg], hp, hp.get(arg.replace("checkpoint", "sha256")))
+                for arg, prefix in self.FROZEN_WEIGHT_ARGS.items() if hp.get(arg) and prefix in self.frozen_prefixes]
+        return self._frozen_records
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        from fsseg.modules.checkpoints import FROZEN_KEY
+
         drop_frozen_weights(checkpoint, self.frozen_prefixes)
+        checkpoint[FROZEN_KEY] = self.frozen_weight_records()
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
+                             weights_only=True, **overrides):
+        """Rebuild from ``checkpoint_path`` on any machine (``fsseg.modules.checkpoints``);
+        ``overrides`` are constructor arguments given now (e.g. ``dinov2_checkpoint`` moved)."""
+        from fsseg.modules.checkpoints import load_module_from_checkpoint
+
+        return load_module_from_checkpoint(checkpoint_path, cls=cls, overrides=overrides, map_location=map_location)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_checkpoint_matches(self, checkpoint, self.frozen_prefixes)

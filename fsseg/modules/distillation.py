@@ -44,7 +44,8 @@ class DistillationModule(LeanCheckpointMixin, L.LightningModule):
         dinov2_checkpoint: local path or URL of an official DINOv2 checkpoint (random weights if None).
         dinov2_sha256: expected sha256 of that file (checked when given).
         teacher: SAM image-encoder variant (``vit_h``, ``vit_l``, ``vit_b``, ``tiny``).
-        sam_checkpoint / sam_sha256: official SAM checkpoint (its ``image_encoder.*`` keys are used).
+        sam_checkpoint: official SAM checkpoint, path or URL (its ``image_encoder.*`` keys are used).
+        sam_sha256: expected sha256 of that file (checked when given).
         tap_block: DINOv2 block whose output feeds the adapter (3 in the paper, sec. 2.1).
         resolution: student input size at the start (the curriculum callback changes it).
         val_resolution: student size for validation (None: the current training size). Fixing it
@@ -58,6 +59,9 @@ class DistillationModule(LeanCheckpointMixin, L.LightningModule):
         teacher_preprocess: ``sam`` (SAM's longest-side resize + padding) or ``squash`` (see above).
         adapter_init: adapter weights to start from (a previous stage's checkpoint, for the three
             chained runs ``distill_126/252/518.yaml``); its adapter settings are taken with it.
+        gkd_temperature: softmax temperature of the GKD objective.
+        adapter_mid_dim: adapter width after the first 1x1 conv (256 in the paper).
+        adapter_bottleneck_dim: adapter width of the attention blocks (128 in the paper).
         adapter_kwargs: further ``BottleneckAdapter`` options; ``{pos_encoding: none, conv_act:
             false}`` is the paper's adapter taken literally (``fsseg.models.build.PAPER_LITERAL_ADAPTER``);
             None: fsseg's adapter (sine position encoding, GELUs between the convs).
@@ -65,9 +69,15 @@ class DistillationModule(LeanCheckpointMixin, L.LightningModule):
             default; the paper does not say). None: False, or what ``adapter_init`` was trained with.
         pos_interpolation: DINOv2 position embeddings at other sizes than 518: ``official`` (the hub
             models' formula) or ``timm`` (fsseg before this option).
-        lr / weight_decay: AdamW (paper: lr 1e-3).
+        lr: AdamW learning rate (paper: 1e-3).
+        weight_decay: AdamW weight decay.
         nonfinite: ``raise`` stops with the step and sample ids; ``skip`` drops the step.
     """
+
+    # Portable checkpoints (fsseg.modules.checkpoints): both frozen networks are recorded by name +
+    # sha256 and left out; the starting adapter's weights are in the state dict.
+    FROZEN_WEIGHT_ARGS = {"dinov2_checkpoint": "encoder.", "sam_checkpoint": "teacher."}
+    INIT_ONLY_WEIGHT_ARGS = ("adapter_init",)
 
     def __init__(
         self,

@@ -18,7 +18,7 @@ from fsseg.cache import TensorDiskCache, module_fingerprint
 from fsseg.losses import dice_bce_loss
 from fsseg.metrics import FewShotIoU, update_scored
 from fsseg.models import build_fsdino
-from fsseg.models.build import canonical_variant
+from fsseg.models.build import canonical_variant, resolve_adapter_settings
 from fsseg.models.fsdino import ImageFeatures
 from fsseg.modules.common import LeanCheckpointMixin, NonFiniteLossGuard, adopt_legacy_hparams
 from fsseg.modules.predict import SupportSetPredictionMixin
@@ -31,11 +31,18 @@ class FewShotModule(SupportSetPredictionMixin, LeanCheckpointMixin, L.LightningM
         variant: ``ba_pcs`` | ``compact`` | ``full`` | ``uino`` | ``uino_large`` (or the paper's row names
             ``BA+PCS``, ``BA+SVP+PCS``, ``BA+SVP+PCS+4D``).
         backbone: DINOv2 architecture (``dinov2_vitb14`` in the paper; ``dinov2_tiny`` for tests).
-        image_size: model input size (518 in the paper).
-        dinov2_checkpoint / sam_checkpoint / adapter_checkpoint: weight files or URLs; the SAM
-            checkpoint initialises the mask decoder, mask downscaling and PE; the adapter checkpoint
-            is stage 1's output (a distillation ``.ckpt`` or a plain adapter state dict).
-        decoder_dim / decoder_depth / decoder_mlp_dim / decoder_heads: SAM mask-decoder sizes.
+        image_size: model input size (518 in the paper); ``fsseg predict/test --ckpt_path`` take it
+            from the checkpoint unless given.
+        dinov2_checkpoint: official DINOv2 weights, path or URL (random weights if None). Recorded in
+            checkpoints by file name and sha256, found again by name on another machine.
+        sam_checkpoint: official SAM weights, path or URL: initialise the mask decoder, mask
+            downscaling and PE at the first build only (a checkpoint holds the trained decoder).
+        adapter_checkpoint: stage 1's output (a distillation ``.ckpt`` or a plain adapter state dict);
+            read at the first build only (a checkpoint holds the adapter).
+        decoder_dim: SAM mask-decoder width (256 for the official SAM models).
+        decoder_depth: SAM mask-decoder two-way transformer depth (2).
+        decoder_mlp_dim: SAM mask-decoder MLP width (2048).
+        decoder_heads: SAM mask-decoder attention heads (8).
         model_kwargs: further ``build_fsdino`` options (e.g. ``correlation_kwargs``, ``mamba_backend``;
             ``adapter_kwargs`` / ``tap_norm`` are taken from a stage-1 ``adapter_checkpoint``).
         pos_interpolation: DINOv2 position embeddings at sizes other than 518: ``official`` (the hub
@@ -43,14 +50,22 @@ class FewShotModule(SupportSetPredictionMixin, LeanCheckpointMixin, L.LightningM
             load with it, and their ``uino`` is today's ``uino_large``).
         num_classes: size of the benchmark's class-id space (linked from ``data.num_classes``).
         prior_loss_weight: weight of L_prior in L = L_prior + L_final (1 in the paper).
-        lr / weight_decay / lr_schedule: AdamW (paper: lr 1e-3; HDMNet: weight decay 0.01), then per
-            optimizer step ``none``, ``cosine`` decay over the run, or ``poly``: HDMNet's
+        lr: AdamW learning rate (paper: 1e-3).
+        weight_decay: AdamW weight decay (HDMNet: 0.01).
+        lr_schedule: per optimizer step ``none``, ``cosine`` decay over the run, or ``poly``: HDMNet's
             ``lr * (1 - it/max_it) ** poly_power`` (``poly_lr_factor``).
         poly_power: exponent of the ``poly`` schedule (HDMNet config ``power: 0.9``).
-        feature_cache: ``off`` (``eval`` once a ``FrozenFeatureCache`` is attached); ``eval`` caches frozen features of val/test images (never augmented);
-            ``all`` also of training images (only valid with training augmentation off).
+        feature_cache: ``off`` (``eval`` once a ``FrozenFeatureCache`` is attached); ``eval`` caches
+            frozen features of val/test images (never augmented); ``all`` also of training images
+            (only valid with training augmentation off).
         nonfinite: ``raise`` stops naming the step and samples; ``skip`` drops the step.
     """
+
+    # Portable checkpoints (fsseg.modules.checkpoints): DINOv2 is recorded by name + sha256 and left
+    # out; SAM (decoder init) and the stage-1 adapter are only read at first build: their weights
+    # are in the state dict, so a model rebuilt from a checkpoint needs neither file.
+    FROZEN_WEIGHT_ARGS = {"dinov2_checkpoint": "model.encoder."}
+    INIT_ONLY_WEIGHT_ARGS = ("sam_checkpoint", "adapter_checkpoint")
 
     def __init__(
         self,
@@ -80,6 +95,13 @@ class FewShotModule(SupportSetPredictionMixin, LeanCheckpointMixin, L.LightningM
         # Frozen weights loaded from a file are not repeated in checkpoints; random ones (tests) are.
         self.frozen_prefixes = ("model.encoder.",) if dinov2_checkpoint else ()
         self.strict_loading = False
+        if adapter_checkpoint:
+            # The adapter settings read from the stage-1 checkpoint are written into the
+            # hyper-parameters: a model rebuilt from this module's checkpoint never reads that file.
+            mk = dict(model_kwargs or {})
+            mk["adapter_kwargs"], mk["tap_norm"] = resolve_adapter_settings(
+                adapter_checkpoint, mk.get("adapter_kwargs"), mk.get("tap_norm"))
+            self.hparams["model_kwargs"] = mk
         self.model = self._build_model()
         self.val_metric = FewShotIoU(num_classes)
         self.test_metric = FewShotIoU(num_classes)

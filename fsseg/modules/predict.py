@@ -20,6 +20,8 @@
   ``query_path``         ``list[str]`` (B)
   ``query_original_size````int64 [B,2]`` (H, W) of each query file
   ``class_names``        ``list[str]`` (N), names of classes 1..N
+  ``skipped_queries``    ``list[(path, reason)]`` unreadable queries skipped (``skip_bad_queries``)
+  ``exif_orientation``   ``list[int]`` (B) EXIF orientation applied to each query (1 = none)
   ====================== ==============================================================
 """
 
@@ -73,11 +75,15 @@ class SupportSetPredictionMixin:
         self.support_class_names = names
         return encodings
 
+    support_set_info: Optional[dict] = None  # files and K per class, for the prediction summary
+
     def on_predict_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "support_batch"):
             batch = dm.support_batch()
             self.set_support_set(batch["support"], batch["support_masks"], batch.get("class_names"))
+            describe = getattr(dm, "support_set_description", None)
+            self.support_set_info = describe() if callable(describe) else None
         elif self.support_encodings is None:
             raise RuntimeError(
                 "fsseg predict needs a support set: use data_modules.SupportQueryFolderDataModule "
@@ -104,10 +110,18 @@ class SupportSetPredictionMixin:
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         query = batch["query"]
+        extra = {"skipped_queries": list(batch.get("skipped_queries") or []),
+                 "exif_orientation": list(batch.get("exif_orientation") or [])}
+        if query.shape[0] == 0:  # every query of the batch was unreadable (skip mode)
+            s = self._model_size() or (1, 1)
+            n = len(self.support_encodings or [])
+            return {"pred": torch.zeros(0, *s, dtype=torch.int64), "logits": torch.zeros(0, n, *s),
+                    "probs": torch.zeros(0, n, *s), "query_path": [], "query_original_size": torch.zeros(0, 2),
+                    "class_names": list(self.support_class_names or []), **extra}
         out = self.segment_queries(query)
         size = batch.get("query_original_size")
         if size is None:
             size = torch.tensor([list(query.shape[-2:])] * query.shape[0], dtype=torch.int64)
         paths = batch.get("query_path") or [f"query_{batch_idx}_{i}" for i in range(query.shape[0])]
         return {**out, "query_path": list(paths), "query_original_size": size,
-                "class_names": list(self.support_class_names or [])}
+                "class_names": list(self.support_class_names or []), **extra}

@@ -57,8 +57,17 @@ class SpecializeModule(LeanCheckpointMixin, L.LightningModule):
         teacher_ckpt: a ``FewShotModule`` checkpoint (the episodic teacher). Without it the teacher
             is built from the arguments below (random weights unless checkpoints are given: tests,
             demo).
-        variant / backbone / image_size / dinov2_checkpoint / sam_checkpoint / adapter_checkpoint /
-            decoder_* / model_kwargs: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
+        variant: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
+        backbone: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
+        image_size: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
+        dinov2_checkpoint: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
+        sam_checkpoint: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
+        adapter_checkpoint: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
+        decoder_dim: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
+        decoder_depth: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
+        decoder_mlp_dim: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
+        decoder_heads: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
+        model_kwargs: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
         class_names: the classes, when the student must be built before any data is seen (loading a
             checkpoint outside a Trainer); normally taken from the data module's support set.
         distill_weight: weight of the soft teacher term.
@@ -70,7 +79,10 @@ class SpecializeModule(LeanCheckpointMixin, L.LightningModule):
         num_tokens: sparse tokens per class in the dedicated layer.
         init_from_supports: start from the teacher's SVP tokens and prototypes (else random).
         eval_teacher: also score the episodic teacher (all K supports) in validation / test.
-        lr / weight_decay / lr_schedule: AdamW on the trainable student parameters.
+        lr: AdamW learning rate of the trainable student parameters.
+        weight_decay: AdamW weight decay.
+        lr_schedule: ``cosine`` decay over the run, or ``none``.
+        nonfinite: ``raise`` stops naming the step and samples; ``skip`` drops the step.
         pos_interpolation: as ``FewShotModule`` (without ``teacher_ckpt``; a checkpoint written
             before it existed runs its frozen DINOv2 with ``timm``, exactly as before when the DINOv2
             weights come from ``dinov2_checkpoint``).
