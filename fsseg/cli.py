@@ -448,7 +448,11 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     try:
         _dispatch(args)
-    except SystemExit:
+    except SystemExit as e:
+        # Tools stop on bad input with SystemExit("<message>"): the same one-line `error:` and exit code 2
+        if isinstance(e.code, str):
+            print(f"error: {one_line(e)}", file=sys.stderr)
+            sys.exit(2)
         raise
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

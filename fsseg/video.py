@@ -174,10 +174,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     from fsseg.export import load_module
 
     module = load_module(None if a.small else a.ckpt_path, small=a.small)
-    torch.set_grad_enabled(False)
     try:
-        dirs = run_davis(module, a.davis_root, a.output_dir, a.set, memory=a.memory, batch_size=a.batch_size,
-                         sequences=a.sequences)
+        with torch.inference_mode():  # scoped: a global switch would leak into the caller (tests run tools in-process)
+            dirs = run_davis(module, a.davis_root, a.output_dir, a.set, memory=a.memory,
+                             batch_size=a.batch_size, sequences=a.sequences)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"fsseg davis: {e}") from None
     print(f"{len(dirs)} sequence(s) written under {Path(a.output_dir).resolve()}\n"
