@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from fsseg.cache import TensorDiskCache
+from fsseg.cli import run_cli
 from fsseg.models import build_fsdino
 from fsseg.modules import FewShotModule
 from fsseg.precision import cpu_has_native_bf16, resolve_precision
-from fsseg.cli import run_cli
 from tests.cli_utils import CONFIGS, TINY_FEWSHOT, csv_logger, last_value, read_metrics
 from tests.test_predict import _synthetic_two_class, read_summary
 
@@ -140,3 +140,4 @@ def test_16_mixed_on_cpu_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     assert e.value.code != 0
     err = capsys.readouterr().err
     assert "16-mixed needs a GPU" in err and "Traceback" not in err
+
