@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import platform
 import re
-import time
 from pathlib import Path
 
-from bench.common import log, sync
+from bench.common import log, timeit
 
 NAME = "machine"
 
@@ -52,23 +51,7 @@ def matmul_peak(dtype_name: str, device: str = "cpu", n: int = 2048, reps: int =
     g = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=g).to(device, dtype)
     b = torch.randn(n, n, generator=g).to(device, dtype)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    times = []
-    for _ in range(reps):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            a @ b
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1000.0)
-        else:
-            t = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - t)
-    best = min(times)
+    best = timeit(lambda: a @ b, 3, reps, device)["min_s"]
     return dict(gflops=2 * n**3 / best / 1e9, n=n, reps=reps, best_s=best, threads=torch.get_num_threads(),
                 dtype=str(dtype).replace("torch.", ""))
 
