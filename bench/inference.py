@@ -77,6 +77,7 @@ def worker(spec: dict) -> dict:
 
     torch.manual_seed(0)
     cfg = make_config(spec["quick"])
+    cfg.update(spec.get("overrides", {}))  # run.py --override, for a partial run
     device = spec["device"]
     kind = spec["kind"]
     size = cfg["size"]
@@ -367,7 +368,7 @@ def measure(cfg: dict, res: dict, devices: list, sections: frozenset = frozenset
         precs = precisions_for(dev)
         peaks = res.get("peak", {}).get(dev) or {p: matmul_peak(p, dev) for p in precs}
         w = {}
-        base = dict(quick=cfg["quick"], device=dev)
+        base = dict(quick=cfg["quick"], device=dev, overrides=cfg.get("overrides", {}))
         w["dino"] = run_worker(NAME, dict(base, kind="dino", precisions=precs), worker)
         w["sam_b"] = run_worker(NAME, dict(base, kind="sam", variant=cfg["sam_variants"]["sam_b"], reps=cfg["sam_reps"],
                                            blockwise=not cfg["quick"]), worker)

@@ -63,6 +63,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help=f"comma-separated subset of {', '.join(MEASUREMENTS[1:])} (machine always runs)")
     ap.add_argument("--demo-dir", default=None,
                     help="outputs/demo folder of `make demo` (default: <repo>/outputs/demo) for the bf16 accuracy row")
+    ap.add_argument("--override", default=None, metavar="JSON",
+                    help='configuration keys to replace for a partial run, e.g. \'{"shots": [1], "variants": ["full"]}\' '
+                         "(recorded in results.json; the full benchmark uses none)")
     ap.add_argument("--from-json", default=None, nargs="+",
                     help="re-render results.md, targets and plots from results.json file(s) (merged in order)")
     args = ap.parse_args(argv)
@@ -82,6 +85,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     t_start = time.perf_counter()
     cfg = make_config(args.quick)
+    if args.override:
+        extra = json.loads(args.override)
+        unknown = sorted(set(extra) - set(cfg))
+        if unknown:
+            ap.error(f"--override: unknown configuration key(s) {unknown}; known: {sorted(cfg)}")
+        cfg.update(extra, overrides=extra)
     res: dict = dict(config=dict(cfg), inference={}, skipped=[], sections=sections)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for name in ["machine", *sections]:

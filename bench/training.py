@@ -116,7 +116,7 @@ def measure(cfg: dict, res: dict, devices: list, **_) -> None:
         from bench.common import run_worker
         from bench.inference import worker
 
-        spec = dict(quick=cfg["quick"], device=devices[-1], kind="sam", variant=cfg["sam_variants"]["sam_h"],
+        spec = dict(quick=cfg["quick"], device=devices[-1], overrides=cfg.get("overrides", {}), kind="sam", variant=cfg["sam_variants"]["sam_h"],
                     reps=cfg["sam_h_reps"], blockwise=not cfg["quick"], distill=True)
         res.setdefault("training", {})["distillation"] = run_worker("inference", spec, worker)["distillation"]
     res.setdefault("training", {})["fewshot"] = fewshot_training_bench(cfg, devices[-1])
