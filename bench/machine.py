@@ -57,19 +57,14 @@ def matmul_peak(dtype_name: str, device: str = "cpu", n: int = 2048, reps: int =
 
 
 def precisions_for(device: str) -> list:
-    """The precisions measured on ``device``: fp32 and bf16 (where the hardware has bf16: on a CPU
-    without native bf16 the bf16 rows would only show emulation), + fp16 on a GPU."""
+    """The precisions measured on ``device``: fp32 and bf16 (on a CPU without native bf16 the bf16
+    rows show what emulation costs, which is why ``auto`` picks fp32 there), + fp16 on a GPU."""
     import torch
-
-    from bench.common import PRECISIONS
-    from fsseg.precision import resolve_precision
 
     out = ["32"]
     if device == "cuda":
-        out += (["bf16-mixed"] if torch.cuda.is_bf16_supported() else []) + ["16-mixed"]
-    else:
-        out += [p for p in PRECISIONS[1:] if resolve_precision("auto", device) == p] or list(PRECISIONS[1:])
-    return out
+        return out + (["bf16-mixed"] if torch.cuda.is_bf16_supported() else []) + ["16-mixed"]
+    return out + ["bf16-mixed"]
 
 
 def measure(cfg: dict, res: dict, devices: list, **_) -> None:
