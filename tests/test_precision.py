@@ -137,3 +137,12 @@ def test_16_mixed_on_cpu_is_a_one_line_error(tmp_path):
                       "--trainer.precision", "16-mixed", "--trainer.max_epochs", "1"], cwd=tmp_path, check=False)
     assert proc.returncode != 0
     assert "16-mixed needs a GPU" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_export_and_demo_ui_take_the_same_precision(tmp_path):
+    # export: onnxruntime's CPU provider runs fp32 graphs only; demo-ui: 16-mixed needs a GPU
+    proc = run_fsseg(["export", "--small", "--support_dir", str(tmp_path), "--precision", "bf16-mixed"], cwd=tmp_path,
+                     check=False)
+    assert proc.returncode != 0 and "onnxruntime's CPU provider" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_fsseg(["demo-ui", "--small", "--precision", "16-mixed"], cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "16-mixed needs a GPU" in proc.stderr and "Traceback" not in proc.stderr
