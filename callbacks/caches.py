@@ -30,6 +30,10 @@ class TeacherEmbeddingCache(L.Callback):
         self.input_size = input_size
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # the namespace names the teacher's dtype, so the trainer's precision is applied first (the
+        # module's own setup runs after the callbacks')
+        if trainer is not None:
+            pl_module.set_precision(trainer.precision)
         size = self.input_size or pl_module.teacher.img_size
         ns = pl_module.teacher_namespace((size, size)) + f"|{self.dtype}"
         pl_module.teacher_cache = TensorDiskCache(self.cache_dir, ns, dtype=_DTYPES[self.dtype])
@@ -45,5 +49,7 @@ class FrozenFeatureCache(L.Callback):
         self.dtype = dtype
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer is not None:  # the namespace names the frozen parts' dtype
+            pl_module.model.set_precision(trainer.precision)
         ns = pl_module.feature_namespace() + f"|{self.dtype}"
         pl_module.feature_cache_store = TensorDiskCache(self.cache_dir, ns, dtype=_DTYPES[self.dtype])

@@ -136,6 +136,9 @@ def _lightning_cli_class():
             parser.add_argument("--output_dir", type=Optional[str], default=None,
                                 help="predict: where masks, overlays and summaries go (default: "
                                      "<checkpoint's run folder>/predictions/<query folder name>).")
+            parser.add_argument("--precision", type=Optional[str], default=None,
+                                help="32 | bf16-mixed | 16-mixed (GPU) | auto (bf16 where the hardware multiplies it "
+                                     "natively, else 32); sets trainer.precision (fsseg.precision)")
             parser.add_argument("--skip_bad_queries", type=bool, default=False,
                                 help="predict: skip query images that cannot be read (counted and listed in "
                                      "summary.json) instead of stopping.")
@@ -143,6 +146,26 @@ def _lightning_cli_class():
                 "model": {"class_path": "fsseg.modules.FewShotModule"},
                 "data": {"class_path": "data_modules.EpisodicDataModule"},
             })
+
+        def _resolve_precision(self, sub) -> None:
+            # One meaning of precision everywhere (fsseg.precision): `--precision auto` resolved for the
+            # device, and 16-mixed refused on CPU (Lightning would silently switch it to bf16).
+            import torch
+
+            from fsseg.precision import resolve_precision
+
+            cfg = self.config[sub] if sub else self.config
+            trainer = cfg.get("trainer")
+            requested = cfg.get("precision") or (trainer.get("precision") if trainer is not None else None)
+            if trainer is None or requested is None:
+                return
+            accel = str(trainer.get("accelerator") or "auto")
+            device = "cuda" if accel in ("cuda", "gpu") or (accel == "auto" and torch.cuda.is_available()) else "cpu"
+            try:
+                resolved = resolve_precision(requested, device)
+            except ValueError as e:
+                raise UsageError(str(e)) from None
+            trainer["precision"] = "32-true" if resolved == "32" else resolved
 
         def instantiate_trainer(self, **kwargs):
             trainer = super().instantiate_trainer(**kwargs)
@@ -209,6 +232,7 @@ def _lightning_cli_class():
 
         def before_instantiate_classes(self) -> None:
             sub = self.config.get("subcommand")
+            self._resolve_precision(sub)
             if sub != "predict":
                 return
             cfg = self.config[sub]

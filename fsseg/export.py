@@ -236,7 +236,18 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--mask_encoding", default="auto", help="support masks: auto|index|binary255|binary01|rgb|jpeg")
     p.add_argument("--query", default=None, help="an image (or folder) used as the parity-check input")
     p.add_argument("--max_diff", type=float, default=1e-3, help="fail when onnxruntime differs more (logits)")
+    p.add_argument("--precision", default="32",
+                   help="32 | auto (as in `fsseg fit`, fsseg.precision, resolved for onnxruntime's CPU provider, "
+                        "which runs fp32 graphs only: auto = 32 here; bf16-mixed / 16-mixed are refused)")
     a = p.parse_args(argv)
+    from fsseg.precision import normalize_precision
+
+    try:  # onnxruntime's CPU provider has no bf16/fp16 Conv or MatMul kernels: a bf16 graph fails to load
+        if normalize_precision(a.precision) not in ("32", "auto"):
+            p.error(f"precision {a.precision}: onnxruntime's CPU provider has no bfloat16/float16 Conv or MatMul "
+                    "kernels, so the ONNX graph is exported in fp32; use --precision 32 or auto")
+    except ValueError as e:
+        p.error(str(e))
     rec = export(a.ckpt_path, a.support_dir, a.output_dir, a.image_size, a.opset, a.small, a.shots, a.query,
                  a.mask_encoding, bundle=a.bundle, dinov2_checkpoint=a.dinov2_checkpoint)
     print(f"ONNX ({rec['exporter']}, opset {rec['opset']}): {rec['onnx']}  classes: {rec['class_names']}")

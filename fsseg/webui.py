@@ -200,6 +200,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--small", action="store_true", help="use the small built-in (untrained) model")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on")
     p.add_argument("--port", type=int, default=7860, help="port to serve on")
+    p.add_argument("--precision", default="32",
+                   help="32 | bf16-mixed | 16-mixed (GPU) | auto: as in `fsseg fit` (fsseg.precision)")
     a = p.parse_args(argv)
     if not a.ckpt_path and not a.small:
         p.error("give --ckpt_path (a trained checkpoint) or --small (the small built-in untrained model)")
@@ -209,6 +211,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     except ImportError as e:
         raise SystemExit("fsseg demo-ui needs gradio: pip install 'fsseg[demo]'") from e
     module = load_module(None if a.small else a.ckpt_path, a.dinov2_checkpoint)
+    try:
+        module.model.set_precision(a.precision)
+    except ValueError as e:  # an unknown precision, or 16-mixed without a GPU
+        p.error(str(e))
     build_app(module).launch(server_name=a.host, server_port=a.port, ssr_mode=False, share=False)
 
 

@@ -30,6 +30,7 @@ def _positive_finite(x):
 def quick_run(tmp_path_factory):
     from bench import run
 
+    assert run.MEASUREMENTS[0] == "machine"  # the peak first, then one module per measurement
     out = tmp_path_factory.mktemp("bench")
     assert run.main(["--quick", "--output-dir", str(out)]) == 0
     return out, json.loads((out / "results.json").read_text())
@@ -67,11 +68,32 @@ def test_keys_and_numbers(quick_run):
             assert _positive_finite(r["speedup_vs_dual_sam_h"]) and _positive_finite(r["segmenter_only_s"])
             assert r["timing"]["runs"] >= 2 and r["timing"]["median_s"] > 0
 
-    reuse = res["reuse"]
-    assert set(reuse["variants"]) == {"ba_pcs", "compact", "full", "uino"}
-    for d in reuse["variants"].values():
-        assert _positive_finite(d["encode_once_s"]) and _positive_finite(d["reencode_s"])
-        assert _positive_finite(d["ratio_once_vs_encoder_passes"])
+    assert set(res["reuse"]["by_precision"]) == {"32", "bf16-mixed"}
+    for reuse in res["reuse"]["by_precision"].values():
+        assert set(reuse["variants"]) == {"ba_pcs", "compact", "full", "uino"}
+        for d in reuse["variants"].values():
+            assert _positive_finite(d["encode_once_s"]) and _positive_finite(d["reencode_s"])
+            assert _positive_finite(d["ratio_once_vs_encoder_passes"])
+
+    # the matmul peak of every precision, and every inference row read against it
+    peak = res["peak"]["cpu"]
+    assert set(peak) == {"32", "bf16-mixed"} and all(_positive_finite(p["gflops"]) for p in peak.values())
+    for r in inf["rows"]:
+        if r["kind"] == "floor" or r["kind"].startswith("fsdino"):
+            assert _positive_finite(r["gflop"]) and 0 < r["fraction_of_peak"]
+    prows = inf["precision_rows"]
+    assert {r["kind"] for r in prows} == {"floor", "fsdino_ba_pcs", "fsdino_compact", "fsdino_full", "fsdino_uino"}
+    for r in prows:
+        assert set(r["by_precision"]) == {"32", "bf16-mixed"}
+        bf = r["by_precision"]["bf16-mixed"]
+        assert _positive_finite(bf["speedup_vs_fp32"]) and _positive_finite(bf["gflops_per_s"])
+        if r["kind"] != "floor":
+            assert 0.5 <= bf["pixel_agreement_vs_fp32"] <= 1.0
+    da = inf["demo_agreement"]  # a clean clone has no `make demo` output: then it says so
+    if da.get("skipped"):
+        assert "make demo" in da["skipped"]
+    else:
+        assert 0 <= da["by_precision"]["bf16-mixed"]["pixel_agreement_vs_fp32"] <= 1
 
     tr = res["training"]
     for key in ("distillation", "fewshot"):
@@ -92,7 +114,7 @@ def test_keys_and_numbers(quick_run):
         assert all(_positive_finite(r["ratio_episodic_vs_specialized"]) for r in sp["rows"])
 
     names = " ".join(t["name"] for t in res["targets"])
-    for word in ("20x", "10%", "1.15x", "teacher cache"):
+    for word in ("20x", "10%", "1.15x", "teacher cache", "2.0x faster than fp32", "99% pixels", "bf16 matmul peak"):
         assert word in names
     for t in res["targets"]:
         assert isinstance(t["passed"], bool) and math.isfinite(t["value"])

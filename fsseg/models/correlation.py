@@ -57,12 +57,16 @@ def correlation_volume(fq: torch.Tensor, fs: torch.Tensor, masks: torch.Tensor, 
     """Masked cosine 4D correlation on a g x g grid: ``fq [B,C,hq,wq]``, ``fs [B,K,C,hs,ws]``,
     ``masks [B,K,H,W]`` -> ``[B,K,g*g (support),g,g (query)]``."""
     B, K, C = fs.shape[:3]
-    q = F.normalize(_resize(fq, (g, g)), dim=1).flatten(2)  # [B,C,g*g]
-    s = F.normalize(_resize(fs.flatten(0, 1), (g, g)), dim=1)  # [BK,C,g,g]
-    if support_masking == "features":
-        s = s * resize_masks(masks.flatten(0, 1), (g, g)).to(s.dtype)
-    s = s.flatten(2).view(B, K, C, g * g)
-    corr = torch.einsum("bkcs,bcq->bksq", s, q)  # support positions as channels
+    # fp32 cosines (fsseg.precision): in bf16 (8-bit mantissa) the dot products of normalised
+    # C=768 vectors round to ~0.004, the size of the differences the 4D convs read
+    with torch.autocast(fq.device.type, enabled=False):
+        fq, fs = fq.float(), fs.float()
+        q = F.normalize(_resize(fq, (g, g)), dim=1).flatten(2)  # [B,C,g*g]
+        s = F.normalize(_resize(fs.flatten(0, 1), (g, g)), dim=1)  # [BK,C,g,g]
+        if support_masking == "features":
+            s = s * resize_masks(masks.flatten(0, 1), (g, g)).to(s.dtype)
+        s = s.flatten(2).view(B, K, C, g * g)
+        corr = torch.einsum("bkcs,bcq->bksq", s, q)  # support positions as channels
     return corr.reshape(B, K, g * g, g, g)
 
 

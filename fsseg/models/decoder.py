@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..precision import fp32_region
 from .weights import strict_load
 
 
@@ -70,6 +71,13 @@ class FewShotMaskDecoder(nn.Module):
     ) -> torch.Tensor:
         """``image_embedding [B,D,h,w]``, ``image_pe [1|B,D,h,w]``, ``sparse [B,n,D]`` (n may be 0),
         ``dense [B,D,h,w]`` -> mask logits ``[B,H,W]`` (``out_size``; default the 4h x 4w low-res grid)."""
+        # The whole decoder runs in fp32 under any precision (fsseg.precision): SAM's attention forms
+        # q @ k^T and its softmax itself, and bf16-rounded scores shift the softmax; the final
+        # upsampling makes the logits the masks are thresholded from. It is a few % of the encoder's FLOPs.
+        with fp32_region(image_embedding.device.type):
+            return self._forward(image_embedding.float(), image_pe.float(), sparse.float(), dense.float(), out_size)
+
+    def _forward(self, image_embedding, image_pe, sparse, dense, out_size):
         d = self.decoder
         B = image_embedding.shape[0]
         output_tokens = torch.cat([d.iou_token.weight, d.mask_tokens.weight], dim=0)

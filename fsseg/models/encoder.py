@@ -212,8 +212,11 @@ class DINOv2Encoder(nn.Module):
     def _tokens(self, images: torch.Tensor):
         if images.shape[-1] % 14 or images.shape[-2] % 14:
             raise ValueError(f"DINOv2 input H, W must be multiples of 14, got {tuple(images.shape[-2:])}")
-        x = (images - self.mean) / self.std
         v = self.vit
+        # normalise in fp32, then into the weights' dtype (bf16 when held in bf16: fsseg.precision).
+        # Inside the blocks bf16 keeps its accuracy where it matters: LayerNorm statistics and the
+        # attention softmax (scaled_dot_product_attention) accumulate in fp32 in torch's bf16 kernels.
+        x = ((images.float() - self.mean.float()) / self.std.float()).to(v.patch_embed.proj.weight.dtype)
         x = v.patch_embed(x)  # [B, h, w, C] with dynamic_img_size
         h, w = x.shape[1], x.shape[2]
         x = self._pos_embed(x)

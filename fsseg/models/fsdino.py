@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..precision import autocast, compute_dtype, fp32_region, hold_frozen_in, resolve_precision
 from .adapter import BottleneckAdapter
 from .decoder import FewShotMaskDecoder
 from .encoder import DINOv2Encoder
@@ -128,6 +129,29 @@ class FSDINO(nn.Module):
         self.allow_empty_support = allow_empty_support
         self.freeze_adapter = freeze_adapter
         self.set_adapter_frozen(freeze_adapter)
+        self.precision = "32"  # resolved fsseg.precision setting; see set_precision
+
+    # ------------------------------------------------------------------ precision
+    def set_precision(self, precision: str = "32") -> "FSDINO":
+        """``32`` / ``bf16-mixed`` / ``16-mixed`` / ``auto`` (``fsseg.precision``), resolved for the
+        device the model is on. Low precision: the frozen DINOv2 (and the adapter when frozen) are
+        held in that dtype's weights, so they run without per-op autocast casts; the trainable parts
+        run under autocast; the few computations bf16 would change stay fp32 (see ``decode``).
+        ``32`` casts frozen parts back to fp32 (an earlier bf16 rounding of their weights stays)."""
+        p = resolve_precision(precision, next(self.parameters()).device)
+        frozen_dtype = compute_dtype(p)
+        if self.encoder.frozen:
+            hold_frozen_in(self.encoder, p)
+        if self.freeze_adapter:
+            hold_frozen_in(self.adapter, p)
+        elif frozen_dtype != torch.float32:
+            self.adapter.float()
+        self.precision = p
+        return self
+
+    @property
+    def encoder_dtype(self) -> torch.dtype:
+        return self.encoder.vit.patch_embed.proj.weight.dtype
 
     # ------------------------------------------------------------------ parts / freezing
     def set_adapter_frozen(self, frozen: bool = True) -> None:
@@ -166,9 +190,14 @@ class FSDINO(nn.Module):
 
     def extract(self, images: torch.Tensor, with_embedding: bool = True) -> ImageFeatures:
         """``[N,3,H,W]`` in [0,1] -> ``ImageFeatures`` (frozen part: encoder + adapter; cacheable)."""
+        dev = images.device.type
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self._frozen_features()):
-            f = self.encoder(images)
-            emb = self.adapter(f.early) if with_embedding else None
+            # An encoder held in bf16 weights runs natively in bf16 with autocast off: autocast would
+            # only add casts around its ops (the 1.5x of plain autocast vs ~2x without the casts).
+            with fp32_region(dev) if self.encoder_dtype != torch.float32 else autocast(self.precision, dev):
+                f = self.encoder(images)
+            with autocast(self.precision, dev):
+                emb = self.adapter(f.early) if with_embedding else None
         return ImageFeatures(embedding=emb, semantic=f.last)
 
     # ------------------------------------------------------------------ support
@@ -183,6 +212,8 @@ class FSDINO(nn.Module):
         """From cached support features (``ImageFeatures`` or the semantic tensor, shaped
         ``[B*K,C,h,w]`` or ``[B,K,C,h,w]``) and ``support_masks [B,K,H,W]``."""
         sem = feats.semantic if isinstance(feats, ImageFeatures) else feats
+        # fp32 prototypes: a bf16 sum over thousands of masked positions loses digits (fsseg.precision)
+        sem = sem.float()
         B, K = support_masks.shape[:2]
         if sem.dim() == 4:
             sem = sem.view(B, K, *sem.shape[1:])
@@ -199,13 +230,19 @@ class FSDINO(nn.Module):
 
     # ------------------------------------------------------------------ decode
     def decode(self, query_feats: ImageFeatures, support: SupportEncoding, out_size: Tuple[int, int]) -> Dict[str, torch.Tensor]:
-        """-> ``{"logits": [B,H,W], "prior": [B,H,W]}`` at ``out_size``."""
+        """-> ``{"logits": [B,H,W], "prior": [B,H,W]}`` at ``out_size`` (fp32 whatever the precision)."""
         if query_feats.embedding is None:
             raise ValueError("decode needs query features with an embedding (extract(..., with_embedding=True))")
-        fq, emb = query_feats.semantic, query_feats.embedding
+        with autocast(self.precision, query_feats.semantic.device):
+            return self._decode(query_feats, support, out_size)
+
+    def _decode(self, query_feats: ImageFeatures, support: SupportEncoding, out_size: Tuple[int, int]) -> Dict[str, torch.Tensor]:
+        # fp32 semantic features: the PCS cosine and the correlation volume's cosines are fp32
+        fq, emb = query_feats.semantic.float(), query_feats.embedding
         B, _, h, w = emb.shape
         support = support.expand(B)
-        sim = self.pcs(fq, support.prototype)  # [B,1,hq,wq]
+        with fp32_region(fq.device.type):
+            sim = self.pcs(fq, support.prototype)  # [B,1,hq,wq], cosine in fp32
         if tuple(sim.shape[-2:]) != (h, w):
             sim = F.interpolate(sim, size=(h, w), mode="bilinear", align_corners=False)
         if self.correlation is None:
@@ -219,7 +256,8 @@ class FSDINO(nn.Module):
         dense = self.mask_downscaling(dense_in)
         pe = self.pe_layer((h, w)).unsqueeze(0).to(emb.dtype)
         logits = self.decoder(emb, pe, support.sparse, dense, out_size=tuple(out_size))
-        prior = F.interpolate(prior_low, size=tuple(out_size), mode="bilinear", align_corners=False)[:, 0]
+        # fp32 upsampling of the prior logits (losses and thresholds read them at full resolution)
+        prior = F.interpolate(prior_low.float(), size=tuple(out_size), mode="bilinear", align_corners=False)[:, 0]
         return {"logits": logits, "prior": prior}
 
     def forward(self, query: torch.Tensor, support: torch.Tensor, support_masks: torch.Tensor) -> Dict[str, torch.Tensor]:

@@ -76,4 +76,7 @@ class MambaLayer(nn.Module):
             if not x.is_cuda:
                 raise RuntimeError("MambaLayer(backend='cuda') got a CPU tensor; use backend='auto' or 'torch'")
             return self._cuda()(x)
-        return self.mixer(x)
+        # fp32 selective scan (fsseg.precision): the recurrence multiplies exp(dt*A) over the whole
+        # sequence, and bf16 rounding compounds along it; mamba_ssm's CUDA kernel scans in fp32 too
+        with torch.autocast(x.device.type, enabled=False):
+            return self.mixer(x.float()).to(x.dtype)

@@ -31,6 +31,7 @@ from fsseg.cache import TensorDiskCache
 from fsseg.models import BottleneckAdapter, DINOv2Encoder, SAMImageEncoder
 from fsseg.models.build import load_adapter_state, resolve_adapter_settings
 from fsseg.modules.common import LeanCheckpointMixin, NonFiniteLossGuard, adopt_legacy_hparams
+from fsseg.precision import autocast, dtype_key, hold_frozen_in, resolve_precision
 
 # what a checkpoint written before these hyper-parameters existed was trained with
 LEGACY_HPARAMS = {"teacher_preprocess": "squash", "pos_interpolation": "timm", "gkd_attention": "shared"}
@@ -136,6 +137,18 @@ class DistillationModule(LeanCheckpointMixin, L.LightningModule):
         self.teacher_cache: Optional[TensorDiskCache] = None  # set by callbacks.TeacherEmbeddingCache
         self.teacher_calls = 0  # number of images the teacher actually encoded (tests, benchmarks)
         self.guard = NonFiniteLossGuard(nonfinite)
+        self.precision = "32"  # fsseg.precision setting, from the trainer's precision in setup()
+
+    def setup(self, stage: str) -> None:
+        self.set_precision(getattr(self.trainer, "precision", "32"))
+
+    def set_precision(self, precision: str) -> "DistillationModule":
+        """Frozen DINOv2 and SAM teacher held in the precision's dtype (``fsseg.precision``); the
+        trainable adapter stays fp32 (Lightning's autocast runs it); the loss is fp32."""
+        self.precision = resolve_precision(precision, self.device)
+        hold_frozen_in(self.encoder, self.precision)
+        hold_frozen_in(self.teacher, self.precision)
+        return self
 
     # -- public hooks used by callbacks ------------------------------------------------------
     def set_resolution(self, resolution: int) -> None:
@@ -148,7 +161,9 @@ class DistillationModule(LeanCheckpointMixin, L.LightningModule):
         """Everything a cached teacher embedding depends on besides the image itself (the
         ``squash`` namespace is the one used before ``teacher_preprocess`` existed)."""
         ns = f"sam-teacher|{self.teacher.fingerprint}|input={input_size[0]}x{input_size[1]}"
-        return ns if self.hparams.teacher_preprocess == "squash" else ns + "|preprocess=sam-longest-side-pad"
+        ns = ns if self.hparams.teacher_preprocess == "squash" else ns + "|preprocess=sam-longest-side-pad"
+        # the dtype the teacher ran in (fsseg.precision): bf16 and fp32 embeddings never mix
+        return ns + dtype_key(next(self.teacher.parameters()).dtype)
 
     def _teacher_view(self, batch: dict) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """What the teacher encodes: (images, valid sizes or None for whole square images)."""
@@ -157,7 +172,8 @@ class DistillationModule(LeanCheckpointMixin, L.LightningModule):
         return batch["image"], None
 
     def _run_teacher(self, images: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
-        return self.teacher(images) if valid is None else self.teacher.forward_padded(images, valid)
+        with autocast(self.precision, images.device):  # the teacher's own dtype (held in bf16 or not)
+            return self.teacher(images) if valid is None else self.teacher.forward_padded(images, valid)
 
     def teacher_valid_cells(self, batch: dict) -> Optional[list[tuple[int, int]]]:
         """Per image, the (rows, cols) of the teacher embedding that cover it (None: all)."""
@@ -173,7 +189,7 @@ class DistillationModule(LeanCheckpointMixin, L.LightningModule):
         cache = self.teacher_cache
         if cache is None:
             self.teacher_calls += images.shape[0]
-            return self._run_teacher(images, valid)
+            return self._run_teacher(images, valid).float()
         keys = list(batch["path"])
         found = [cache.get(k) for k in keys]
         missing = [i for i, v in enumerate(found) if v is None]
@@ -183,7 +199,7 @@ class DistillationModule(LeanCheckpointMixin, L.LightningModule):
             for j, i in enumerate(missing):
                 found[i] = {"embedding": computed[j]}
                 cache.put(keys[i], found[i])
-        return torch.stack([v["embedding"] for v in found]).to(images.device, images.dtype)
+        return torch.stack([v["embedding"] for v in found]).to(images.device, torch.float32)
 
     def student_embeddings(self, images: torch.Tensor, resolution: Optional[int] = None) -> torch.Tensor:
         size = resolution or self.resolution
@@ -207,9 +223,11 @@ class DistillationModule(LeanCheckpointMixin, L.LightningModule):
             teacher = F.adaptive_avg_pool2d(teacher, student.shape[-2:])
         else:
             student = F.interpolate(student, size=teacher.shape[-2:], mode="bilinear", align_corners=False)
-        if self.gkd is not None:
-            return self.gkd(student, teacher)
-        return F.mse_loss(student, teacher)
+        student, teacher = student.float(), teacher.float()  # fp32 loss under any precision
+        with torch.autocast(student.device.type, enabled=False):
+            if self.gkd is not None:
+                return self.gkd(student, teacher)
+            return F.mse_loss(student, teacher)
 
     def _step(self, batch: dict, resolution: Optional[int] = None) -> torch.Tensor:
         student = self.student_embeddings(batch["image"], resolution)

@@ -22,6 +22,7 @@ from fsseg.models.build import canonical_variant, resolve_adapter_settings
 from fsseg.models.fsdino import ImageFeatures
 from fsseg.modules.common import LeanCheckpointMixin, NonFiniteLossGuard, adopt_legacy_hparams
 from fsseg.modules.predict import SupportSetPredictionMixin
+from fsseg.precision import dtype_key
 
 
 class FewShotModule(SupportSetPredictionMixin, LeanCheckpointMixin, L.LightningModule):
@@ -134,6 +135,14 @@ class FewShotModule(SupportSetPredictionMixin, LeanCheckpointMixin, L.LightningM
         if n != self.val_metric.num_classes or seeds != self.val_metric.num_seeds:
             self.val_metric = FewShotIoU(int(n), num_seeds=seeds).to(self.device)
             self.test_metric = FewShotIoU(int(n), num_seeds=seeds).to(self.device)
+        # The trainer's precision (fsseg.precision: 32 / bf16-mixed / 16-mixed) decides the frozen
+        # parts' dtype; Lightning's autocast runs the rest.
+        self.model.set_precision(getattr(self.trainer, "precision", "32"))
+        # The metric's class-id space follows the benchmark the data module serves.
+        n = getattr(getattr(self.trainer, "datamodule", None), "num_classes", None)
+        if n and n != self.val_metric.num_classes:
+            self.val_metric = FewShotIoU(int(n))
+            self.test_metric = FewShotIoU(int(n))
 
     # -- frozen features, optionally cached -----------------------------------------------------
     def feature_namespace(self) -> str:
@@ -142,7 +151,7 @@ class FewShotModule(SupportSetPredictionMixin, LeanCheckpointMixin, L.LightningM
         settings = (f"pos={m.encoder.pos_interpolation}|tap_norm={m.encoder.tap_norm}|"
                     f"adapter_pe={m.adapter.pos_encoding}|adapter_act={type(m.adapter.reduce[1]).__name__}")
         return (f"fsdino-frozen|{m.encoder.arch}|adapter-frozen={m.freeze_adapter}|{settings}|"
-                f"{module_fingerprint(m.encoder, m.adapter)}")
+                f"{module_fingerprint(m.encoder, m.adapter)}{dtype_key(m.encoder_dtype)}")
 
     def _use_cache(self) -> bool:
         # An attached store with feature_cache "off" means "eval": derived here rather than written
@@ -165,9 +174,10 @@ class FewShotModule(SupportSetPredictionMixin, LeanCheckpointMixin, L.LightningM
             for j, i in enumerate(missing):
                 found[i] = {"embedding": feats.embedding[j], "semantic": feats.semantic[j]}
                 cache.put(keys[i], found[i])
-        dev, dt = images.device, images.dtype
-        return ImageFeatures(embedding=torch.stack([v["embedding"] for v in found]).to(dev, dt),
-                             semantic=torch.stack([v["semantic"] for v in found]).to(dev, dt))
+        # served in the dtype they were computed and stored in (the namespace names it)
+        dev = images.device
+        return ImageFeatures(embedding=torch.stack([v["embedding"] for v in found]).to(dev),
+                             semantic=torch.stack([v["semantic"] for v in found]).to(dev))
 
     # -- forward on an episode batch --------------------------------------------------------------
     def forward_episode(self, batch: dict) -> dict:

@@ -57,9 +57,9 @@ class SupportSetPredictionMixin:
         names = list(class_names) if class_names is not None else [f"class{c + 1}" for c in range(n)]
         if len(names) != n:
             raise ValueError(f"{len(names)} class names for {n} support classes")
-        p = next(self.model.parameters())
-        support = support.to(p.device, p.dtype)
-        support_masks = support_masks.to(p.device, p.dtype)
+        p = next(self.model.parameters())  # images stay fp32 whatever dtype frozen weights are held in
+        support = support.to(p.device, torch.float32)
+        support_masks = support_masks.to(p.device, torch.float32)
         size = self._model_size()
         if size is not None and tuple(support.shape[-2:]) != size:
             lead = support.shape[:3]
@@ -102,7 +102,7 @@ class SupportSetPredictionMixin:
             raise RuntimeError("no support set encoded (set_support_set / on_predict_start)")
         size = self._model_size()
         p = next(self.model.parameters())
-        query = query.to(p.device, p.dtype)
+        query = query.to(p.device, torch.float32)
         if size is not None and tuple(query.shape[-2:]) != size:
             query = F.interpolate(query, size=size, mode="bilinear", align_corners=False)
         out = self.model.segment_multiclass_encoded(query, self.support_encodings)

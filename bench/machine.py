@@ -1,0 +1,84 @@
+"""The machine, and its measured matrix-multiply peak in fp32 and bf16 (same threads): the roofline
+every inference row is read against. ``python -m bench.machine``."""
+from __future__ import annotations
+
+import os
+import platform
+import re
+from pathlib import Path
+
+from bench.common import log, timeit
+
+NAME = "machine"
+
+
+def machine_info() -> dict:
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram = None
+    try:
+        m = re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())
+        ram = round(int(m.group(1)) / 2**20, 1)
+    except (OSError, AttributeError):
+        pass
+    info = dict(cpu=cpu, cores=os.cpu_count(), ram_gib=ram, torch=torch.__version__,
+                threads=torch.get_num_threads(), python=platform.python_version(), platform=platform.platform(),
+                cuda=torch.cuda.is_available())
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        info["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    return info
+
+
+def matmul_peak(dtype_name: str, device: str = "cpu", n: int = 2048, reps: int = 8) -> dict:
+    """Best achieved GFLOP/s of an ``n x n @ n x n`` product (2 n^3 FLOPs) in ``dtype_name``, with the
+    threads torch uses for the models. Best of ``reps``, not the median: a peak is what the hardware
+    can do, and a shared machine only ever slows a run down."""
+    import torch
+
+    dtype = {"32": torch.float32, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}[dtype_name]
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device, dtype)
+    b = torch.randn(n, n, generator=g).to(device, dtype)
+    best = timeit(lambda: a @ b, 3, reps, device)["min_s"]
+    return dict(gflops=2 * n**3 / best / 1e9, n=n, reps=reps, best_s=best, threads=torch.get_num_threads(),
+                dtype=str(dtype).replace("torch.", ""))
+
+
+def precisions_for(device: str) -> list:
+    """The precisions measured on ``device``: fp32 and bf16 (on a CPU without native bf16 the bf16
+    rows show what emulation costs, which is why ``auto`` picks fp32 there), + fp16 on a GPU."""
+    import torch
+
+    out = ["32"]
+    if device == "cuda":
+        return out + (["bf16-mixed"] if torch.cuda.is_bf16_supported() else []) + ["16-mixed"]
+    return out + ["bf16-mixed"]
+
+
+def measure(cfg: dict, res: dict, devices: list, **_) -> None:
+    res["machine"] = machine_info()
+    peaks = {}
+    for dev in devices:
+        peaks[dev] = {p: matmul_peak(p, dev) for p in precisions_for(dev)}
+        log(f"matmul peak ({dev}): " + ", ".join(f"{p} {v['gflops']:.0f} GFLOP/s" for p, v in peaks[dev].items()))
+    res["peak"] = peaks
+
+
+if __name__ == "__main__":
+    import sys
+
+    from bench.run import main
+
+    sys.exit(main(["--sections", NAME, *sys.argv[1:]]))
