@@ -486,3 +486,9 @@ def finish(cfg: dict, res: dict, outdir: Path) -> None:
     _check_finite(res)
     (outdir / "results.json").write_text(json.dumps(res, indent=1))
     write_markdown(cfg, res, outdir / "results.md")
+    # bench.distillfss (a separate run: it needs `make demo`'s trained model) keeps its section of results.md
+    distillfss_json = outdir / "distillfss.json"
+    if distillfss_json.is_file():
+        from bench.distillfss import to_markdown, write_section
+
+        write_section(outdir / "results.md", to_markdown(json.loads(distillfss_json.read_text())))
