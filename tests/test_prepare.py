@@ -197,8 +197,11 @@ def test_fsseg_prepare_deepglobe_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "1 images -> 36 tiles" in out and "kept 4 (dropped 31 single-colour and 1" in out
     assert os.path.isfile(tmp_path / "out" / "5" / "test" / "origin" / "104_12.jpg")
-    with pytest.raises(SystemExit, match="fsseg prepare deepglobe: no <id>_sat.jpg images"):
+    with pytest.raises(SystemExit) as stop:  # bad input: one `error:` line, exit code 2, no traceback
         fsseg_main(["prepare", "deepglobe", str(tmp_path / "nothing"), str(tmp_path / "o2")])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: fsseg prepare deepglobe: no <id>_sat.jpg images"), err
 
 
 @pytest.mark.shared_data
