@@ -14,11 +14,10 @@ from data_modules.chest_xray import ChestXray
 from data_modules.deepglobe import DEEPGLOBE_CLASSES, Deepglobe
 from data_modules.isic import ISIC
 from data_modules.patnet import patnet_episode_list
+from tests.shared_data import GOLDEN as _GOLDEN
+from tests.shared_data import SHARED as _SHARED
 
-SHARED = os.environ.get("FSSEG_SHARED_DATA",
-                        os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                                     "shared", "data"))
-GOLDEN = os.path.join(os.path.dirname(SHARED), "protocol", "golden")  # ../shared/protocol/golden
+SHARED, GOLDEN = str(_SHARED), str(_GOLDEN)
 
 
 def _jpg(path, size=(24, 20), value=0):

@@ -1,6 +1,5 @@
 """Data package tests on the real, messy files in ../shared/data (or $FSSEG_SHARED_DATA)."""
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from data_modules import (
 from data_modules.masks import detect_mask_encoding
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("FSSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+from tests.shared_data import SHARED
 
 pytestmark = [
     pytest.mark.shared_data,

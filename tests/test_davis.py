@@ -7,7 +7,6 @@ it gave the same figures and byte-identical CSVs on ``hand_made_case`` below too
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,10 @@ from fsseg import davis_eval as de
 from fsseg.cli import main as fsseg_main
 from fsseg.video import VideoObjectSegmenter, merge_objects
 from fsseg.video import main as video_main
-from tests.cli_utils import REPO, run_fsseg
+from tests.cli_utils import run_fsseg
+from tests.shared_data import SHARED
 
-SHARED_DAVIS = Path(os.environ.get("FSSEG_SHARED_DATA", REPO.parent / "shared" / "data")) / "davis"
+SHARED_DAVIS = SHARED / "davis"
 needs_shared = pytest.mark.skipif(not (SHARED_DAVIS / "ImageSets").is_dir(),
                                   reason=f"shared DAVIS tree not found at {SHARED_DAVIS} (set FSSEG_SHARED_DATA)")
 

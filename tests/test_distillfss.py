@@ -27,7 +27,8 @@ from fsseg.metrics import DatasetForegroundIoU, FewShotIoU, binarize_multiclass
 from fsseg.modules import SpecializeModule
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("FSSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+from tests.shared_data import SHARED
+
 TINY = dict(variant="full", backbone="dinov2_tiny", image_size=56, decoder_dim=32, decoder_mlp_dim=64, decoder_heads=2)
 
 

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import lightning as L
@@ -17,7 +16,8 @@ from fsseg.export import SMALL_MODEL
 from fsseg.modules import FewShotModule
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("FSSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+from tests.shared_data import SHARED
+
 EIFFEL = SHARED / "fss1000-eiffel"
 CONFIG = str(REPO / "lightning_configs" / "predict.yaml")
 

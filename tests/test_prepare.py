@@ -211,7 +211,9 @@ def test_hsnet_coco_pools_index_classes_in_coco_id_order():
     image holds under that order (HSNet drops some small objects, so it is a subset)."""
     import pickle
 
-    shared = os.environ.get("FSSEG_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+    from tests.shared_data import SHARED
+
+    shared = str(SHARED)
     if not os.path.isdir(os.path.join(shared, "splits", "coco")):
         pytest.skip(f"shared test data not found at {shared} (set FSSEG_SHARED_DATA)")
 

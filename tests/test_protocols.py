@@ -18,9 +18,9 @@ from data_modules.protocols import HDMNET_SEEDS, PROTOCOLS
 from .cli_utils import CONFIGS, TINY_FEWSHOT, csv_logger, run_fsseg
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("FSSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+from tests.shared_data import GOLDEN, SHARED
+
 SPLITS = SHARED / "splits"
-GOLDEN = SHARED.parent / "protocol" / "golden"
 needs_splits = pytest.mark.skipif(not (SPLITS / "pascal").is_dir(),
                                   reason=f"split lists not found at {SPLITS} (set FSSEG_SHARED_DATA)")
 needs_golden = pytest.mark.skipif(not GOLDEN.is_dir() or not (SPLITS / "pascal").is_dir(),

@@ -3,7 +3,6 @@ CLI override), the teacher cache, the curriculum with kill-and-resume, and DDP o
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import lightning as L
@@ -22,8 +21,7 @@ from tests.cli_utils import (
     read_metrics,
     run_fsseg,
 )
-
-SHARED = Path(os.environ.get("FSSEG_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+from tests.shared_data import SHARED
 
 
 def _curriculum_cbs(ckpt_dir: Path, cache_dir: Path, extra: str = "") -> list[str]:
