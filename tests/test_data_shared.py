@@ -18,9 +18,9 @@ from data_modules import (
     read_mask,
 )
 from data_modules.masks import detect_mask_encoding
+from tests.shared_data import SHARED
 
 REPO = Path(__file__).resolve().parents[1]
-from tests.shared_data import SHARED
 
 pytestmark = [
     pytest.mark.shared_data,

@@ -25,9 +25,9 @@ from data_modules.specialize import (
 )
 from fsseg.metrics import DatasetForegroundIoU, FewShotIoU, binarize_multiclass
 from fsseg.modules import SpecializeModule
+from tests.shared_data import SHARED
 
 REPO = Path(__file__).resolve().parents[1]
-from tests.shared_data import SHARED
 
 TINY = dict(variant="full", backbone="dinov2_tiny", image_size=56, decoder_dim=32, decoder_mlp_dim=64, decoder_heads=2)
 

@@ -14,9 +14,9 @@ from callbacks import PredictionWriter
 from fsseg.cli import run_cli
 from fsseg.export import SMALL_MODEL
 from fsseg.modules import FewShotModule
+from tests.shared_data import SHARED
 
 REPO = Path(__file__).resolve().parents[1]
-from tests.shared_data import SHARED
 
 EIFFEL = SHARED / "fss1000-eiffel"
 CONFIG = str(REPO / "lightning_configs" / "predict.yaml")

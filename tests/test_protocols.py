@@ -14,11 +14,11 @@ from data_modules import EpisodicDataModule, Pascal5i
 from data_modules.coco import read_pool_pickle
 from data_modules.pascal import read_class_file_dict
 from data_modules.protocols import HDMNET_SEEDS, PROTOCOLS
+from tests.shared_data import GOLDEN, SHARED
 
 from .cli_utils import CONFIGS, TINY_FEWSHOT, csv_logger, run_fsseg
 
 REPO = Path(__file__).resolve().parents[1]
-from tests.shared_data import GOLDEN, SHARED
 
 SPLITS = SHARED / "splits"
 needs_splits = pytest.mark.skipif(not (SPLITS / "pascal").is_dir(),

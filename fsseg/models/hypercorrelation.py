@@ -101,7 +101,13 @@ class HierarchicalGlobalModelingBlock(nn.Module):
 
 class _ShotFusedMHCM(nn.Module):
     """``forward`` of both MHCM sizes: contrastive enhancement, 4D volume, shot fusion, prior.
-    Subclasses provide ``contrast``, ``shot_fusion``, ``volume``, ``reduce`` and ``_run``."""
+    Subclasses provide ``contrast``, ``volume``, ``reduce`` and ``_run``."""
+
+    def __init__(self, shot_fusion: str) -> None:
+        super().__init__()
+        if shot_fusion not in SHOT_FUSIONS:
+            raise ValueError(f"shot_fusion must be one of {SHOT_FUSIONS}, got {shot_fusion!r}")
+        self.shot_fusion = shot_fusion
 
     def forward(self, fq: torch.Tensor, fs: torch.Tensor, support_masks: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
         B, K = fs.shape[:2]
@@ -133,10 +139,7 @@ class MambaHyperCorrelation(_ShotFusedMHCM):
         expand: int = 1,
         contrastive: bool = True,
     ):
-        super().__init__()
-        if shot_fusion not in SHOT_FUSIONS:
-            raise ValueError(f"shot_fusion must be one of {SHOT_FUSIONS}, got {shot_fusion!r}")
-        self.shot_fusion = shot_fusion
+        super().__init__(shot_fusion)
         self.corr = CorrelationVolume(corr_grid, mid_channels, support_masking)
         r2 = self.corr.r ** 2
         self.contrast = ContrastiveEnhancement() if contrastive else None
@@ -204,13 +207,11 @@ class CompactMambaHyperCorrelation(_ShotFusedMHCM):
         expand: int = 1,
         contrastive: bool = True,
     ):
-        super().__init__()
-        if shot_fusion not in SHOT_FUSIONS:
-            raise ValueError(f"shot_fusion must be one of {SHOT_FUSIONS}, got {shot_fusion!r}")
+        super().__init__(shot_fusion)
         if support_masking not in SUPPORT_MASKINGS:
             raise ValueError(f"support_masking must be one of {SUPPORT_MASKINGS}, got {support_masking!r}")
         self.g, self.r, self.s = corr_grid, math.ceil(corr_grid / 2), support_grid
-        self.shot_fusion, self.support_masking = shot_fusion, support_masking
+        self.support_masking = support_masking
         S = support_grid * support_grid
         self.contrast = ContrastiveEnhancement() if contrastive else None
         self.blocks = nn.ModuleList(
