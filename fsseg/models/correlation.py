@@ -27,7 +27,7 @@ before the convs; ``'mean_prior'`` runs the module per shot and averages the pri
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,9 @@ def correlation_volume(fq: torch.Tensor, fs: torch.Tensor, masks: torch.Tensor, 
     # fp32 cosines (fsseg.precision): in bf16 (8-bit mantissa) the dot products of normalised
     # C=768 vectors round to ~0.004, the size of the differences the 4D convs read
     with torch.autocast(fq.device.type, enabled=False):
+        corr = _bf16_cosine_volume(fq, fs, masks, g, support_masking) if _bf16_dot_applies(fq, fs, g) else None
+        if corr is not None:
+            return corr
         fq, fs = fq.float(), fs.float()
         q = F.normalize(_resize(fq, (g, g)), dim=1).flatten(2)  # [B,C,g*g]
         s = F.normalize(_resize(fs.flatten(0, 1), (g, g)), dim=1)  # [BK,C,g,g]
@@ -68,6 +71,51 @@ def correlation_volume(fq: torch.Tensor, fs: torch.Tensor, masks: torch.Tensor, 
         s = s.flatten(2).view(B, K, C, g * g)
         corr = torch.einsum("bkcs,bcq->bksq", s, q)  # support positions as channels
     return corr.reshape(B, K, g * g, g, g)
+
+
+def _bf16_dot_applies(fq: torch.Tensor, fs: torch.Tensor, g: int) -> bool:
+    """CPU features already on the g x g grid, no gradient wanted, AVX512-BF16 kernels here: try
+    ``_bf16_cosine_volume`` (which still checks that the values are bf16 numbers)."""
+    if fq.device.type != "cpu" or fq.shape[1] % 2 or fq.dtype not in (torch.float32, torch.bfloat16):
+        return False
+    if tuple(fq.shape[-2:]) != (g, g) or tuple(fs.shape[-2:]) != (g, g):
+        return False
+    if torch.is_grad_enabled() and (fq.requires_grad or fs.requires_grad):
+        return False
+    from fsseg.kernels import bf16_kernels_status
+
+    return bf16_kernels_status()[0]
+
+
+def _as_bf16_exactly(x: torch.Tensor) -> Optional[torch.Tensor]:
+    """``x`` in bf16 if every value is a bf16 number (features of an encoder that ran in bf16, upcast
+    to fp32 by the decoder), else None: rounding would change the cosines."""
+    if x.dtype == torch.bfloat16:
+        return x
+    y = x.to(torch.bfloat16)
+    return y if torch.equal(y.to(x.dtype), x) else None
+
+
+def _bf16_cosine_volume(fq: torch.Tensor, fs: torch.Tensor, masks: torch.Tensor, g: int,
+                        support_masking: str) -> Optional[torch.Tensor]:
+    """``correlation_volume`` for features whose values are bf16 numbers, the same numbers as its
+    fp32 path: their dot products are summed in fp32 by ``fsseg.kernels.bf16_scaled_dot`` at the bf16
+    matmul rate, then scaled by 1 / max(|f|, 1e-12) (``F.normalize``'s eps) and the support mask.
+    None when the values are not bf16 numbers (an fp32 encoder)."""
+    from fsseg.kernels import bf16_scaled_dot
+
+    B, K, C = fs.shape[:3]
+    q16, s16 = _as_bf16_exactly(fq), _as_bf16_exactly(fs)
+    if q16 is None or s16 is None:
+        return None
+    row_scale = 1.0 / torch.linalg.vector_norm(fs.float(), dim=2).clamp_min(1e-12)  # [B,K,g,g]
+    if support_masking == "features":
+        row_scale = row_scale * resize_masks(masks.flatten(0, 1), (g, g)).float().view(B, K, g, g)
+    col_scale = 1.0 / torch.linalg.vector_norm(fq.float(), dim=1).clamp_min(1e-12)  # [B,g,g]
+    rows = s16.flatten(3).transpose(-1, -2).reshape(B, K * g * g, C)  # (shot, support position) x C
+    cols = q16.flatten(2).transpose(1, 2)  # query position x C
+    corr = bf16_scaled_dot(rows, cols, row_scale.reshape(B, -1), col_scale.reshape(B, -1))
+    return corr.view(B, K, g * g, g, g)
 
 
 class CorrelationVolume(nn.Module):

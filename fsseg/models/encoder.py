@@ -31,6 +31,7 @@ from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
+from timm.layers import Attention as TimmAttention
 from torch import nn
 
 from .weights import CheckpointMismatchError, load_state_dict_file, resolve_checkpoint, strict_load
@@ -104,6 +105,50 @@ def interpolate_pos_encoding(patch_pos: torch.Tensor, grid: tuple[int, int], off
     return x.permute(0, 2, 3, 1).reshape(1, h * w, dim).to(patch_pos.dtype)
 
 
+def _runs_in_bf16(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True when a linear layer of ``weight`` on ``x`` computes in bf16 on the CPU (bf16 weights, or
+    fp32 weights under a bf16 CPU autocast)."""
+    if x.device.type != "cpu":
+        return False
+    if x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16:
+        return True
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+class DINOv2Attention(TimmAttention):
+    """timm's ViT attention (same parameters and state-dict keys) whose bf16 CPU passes run
+    ``fsseg.kernels.bf16_attention``: torch's CPU attention kernel is no faster in bf16 than in fp32
+    on CPUs without AMX, which made attention half of a bf16 DINOv2 pass (issue 15). Every other
+    case (fp32, GPU, gradients, masks, head size other than 64, no AVX512-BF16) is timm's forward.
+    ``bf16_kernel=False`` keeps timm's forward everywhere (``DINOv2Encoder(bf16_attention_kernel=...)``)."""
+
+    bf16_kernel: bool = True
+
+    def _kernel_applies(self, x: torch.Tensor, attn_mask, is_causal: bool) -> bool:
+        if not self.bf16_kernel or attn_mask is not None or is_causal or self.head_dim != 64:
+            return False
+        if self.gate is not None or not all(isinstance(m, nn.Identity) for m in (self.q_norm, self.k_norm, self.norm)):
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or self.qkv.weight.requires_grad):
+            return False  # the kernel has no backward
+        if self.training and self.attn_drop.p > 0:
+            return False
+        if not _runs_in_bf16(x, self.qkv.weight):
+            return False
+        from fsseg.kernels import bf16_kernels_status
+
+        return bf16_kernels_status()[0]
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
+        if not self._kernel_applies(x, attn_mask, is_causal):
+            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        from fsseg.kernels import bf16_attention
+
+        qkv = self.qkv(x)
+        out = bf16_attention(qkv.to(torch.bfloat16), self.num_heads, self.scale)
+        return self.proj_drop(self.proj(out))
+
+
 def build_dinov2_vit(arch: str = "dinov2_vitb14", img_size: int = 518, **overrides) -> nn.Module:
     from timm.layers import SwiGLUPacked
     from timm.models.vision_transformer import VisionTransformer
@@ -120,6 +165,7 @@ def build_dinov2_vit(arch: str = "dinov2_vitb14", img_size: int = 518, **overrid
         init_values=1e-5,
         num_classes=0,
         dynamic_img_size=True,
+        attn_layer=DINOv2Attention,
     )
     if a.reg_tokens:
         kw.update(reg_tokens=a.reg_tokens, no_embed_class=True)
@@ -154,6 +200,7 @@ class DINOv2Encoder(nn.Module):
         cache_dir: Optional[str] = None,
         tap_norm: bool = False,
         pos_interpolation: str = "official",
+        bf16_attention_kernel: bool = True,
         **overrides,
     ):
         super().__init__()
@@ -165,6 +212,10 @@ class DINOv2Encoder(nn.Module):
         if pos_interpolation == "official":
             img_size = PRETRAIN_IMG_SIZE  # keep the checkpoint's table; resample per input size
         self.vit = build_dinov2_vit(arch, img_size=img_size, **overrides)
+        self.bf16_attention_kernel = bf16_attention_kernel
+        for blk in self.vit.blocks:
+            if isinstance(blk.attn, DINOv2Attention):
+                blk.attn.bf16_kernel = bf16_attention_kernel
         depth = len(self.vit.blocks)
         if not 1 <= tap_block <= depth:
             raise ValueError(f"tap_block must be in [1, {depth}], got {tap_block}")

@@ -1,0 +1,330 @@
+// bf16 kernels for x86 CPUs with AVX512-BF16 (Zen 4+, Cooper Lake+), where torch has none fast enough.
+//
+// 1. bf16_attention: exact softmax attention for bf16 ViT tokens.
+// 2. bf16_scaled_dot: fp32 dot products of bf16 rows (the 4D correlation's cosines, see below).
+//
+// bf16_attention. Why it exists: torch's CPU flash-attention kernel runs bf16 no faster than fp32 on CPUs without
+// AMX (about 120-150 GFLOP/s on 2 Zen 4 cores for DINOv2-B at 518), so in a bf16 DINOv2 pass
+// attention takes as long as every linear layer together (issue 15). This kernel computes
+// the same function with the CPU's bf16 dot-product instruction (vdpbf16ps):
+//   S = scale * Q K^T      bf16 products accumulated in fp32 (never rounded to bf16)
+//   P = exp(S - rowmax)    fp32, then rounded to bf16 for the second product (as torch's bf16 kernel)
+//   O = (P V) / rowsum     fp32 accumulation and fp32 row sums; O rounded to bf16 once.
+// A query block's whole score rows stay in L2 (no online rescaling: one image has at most a few
+// thousand tokens).
+//
+// Input: qkv [B, N, 3, H, 64] bf16 contiguous (the output of timm's Attention.qkv, as is).
+// Output: [B, N, H * 64] bf16 (the layout Attention.proj reads).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kHeadDim = 64;
+constexpr int64_t kPairs = kHeadDim / 2;  // 32-bit words (bf16 pairs) per head row
+constexpr int64_t kKeyTile = 16;          // keys per score vector
+constexpr int64_t kQueryBlock = 24;       // query rows per task: score rows stay in L2
+constexpr int64_t kRowsQK = 8;            // rows per Q K^T micro-tile (8 x 2 tiles = 16 accumulators)
+constexpr int64_t kRowsPV = 6;            // rows per P V micro-tile (6 x 4 vectors = 24 accumulators)
+static_assert(kQueryBlock % kRowsQK == 0 && kQueryBlock % kRowsPV == 0, "query block");
+
+inline __m512bh as_bh(__m512i v) { return (__m512bh)v; }
+
+// e^x for x <= 0 (fp32, about 1 ulp): n = round(x / ln 2), r = x - n ln 2, Taylor to r^6, times 2^n.
+inline __m512 exp_nonpositive(__m512 x) {
+  const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
+  const __m512 ln2_hi = _mm512_set1_ps(0.693359375f);
+  const __m512 ln2_lo = _mm512_set1_ps(-2.12194440e-4f);
+  x = _mm512_max_ps(x, _mm512_set1_ps(-88.0f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, ln2_hi, x);
+  r = _mm512_fnmadd_ps(n, ln2_lo, r);
+  __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// K of one head -> [tiles][32 pairs][16 keys] words: a 16-key tile's pair p is one vector.
+void pack_keys(const uint16_t* qkv, int64_t b, int64_t h, int64_t N, int64_t H, int64_t tiles, uint32_t* out) {
+  const int64_t row = 3 * H * kHeadDim;
+  for (int64_t t = 0; t < tiles; ++t)
+    for (int64_t j = 0; j < kKeyTile; ++j) {
+      const int64_t n = t * kKeyTile + j;
+      const uint32_t* src = n < N ? reinterpret_cast<const uint32_t*>(qkv + (b * N + n) * row + (H + h) * kHeadDim) : nullptr;
+      for (int64_t p = 0; p < kPairs; ++p) out[(t * kPairs + p) * kKeyTile + j] = src ? src[p] : 0u;
+    }
+}
+
+// V of one head -> [key pairs][64 dims] words (V[2q][d], V[2q+1][d]): the VNNI layout of P V's right side.
+void pack_values(const uint16_t* qkv, int64_t b, int64_t h, int64_t N, int64_t H, int64_t key_pairs, uint16_t* out) {
+  const int64_t row = 3 * H * kHeadDim;
+  for (int64_t q = 0; q < key_pairs; ++q)
+    for (int64_t e = 0; e < 2; ++e) {
+      const int64_t n = 2 * q + e;
+      const uint16_t* src = n < N ? qkv + (b * N + n) * row + (2 * H + h) * kHeadDim : nullptr;
+      for (int64_t d = 0; d < kHeadDim; ++d) out[(q * kHeadDim + d) * 2 + e] = src ? src[d] : uint16_t(0);
+    }
+}
+
+// scores[r][0, tiles*16) = scale * Q[r] . K[j] for kRowsQK rows (q: [rows][32 words]).
+void scores_micro(const uint32_t* q, const uint32_t* kp, int64_t tiles, int64_t ld, float scale, float* scores) {
+  const __m512 vs = _mm512_set1_ps(scale);
+  int64_t t = 0;
+  for (; t + 2 <= tiles; t += 2) {
+    __m512 acc[kRowsQK][2];
+    for (int r = 0; r < kRowsQK; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    const uint32_t* k0 = kp + t * kPairs * kKeyTile;
+    const uint32_t* k1 = k0 + kPairs * kKeyTile;
+    for (int64_t p = 0; p < kPairs; ++p) {
+      const __m512i b0 = _mm512_loadu_si512(k0 + p * kKeyTile);
+      const __m512i b1 = _mm512_loadu_si512(k1 + p * kKeyTile);
+      for (int r = 0; r < kRowsQK; ++r) {
+        const __m512i a = _mm512_set1_epi32(static_cast<int>(q[r * kPairs + p]));
+        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], as_bh(a), as_bh(b0));
+        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], as_bh(a), as_bh(b1));
+      }
+    }
+    for (int r = 0; r < kRowsQK; ++r) {
+      _mm512_storeu_ps(scores + r * ld + t * kKeyTile, _mm512_mul_ps(acc[r][0], vs));
+      _mm512_storeu_ps(scores + r * ld + (t + 1) * kKeyTile, _mm512_mul_ps(acc[r][1], vs));
+    }
+  }
+  if (t < tiles) {  // odd tile count: the last tile alone
+    __m512 acc[kRowsQK];
+    for (int r = 0; r < kRowsQK; ++r) acc[r] = _mm512_setzero_ps();
+    const uint32_t* k0 = kp + t * kPairs * kKeyTile;
+    for (int64_t p = 0; p < kPairs; ++p) {
+      const __m512i b0 = _mm512_loadu_si512(k0 + p * kKeyTile);
+      for (int r = 0; r < kRowsQK; ++r) {
+        const __m512i a = _mm512_set1_epi32(static_cast<int>(q[r * kPairs + p]));
+        acc[r] = _mm512_dpbf16_ps(acc[r], as_bh(a), as_bh(b0));
+      }
+    }
+    for (int r = 0; r < kRowsQK; ++r) _mm512_storeu_ps(scores + r * ld + t * kKeyTile, _mm512_mul_ps(acc[r], vs));
+  }
+}
+
+// One score row -> bf16 exp(s - max) over the N real keys (padding keys get 0); returns the fp32 sum.
+float softmax_row(const float* s, int64_t N, int64_t padded, uint16_t* p) {
+  __m512 vmax = _mm512_set1_ps(-INFINITY);
+  int64_t j = 0;
+  for (; j + 16 <= N; j += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(s + j));
+  const __mmask16 tail = static_cast<__mmask16>((1u << (N - j)) - 1u);
+  if (j < N) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail, s + j));
+  const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+  __m512 vsum = _mm512_setzero_ps();
+  for (j = 0; j + 16 <= N; j += 16) {
+    const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s + j), m));
+    vsum = _mm512_add_ps(vsum, e);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), (__m256i)_mm512_cvtneps_pbh(e));
+  }
+  if (j < N) {
+    const __m512 e = _mm512_maskz_mov_ps(tail, exp_nonpositive(_mm512_sub_ps(_mm512_mask_loadu_ps(m, tail, s + j), m)));
+    vsum = _mm512_add_ps(vsum, e);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), (__m256i)_mm512_cvtneps_pbh(e));
+    j += 16;
+  }
+  for (; j < padded; j += 16) _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), _mm256_setzero_si256());
+  return _mm512_reduce_add_ps(vsum);
+}
+
+// out[r][0:64] = bf16((P[r] V) * inv_sum[r]) for kRowsPV rows (p: rows of `ld` bf16; vp: packed V).
+void values_micro(const uint16_t* p, int64_t ld, const uint32_t* vp, int64_t key_pairs, const float* inv_sum,
+                  uint16_t* const* out) {
+  __m512 acc[kRowsPV][4];
+  for (int r = 0; r < kRowsPV; ++r)
+    for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int64_t q = 0; q < key_pairs; ++q) {
+    const uint32_t* v = vp + q * kHeadDim;
+    const __m512i b0 = _mm512_loadu_si512(v), b1 = _mm512_loadu_si512(v + 16), b2 = _mm512_loadu_si512(v + 32),
+                  b3 = _mm512_loadu_si512(v + 48);
+    for (int r = 0; r < kRowsPV; ++r) {
+      uint32_t word;
+      std::memcpy(&word, p + r * ld + 2 * q, sizeof(word));
+      const __m512i a = _mm512_set1_epi32(static_cast<int>(word));
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], as_bh(a), as_bh(b0));
+      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], as_bh(a), as_bh(b1));
+      acc[r][2] = _mm512_dpbf16_ps(acc[r][2], as_bh(a), as_bh(b2));
+      acc[r][3] = _mm512_dpbf16_ps(acc[r][3], as_bh(a), as_bh(b3));
+    }
+  }
+  for (int r = 0; r < kRowsPV; ++r) {
+    if (out[r] == nullptr) continue;  // a padding row of the last block
+    const __m512 inv = _mm512_set1_ps(inv_sum[r]);
+    for (int c = 0; c < 4; ++c)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[r] + 16 * c),
+                          (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(acc[r][c], inv)));
+  }
+}
+
+at::Tensor bf16_attention(const at::Tensor& qkv, int64_t num_heads, double scale) {
+  TORCH_CHECK(qkv.device().is_cpu() && qkv.scalar_type() == at::kBFloat16, "bf16_attention: needs a bf16 CPU tensor");
+  TORCH_CHECK(qkv.dim() == 3 && qkv.size(2) == 3 * num_heads * kHeadDim,
+              "bf16_attention: qkv must be [B, N, 3 * heads * 64], got ", qkv.sizes());
+  const at::Tensor x = qkv.contiguous();
+  const int64_t B = x.size(0), N = x.size(1), H = num_heads;
+  const int64_t tiles = (N + kKeyTile - 1) / kKeyTile, padded = tiles * kKeyTile, key_pairs = padded / 2;
+  const int64_t blocks = (N + kQueryBlock - 1) / kQueryBlock;
+  const uint16_t* src = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  at::Tensor keys = at::empty({B * H, padded * kPairs}, x.options().dtype(at::kInt));
+  at::Tensor values = at::empty({B * H, padded * kPairs}, x.options().dtype(at::kInt));
+  at::Tensor out = at::empty({B, N, H * kHeadDim}, x.options());
+  uint32_t* kp = reinterpret_cast<uint32_t*>(keys.data_ptr<int32_t>());
+  uint32_t* vp = reinterpret_cast<uint32_t*>(values.data_ptr<int32_t>());
+  uint16_t* dst = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bh = begin; bh < end; ++bh) {
+      pack_keys(src, bh / H, bh % H, N, H, tiles, kp + bh * padded * kPairs);
+      pack_values(src, bh / H, bh % H, N, H, key_pairs, reinterpret_cast<uint16_t*>(vp + bh * padded * kPairs));
+    }
+  });
+  const int64_t row = 3 * H * kHeadDim;
+  at::parallel_for(0, B * H * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint32_t> q(kQueryBlock * kPairs);
+    std::vector<float> scores(kQueryBlock * padded), inv_sum(kQueryBlock);
+    std::vector<uint16_t> probs(kQueryBlock * padded);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bh = task / blocks, b = bh / H, h = bh % H, n0 = (task % blocks) * kQueryBlock;
+      for (int64_t r = 0; r < kQueryBlock; ++r) {  // the block's queries, zero rows past N
+        const int64_t n = n0 + r;
+        if (n < N) std::memcpy(&q[r * kPairs], src + (b * N + n) * row + h * kHeadDim, kHeadDim * sizeof(uint16_t));
+        else std::memset(&q[r * kPairs], 0, kHeadDim * sizeof(uint16_t));
+      }
+      const uint32_t* k = kp + bh * padded * kPairs;
+      for (int64_t r = 0; r < kQueryBlock; r += kRowsQK)
+        scores_micro(&q[r * kPairs], k, tiles, padded, static_cast<float>(scale), &scores[r * padded]);
+      for (int64_t r = 0; r < kQueryBlock; ++r)
+        inv_sum[r] = 1.0f / softmax_row(&scores[r * padded], N, padded, &probs[r * padded]);
+      for (int64_t r = 0; r < kQueryBlock; r += kRowsPV) {
+        uint16_t* rows[kRowsPV];
+        for (int64_t i = 0; i < kRowsPV; ++i) {
+          const int64_t n = n0 + r + i;
+          rows[i] = n < N ? dst + (b * N + n) * H * kHeadDim + h * kHeadDim : nullptr;
+        }
+        values_micro(&probs[r * padded], padded, vp + bh * padded * kPairs, key_pairs, &inv_sum[r], rows);
+      }
+    }
+  });
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// bf16_scaled_dot: out[b, i, j] = row_scale[b, i] * col_scale[b, j] * sum_c a[b, i, c] * b[b, j, c]
+// with a, b bf16 and every product and sum in fp32 (vdpbf16ps products of bf16 are exact in fp32):
+// the same numbers as an fp32 matmul of the bf16 values, at the bf16 rate. torch has no CPU matmul
+// of bf16 inputs with an fp32 result (mm's out_dtype is CUDA-only), and a bf16 result would round
+// the correlation's cosines to 8 bits (FS-DINO's 4D correlation, fsseg/models/correlation.py).
+constexpr int64_t kColumnChunk = 128;  // 8 column tiles: a chunk of packed b (C=768: 192 KiB) stays in L2
+constexpr int64_t kRowBlock = 64;      // rows per task
+
+// b rows [n0, n0 + 128) of one batch -> [tiles][pairs][16] words (zero columns past n).
+void pack_columns(const uint32_t* b, int64_t n, int64_t pairs, int64_t n0, uint32_t* out) {
+  for (int64_t t = 0; t < kColumnChunk / kKeyTile; ++t)
+    for (int64_t j = 0; j < kKeyTile; ++j) {
+      const int64_t col = n0 + t * kKeyTile + j;
+      const uint32_t* src = col < n ? b + col * pairs : nullptr;
+      for (int64_t p = 0; p < pairs; ++p) out[(t * pairs + p) * kKeyTile + j] = src ? src[p] : 0u;
+    }
+}
+
+// acc for kRowsQK rows x 2 column tiles of the packed chunk, then scaled and stored (valid columns only).
+void dot_micro(const uint32_t* a, int64_t pairs, const uint32_t* packed, int64_t t, const float* rs,
+               const float* cs, int64_t cols, float* out, int64_t ld, int64_t rows) {
+  __m512 acc[kRowsQK][2];
+  for (int r = 0; r < kRowsQK; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  const uint32_t* k0 = packed + t * pairs * kKeyTile;
+  const uint32_t* k1 = k0 + pairs * kKeyTile;
+  for (int64_t p = 0; p < pairs; ++p) {
+    const __m512i b0 = _mm512_loadu_si512(k0 + p * kKeyTile);
+    const __m512i b1 = _mm512_loadu_si512(k1 + p * kKeyTile);
+    for (int r = 0; r < kRowsQK; ++r) {
+      const __m512i av = _mm512_set1_epi32(static_cast<int>(a[r * pairs + p]));
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], as_bh(av), as_bh(b0));
+      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], as_bh(av), as_bh(b1));
+    }
+  }
+  for (int c = 0; c < 2; ++c) {
+    const int64_t left = cols - (t + c) * kKeyTile;
+    if (left <= 0) break;
+    const __mmask16 m = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+    const __m512 csv = _mm512_maskz_loadu_ps(m, cs + (t + c) * kKeyTile);
+    for (int r = 0; r < rows; ++r)
+      _mm512_mask_storeu_ps(out + r * ld + (t + c) * kKeyTile, m,
+                            _mm512_mul_ps(_mm512_mul_ps(acc[r][c], csv), _mm512_set1_ps(rs[r])));
+  }
+}
+
+at::Tensor bf16_scaled_dot(const at::Tensor& a, const at::Tensor& b, const at::Tensor& row_scale,
+                           const at::Tensor& col_scale) {
+  TORCH_CHECK(a.device().is_cpu() && a.scalar_type() == at::kBFloat16 && b.scalar_type() == at::kBFloat16,
+              "bf16_scaled_dot: a and b must be bf16 CPU tensors");
+  TORCH_CHECK(a.dim() == 3 && b.dim() == 3 && a.size(0) == b.size(0) && a.size(2) == b.size(2) && a.size(2) % 2 == 0,
+              "bf16_scaled_dot: a [B, M, C] and b [B, N, C] with even C, got ", a.sizes(), " and ", b.sizes());
+  const int64_t B = a.size(0), M = a.size(1), N = b.size(1), C = a.size(2), pairs = C / 2;
+  const at::Tensor av = a.contiguous(), bv = b.contiguous();
+  const at::Tensor rs = row_scale.to(at::kFloat).contiguous().view({B, M});
+  const at::Tensor cs = col_scale.to(at::kFloat).contiguous().view({B, N});
+  const int64_t chunks = (N + kColumnChunk - 1) / kColumnChunk, row_blocks = (M + kRowBlock - 1) / kRowBlock;
+  at::Tensor packed = at::empty({B, chunks, kColumnChunk * pairs}, av.options().dtype(at::kInt));
+  at::Tensor out = at::empty({B, M, N}, av.options().dtype(at::kFloat));
+  const uint32_t* ap = reinterpret_cast<const uint32_t*>(av.data_ptr<at::BFloat16>());
+  const uint32_t* bp = reinterpret_cast<const uint32_t*>(bv.data_ptr<at::BFloat16>());
+  uint32_t* pk = reinterpret_cast<uint32_t*>(packed.data_ptr<int32_t>());
+  const float* rsp = rs.data_ptr<float>();
+  const float* csp = cs.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, B * chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i)
+      pack_columns(bp + (i / chunks) * N * pairs, N, pairs, (i % chunks) * kColumnChunk, pk + i * kColumnChunk * pairs);
+  });
+  at::parallel_for(0, B * row_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint32_t> rows_buf(kRowsQK * pairs);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t bi = task / row_blocks, m0 = (task % row_blocks) * kRowBlock;
+      const int64_t m1 = std::min(M, m0 + kRowBlock);
+      for (int64_t c = 0; c < chunks; ++c) {
+        const uint32_t* chunk = pk + (bi * chunks + c) * kColumnChunk * pairs;
+        const int64_t n0 = c * kColumnChunk, cols = std::min(kColumnChunk, N - n0);
+        for (int64_t r0 = m0; r0 < m1; r0 += kRowsQK) {
+          const int64_t rows = std::min<int64_t>(kRowsQK, m1 - r0);
+          const uint32_t* arows = ap + (bi * M + r0) * pairs;
+          if (rows < kRowsQK) {  // last rows of the block: zero-padded copy
+            std::fill(rows_buf.begin(), rows_buf.end(), 0u);
+            std::memcpy(rows_buf.data(), arows, rows * pairs * sizeof(uint32_t));
+            arows = rows_buf.data();
+          }
+          for (int64_t t = 0; t * kKeyTile < cols; t += 2)
+            dot_micro(arows, pairs, chunk, t, rsp + bi * M + r0, csp + bi * N + n0, cols, op + (bi * M + r0) * N + n0,
+                      N, rows);
+        }
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(fsseg_kernels, m) {
+  m.def("bf16_attention(Tensor qkv, int num_heads, float scale) -> Tensor");
+  m.def("bf16_scaled_dot(Tensor a, Tensor b, Tensor row_scale, Tensor col_scale) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(fsseg_kernels, CPU, m) {
+  m.impl("bf16_attention", &bf16_attention);
+  m.impl("bf16_scaled_dot", &bf16_scaled_dot);
+}

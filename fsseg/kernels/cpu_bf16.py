@@ -1,0 +1,105 @@
+"""Build and call ``bf16_kernels.cpp``: AVX512-BF16 attention for DINOv2's bf16 passes and fp32-exact
+dot products of bf16 features for the 4D correlation, on CPU.
+
+The kernel is compiled on first use with torch's extension builder (g++ and ninja; about 15 s) into
+``$XDG_CACHE_HOME/fsseg/kernels/<torch version>-<source hash>`` (``~/.cache`` by default); later processes
+load the built library. Where it cannot run (a CPU without ``avx512_bf16``, no compiler) the callers
+use torch's own ops instead (``scaled_dot_product_attention``; an fp32 matmul), and a warning says once
+why: the results are the same function at the same precision, only slower.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("bf16_kernels.cpp")
+HEAD_DIM = 64  # the kernel's head size: every DINOv2 (ViT-S/B/L/g) has 64-dim heads
+# the instructions the kernel is compiled for: AVX-512 foundation + the bf16 dot product
+REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16")
+_CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma",
+           "-fopenmp"]  # -fopenmp: at::parallel_for is an OpenMP region compiled into this library
+
+_lock = threading.Lock()
+_state: dict = {}  # "ok": bool, "reason": str
+
+
+def _build_dir() -> Path:
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(_CFLAGS).encode()).hexdigest()[:12]
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fsseg" / "kernels"
+    return root / f"torch{torch.__version__.replace('+', '_')}-{digest}"
+
+
+def missing_cpu_flags(flags: Optional[Iterable[str]] = None) -> list:
+    """The ``REQUIRED_CPU_FLAGS`` this CPU lacks (``flags``: a simulated flag set, for tests)."""
+    from fsseg.precision import cpu_flags
+
+    have = set(cpu_flags() if flags is None else flags)
+    return [f for f in REQUIRED_CPU_FLAGS if f not in have]
+
+
+def bf16_kernels_status(cpu_flag_set: Optional[Iterable[str]] = None) -> tuple:
+    """``(usable, reason)``; builds (or loads) the kernel the first time it is asked on this CPU.
+    ``cpu_flag_set`` simulates another CPU (nothing is built then)."""
+    if cpu_flag_set is not None:
+        miss = missing_cpu_flags(cpu_flag_set)
+        return (False, f"the CPU lacks {', '.join(miss)}") if miss else (True, "")
+    with _lock:
+        if not _state:
+            _state.update(_load())
+            if not _state["ok"]:
+                log.warning("fsseg bf16 kernels not used (%s): DINOv2's bf16 attention and the 4D correlation "
+                            "run in torch's ops, same results, slower", _state["reason"])
+    return _state["ok"], _state["reason"]
+
+
+def _load() -> dict:
+    miss = missing_cpu_flags()
+    if miss:
+        return dict(ok=False, reason=f"the CPU lacks {', '.join(miss)}")
+    if hasattr(torch.ops.fsseg_kernels, "bf16_scaled_dot"):  # already loaded in this process
+        return dict(ok=True, reason="")
+    try:
+        from torch.utils.cpp_extension import load
+
+        build = _build_dir()
+        build.mkdir(parents=True, exist_ok=True)
+        if not any(build.glob("*.so")):
+            log.warning("compiling fsseg's bf16 CPU kernels into %s (once; about 20 s)", build)
+        load(name="fsseg_bf16_kernels", sources=[str(SOURCE)], extra_cflags=_CFLAGS, extra_ldflags=["-fopenmp"],
+             build_directory=str(build), is_python_module=False, verbose=False)
+    except Exception as e:  # no compiler / ninja, or a failed build: say why, run torch's attention
+        return dict(ok=False, reason=f"build failed: {type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}")
+    return dict(ok=True, reason="")
+
+
+def bf16_attention(qkv: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
+    """Softmax attention of ``qkv`` ``[B, N, 3 * num_heads * 64]`` bf16 (timm ``Attention.qkv``'s output)
+    -> ``[B, N, num_heads * 64]`` bf16. Scores, softmax and sums in fp32; P rounded to bf16 for the
+    second product, as torch's bf16 CPU kernel does. Raises where ``bf16_kernels_status`` is False."""
+    _require()
+    return torch.ops.fsseg_kernels.bf16_attention(qkv, int(num_heads), float(scale))
+
+
+def bf16_scaled_dot(a: torch.Tensor, b: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor) -> torch.Tensor:
+    """``out[n, i, j] = row_scale[n, i] * col_scale[n, j] * <a[n, i], b[n, j]>`` for bf16 ``a [B, M, C]``,
+    ``b [B, N, C]`` (C even), fp32 scales ``[B, M]``, ``[B, N]`` -> fp32 ``[B, M, N]``: every product and
+    sum in fp32, i.e. an fp32 matmul of the bf16 values at the bf16 rate."""
+    _require()
+    return torch.ops.fsseg_kernels.bf16_scaled_dot(a, b, row_scale, col_scale)
+
+
+def _require() -> None:
+    ok, reason = bf16_kernels_status()
+    if not ok:
+        raise RuntimeError(f"fsseg bf16 kernels unavailable: {reason}")
+
+
+__all__ = ["bf16_attention", "bf16_scaled_dot", "bf16_kernels_status", "missing_cpu_flags", "REQUIRED_CPU_FLAGS", "HEAD_DIM"]
