@@ -10,6 +10,9 @@
                           ``amx_bf16`` in ``/proc/cpuinfo``) and on a GPU that supports bf16, else ``32``
 ========================  ================================================================================
 
+On a CPU with AVX512-BF16, bf16 DINOv2 attention and the correlation's dot products run in
+``fsseg.kernels`` (compiled on first use; torch's ops elsewhere, same functions and precision).
+
 Plain torch (no Lightning): ``fsseg.models`` uses it too. Lightning's ``Trainer(precision=...)``
 takes the resolved strings unchanged (``32`` is Lightning's ``32-true``).
 """

@@ -173,3 +173,20 @@ def test_parameter_counts_dinov2_b_518():
     assert count(full.encoder) > 80e6
     table = parameter_table()
     assert "4D correlation" in table and "compact" in table
+
+
+@pytest.mark.parametrize("masking", ["features", "none"])
+def test_shot_mean_volume_is_the_mean_of_the_shot_volumes(masking):
+    # the correlation is linear in the normalised, masked support features: the mean_corr fusion
+    # computes one volume of the mean support instead of K volumes (fsseg/models/correlation.py)
+    from fsseg.models.correlation import correlation_volume
+
+    gen = torch.Generator().manual_seed(0)
+    fq, fs = torch.randn(2, 32, 12, 12, generator=gen), torch.randn(2, 4, 32, 12, 12, generator=gen)
+    masks = (torch.rand(2, 4, 48, 48, generator=gen) > 0.6).float()
+    per_shot = correlation_volume(fq, fs, masks, 9, masking)
+    mean = correlation_volume(fq, fs, masks, 9, masking, shot_mean=True)
+    assert per_shot.shape == (2, 4, 81, 9, 9) and mean.shape == (2, 1, 81, 9, 9)
+    torch.testing.assert_close(mean, per_shot.mean(dim=1, keepdim=True), rtol=0, atol=1e-6)
+    one = correlation_volume(fq, fs[:, :1], masks[:, :1], 9, masking, shot_mean=True)
+    assert torch.equal(one, correlation_volume(fq, fs[:, :1], masks[:, :1], 9, masking))

@@ -113,9 +113,10 @@ class _ShotFusedMHCM(nn.Module):
         B, K = fs.shape[:2]
         if self.contrast is not None:
             sim = self.contrast(fq, fs, support_masks, sim)
-        vol = self.volume(fq, fs, support_masks)
-        if self.shot_fusion == "mean_corr":
-            prior = self._run(self.reduce(vol.mean(dim=1)), sim)
+        mean_corr = self.shot_fusion == "mean_corr"
+        vol = self.volume(fq, fs, support_masks, shot_mean=mean_corr)
+        if mean_corr:
+            prior = self._run(self.reduce(vol[:, 0]), sim)
         else:
             prior = self._run(self.reduce(vol.flatten(0, 1)), sim.repeat_interleave(K, dim=0))
             prior = prior.view(B, K, *prior.shape[1:]).mean(dim=1)
@@ -152,8 +153,8 @@ class MambaHyperCorrelation(_ShotFusedMHCM):
     def corr_grid(self) -> int:
         return self.corr.g
 
-    def volume(self, fq: torch.Tensor, fs: torch.Tensor, support_masks: torch.Tensor) -> torch.Tensor:
-        return self.corr.volume(fq, fs, support_masks)
+    def volume(self, fq: torch.Tensor, fs: torch.Tensor, support_masks: torch.Tensor, shot_mean: bool = False) -> torch.Tensor:
+        return self.corr.volume(fq, fs, support_masks, shot_mean)
 
     def reduce(self, vol: torch.Tensor) -> torch.Tensor:
         return self.corr(vol)
@@ -223,8 +224,8 @@ class CompactMambaHyperCorrelation(_ShotFusedMHCM):
     def corr_grid(self) -> int:
         return self.g
 
-    def volume(self, fq: torch.Tensor, fs: torch.Tensor, support_masks: torch.Tensor) -> torch.Tensor:
-        return correlation_volume(fq, fs, support_masks, self.g, self.support_masking)
+    def volume(self, fq: torch.Tensor, fs: torch.Tensor, support_masks: torch.Tensor, shot_mean: bool = False) -> torch.Tensor:
+        return correlation_volume(fq, fs, support_masks, self.g, self.support_masking, shot_mean)
 
     def reduce(self, vol: torch.Tensor) -> torch.Tensor:
         """``[N, g*g (support), g, g (query)]`` -> ``[N, s*s, r, r]`` by average pooling (no parameters)."""
