@@ -206,6 +206,11 @@ def write_markdown(cfg: dict, res: dict, path: Path) -> None:
                  + ", ".join(f"**{PREC_LABEL.get(p, p)} {v['gflops']:.0f} GFLOP/s**" for p, v in pk.items())
                  + (f" (bf16/fp32 {pk['bf16-mixed']['gflops'] / pk['32']['gflops']:.2f}x)" if "bf16-mixed" in pk else "")
                  + ". Every inference row's GFLOP/s is read against the peak of its own precision.")
+        if any("measured" in v for v in pk.values()):
+            L.append("The peak is the higher of two measurements, at the start of the run and in the inference "
+                     "process just before its rows (the fp32 rate of this shared machine moves between minutes): "
+                     + "; ".join(f"{PREC_LABEL.get(p, p)} " + ", ".join(f"{k} {g:.0f}" for k, g in v["measured"].items())
+                                 for p, v in pk.items() if "measured" in v) + " GFLOP/s.")
     L.append("")
     L.append("Every latency is the median of the timed runs listed (after warm-up). Peak memory: "
              f"{res['inference'].get('cpu', {}).get('mem_method', 'n/a')} (extra memory for the computation, "
