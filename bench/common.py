@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 RESULT_TAG = "BENCH_RESULT "
@@ -107,28 +107,44 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _time_once(fn: Callable[[], object], device: str) -> float:
+    """Seconds of one call; on a GPU timed with CUDA events around it and a synchronize (kernels are async)."""
+    if device == "cuda":
+        import torch
+
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1000.0
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def timeit(fn: Callable[[], object], warmup: int, reps: int, device: str = "cpu") -> dict:
-    """The one timing helper: ``warmup`` untimed calls, then ``reps`` timed ones; median/min/max.
-    On a GPU each call is timed with CUDA events around it and a synchronize (kernels are async)."""
+    """The one timing helper: ``warmup`` untimed calls, then ``reps`` timed ones; median/min/max."""
     for _ in range(warmup):
         fn()
     sync(device)
-    times = []
-    for _ in range(reps):
-        if device == "cuda":
-            import torch
+    return summarize([_time_once(fn, device) for _ in range(reps)], warmup)
 
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+
+def timeit_interleaved(fns: Dict[str, Callable[[], object]], warmup: int, reps: int, device: str = "cpu") -> Dict[str, dict]:
+    """``timeit`` for several functions compared with each other (fp32 vs bf16 of one model): their
+    timed calls alternate (order reversed every round), so a slow minute of a shared machine hits
+    them alike instead of whichever happened to run then."""
+    for fn in fns.values():
+        for _ in range(warmup):
             fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1000.0)
-            continue
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return summarize(times, warmup)
+    sync(device)
+    times: Dict[str, List[float]] = {k: [] for k in fns}
+    keys = list(fns)
+    for rep in range(reps):
+        for k in keys if rep % 2 == 0 else keys[::-1]:
+            times[k].append(_time_once(fns[k], device))
+    return {k: summarize(t, warmup) for k, t in times.items()}
 
 
 def summarize(times: List[float], warmup: int = 0) -> dict:

@@ -16,6 +16,7 @@ from bench.common import (
     rand_inputs,
     run_worker,
     timeit,
+    timeit_interleaved,
     worker_main,
 )
 
@@ -89,72 +90,82 @@ def worker(spec: dict) -> dict:
         # built outside inference_mode: its adapter is trained afterwards
         dm = DistillationModule(backbone=cfg["backbone"], teacher=spec["variant"], resolution=size).to(device)
     if kind == "dino":
+        import copy
+
+        from bench.machine import matmul_peak
         from fsseg.models import DINOv2Encoder
         from fsseg.precision import hold_frozen_in
 
+        precs = spec["precisions"]
         enc = DINOv2Encoder(cfg["backbone"], img_size=size).to(device)
         models = {v: build_fsdino_cfg(cfg, v, size).to(device) for v in cfg["variants"]}
         inputs = {K: rand_inputs(1, K, size, device) for K in cfg["shots"]}
-        out["floor"] = dict(params=n_params(enc), configs={}, flops={})
+        out["floor"] = dict(params=n_params(enc), configs={p: {} for p in precs}, flops={})
         out["fsdino"] = {}
         for v, m in models.items():
             parts = {k: n_params(p) for k, p in m.parts().items()}
             out["fsdino"][v] = dict(params=n_params(m), params_parts=parts, flops={}, agreement_vs_fp32={},
-                                    params_segmenter=n_params(m) - parts["encoder"], configs={})
+                                    params_segmenter=n_params(m) - parts["encoder"], configs={p: {} for p in precs})
         mem = PeakMemory(device)
-        fp32_masks = {}
         with torch.inference_mode():
             for K in cfg["shots"]:  # FLOPs once per model and K (the same in every precision)
                 q, s, mk = inputs[K]
                 out["floor"]["flops"][str(K)] = count_flops(lambda q=q, s=s: (enc(q), enc(s.flatten(0, 1))))
                 for v, m in models.items():
                     out["fsdino"][v]["flops"][str(K)] = count_flops(lambda m=m, q=q, s=s, mk=mk: m(q, s, mk))
-            for prec in spec["precisions"]:
-                # the peak again, in this process just before its rows: on a shared machine the fp32 rate
-                # moves by tens of percent between minutes, and a peak taken at a slow moment would put
-                # rows above 100% (bench.machine's start-of-run peak is the other measurement)
-                from bench.machine import matmul_peak
-
-                out.setdefault("window_peak", {})[prec] = matmul_peak(prec, device)
-                if prec != "32":  # the frozen DINOv2 held in bf16 weights, as FSDINO.set_precision does
-                    hold_frozen_in(enc, prec)
-                    for m in models.values():
-                        m.set_precision(prec)
-                out["floor"]["configs"][prec] = {}
-                for v in models:
-                    out["fsdino"][v]["configs"][prec] = {}
-                for i, K in enumerate(cfg["shots"]):  # increasing size
-                    q, s, mk = inputs[K]
-                    reps = cfg["reps"] if i == 0 else cfg["reps_large"]
+        # one copy of every model per precision (the frozen DINOv2 held in bf16 weights, as
+        # FSDINO.set_precision does), so that each row's precisions are timed in alternation: on a
+        # shared machine minutes apart is not the same machine, and the speed-up is what is read
+        encs, nets = {"32": enc}, {"32": models}
+        for p in precs:
+            if p != "32":
+                encs[p] = hold_frozen_in(copy.deepcopy(enc), p)
+                nets[p] = {v: copy.deepcopy(m).set_precision(p) for v, m in models.items()}
+        # the peak again, in this process just before its rows: the fp32 rate of a shared machine moves
+        # by tens of percent between minutes (bench.machine's start-of-run peak is the other measurement)
+        out["window_peak"] = {p: matmul_peak(p, device) for p in precs}
+        with torch.inference_mode():
+            for i, K in enumerate(cfg["shots"]):  # increasing size
+                q, s, mk = inputs[K]
+                reps = cfg["reps"] if i == 0 else cfg["reps_large"]
+                warm = cfg["warmup"] if i == 0 else 0
+                # the DINOv2 passes FSDINO.forward makes: query (batch 1) + supports (batch K)
+                floor = {p: (lambda e=encs[p], q=q, s=s: (e(q), e(s.flatten(0, 1)))) for p in precs}
+                peak = {}
+                for p, fn in floor.items():  # peak memory of one call per precision (untimed)
                     mem.reset()
-                    # the DINOv2 passes FSDINO.forward makes: query (batch 1) + supports (batch K)
-                    r = timeit(lambda q=q, s=s: (enc(q), enc(s.flatten(0, 1))), cfg["warmup"] if i == 0 else 0,
-                               reps, device)
-                    r["peak_mem_mb"] = mem.peak()
-                    out["floor"]["configs"][prec][str(K)] = r
-                    log(f"[{prec}] floor {K}-shot: {r['median_s']:.3f}s, +{r['peak_mem_mb']:.0f} MB")
-                    for v, m in models.items():
+                    fn()
+                    peak[p] = mem.peak()
+                for p, r in timeit_interleaved(floor, warm, reps, device).items():
+                    out["floor"]["configs"][p][str(K)] = dict(r, peak_mem_mb=peak[p])
+                    log(f"[{p}] floor {K}-shot: {r['median_s']:.3f}s, +{peak[p]:.0f} MB")
+                for v in models:
+                    fwd, masks = {}, {}
+                    for p in precs:
+                        m = nets[p][v]
                         # segmenter-only parts first (each with its own warm-up; this also warms the variant)
                         qf = m.extract(q)
                         sf = m.extract(s.flatten(0, 1), with_embedding=False)
                         enc_s = m.encode_support_features(sf, mk)
                         early = m.encoder(q).early
-                        c = dict(decode=timeit(lambda m=m, qf=qf, e=enc_s: m.decode(qf, e, (size, size)), 1, 5, device),
-                                 adapter=timeit(lambda m=m, e=early: m.adapter(e), 1, 5, device),
-                                 support_prompts=timeit(lambda m=m, sf=sf, mk=mk: m.encode_support_features(sf, mk),
-                                                        1, 5, device))
+                        out["fsdino"][v]["configs"][p][str(K)] = dict(
+                            decode=timeit(lambda m=m, qf=qf, e=enc_s: m.decode(qf, e, (size, size)), 1, 5, device),
+                            adapter=timeit(lambda m=m, e=early: m.adapter(e), 1, 5, device),
+                            support_prompts=timeit(lambda m=m, sf=sf, mk=mk: m.encode_support_features(sf, mk),
+                                                   1, 5, device))
                         del qf, sf, enc_s, early
                         mem.reset()
-                        c.update(timeit(lambda m=m, q=q, s=s, mk=mk: m(q, s, mk), 0, reps, device))
-                        c["peak_mem_mb"] = mem.peak()
-                        masks = m(q, s, mk)["logits"] > 0
-                        if prec == "32":
-                            fp32_masks[(v, K)] = masks
-                        else:  # same random weights and inputs: share of pixels predicted as in fp32
-                            a = (masks == fp32_masks[(v, K)]).float().mean().item()
-                            out["fsdino"][v]["agreement_vs_fp32"].setdefault(prec, {})[str(K)] = a
-                        out["fsdino"][v]["configs"][prec][str(K)] = c
-                        log(f"[{prec}] {v} {K}-shot: {c['median_s']:.3f}s (decode {c['decode']['median_s']:.3f}s), "
+                        masks[p] = m(q, s, mk)["logits"] > 0
+                        peak[p] = mem.peak()
+                        fwd[p] = lambda m=m, q=q, s=s, mk=mk: m(q, s, mk)
+                    for p, r in timeit_interleaved(fwd, 0, reps, device).items():
+                        c = out["fsdino"][v]["configs"][p][str(K)]
+                        c.update(r)
+                        c["peak_mem_mb"] = peak[p]
+                        if p != "32":  # same random weights and inputs: share of pixels predicted as in fp32
+                            a = (masks[p] == masks["32"]).float().mean().item()
+                            out["fsdino"][v]["agreement_vs_fp32"].setdefault(p, {})[str(K)] = a
+                        log(f"[{p}] {v} {K}-shot: {c['median_s']:.3f}s (decode {c['decode']['median_s']:.3f}s), "
                             f"+{c['peak_mem_mb']:.0f} MB")
         out["mem_method"] = mem.method
     elif kind == "sam":

@@ -362,9 +362,12 @@ def _precision_md(cfg: dict, inf: dict) -> List[str]:
         L += ["", f"### fp32 and {', '.join(PREC_LABEL.get(p, p) for p in precs[1:])} side by side "
                   f"({cfg['size']}x{cfg['size']}, random weights)", ""]
         L.append("Low precision = `FSDINO.set_precision` (`fsseg.precision`): frozen DINOv2 + adapter held in bf16 "
-                 "weights and run natively, the rest under autocast; the correlation cosines, the Mamba scan and "
-                 "the SAM decoder (attention softmax, final upsampling) in fp32. `pixels = fp32`: share of "
-                 "predicted mask pixels (logit > 0) equal to the fp32 model's on the same input.")
+                 "weights and run natively, the rest under autocast; the correlation cosines (fp32 sums), the Mamba "
+                 "scan and the SAM decoder (attention softmax, final upsampling) in fp32; on a CPU with AVX512-BF16 "
+                 "DINOv2's attention and the correlation's dot products run in `fsseg.kernels`. Each row's "
+                 "precisions are separate copies of the model timed in alternation (same machine state). "
+                 "`pixels = fp32`: share of predicted mask pixels (logit > 0) equal to the fp32 model's on the "
+                 "same input.")
         L.append("")
         head = "| shots | model | GFLOP | " + " | ".join(
             f"{PREC_LABEL.get(p, p)} latency | {PREC_LABEL.get(p, p)} GFLOP/s (% of its peak)" for p in precs)
