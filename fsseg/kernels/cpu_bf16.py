@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import threading
 from pathlib import Path
 from typing import Iterable, Optional
@@ -69,6 +70,7 @@ def _load() -> dict:
     try:
         from torch.utils.cpp_extension import load
 
+        _ninja_on_path()
         build = _build_dir()
         build.mkdir(parents=True, exist_ok=True)
         if not any(build.glob("*.so")):
@@ -78,6 +80,18 @@ def _load() -> dict:
     except Exception as e:  # no compiler / ninja, or a failed build: say why, run torch's attention
         return dict(ok=False, reason=f"build failed: {type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}")
     return dict(ok=True, reason="")
+
+
+def _ninja_on_path() -> None:
+    """torch's builder runs ``ninja`` from PATH; the ``ninja`` wheel (a dependency) installs it next to
+    the interpreter, which is not on PATH when the venv is not activated (``.venv/bin/python -m ...``)."""
+    if shutil.which("ninja") is None:
+        try:
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        except ImportError:
+            pass  # the build then fails with torch's "Ninja is required" message, reported as the reason
 
 
 def bf16_attention(qkv: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
