@@ -80,41 +80,33 @@ void pack_values(const uint16_t* qkv, int64_t b, int64_t h, int64_t N, int64_t H
     }
 }
 
-// scores[r][0, tiles*16) = scale * Q[r] . K[j] for kRowsQK rows (q: [rows][32 words]).
+// acc[r][c] = a[r] . column j of packed tile c, for kRowsQK rows of `pairs` words (bf16 pairs) and the
+// two packed 16-column tiles at k0 (layout [tile][pair][16]): the one micro-kernel of both ops.
+inline __attribute__((always_inline)) void dot_rows_two_tiles(const uint32_t* a, int64_t pairs, const uint32_t* k0,
+                                                               __m512 (&acc)[kRowsQK][2]) {
+  for (int r = 0; r < kRowsQK; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  const uint32_t* k1 = k0 + pairs * kKeyTile;
+  for (int64_t p = 0; p < pairs; ++p) {
+    const __m512i b0 = _mm512_loadu_si512(k0 + p * kKeyTile);
+    const __m512i b1 = _mm512_loadu_si512(k1 + p * kKeyTile);
+    for (int r = 0; r < kRowsQK; ++r) {
+      const __m512i av = _mm512_set1_epi32(static_cast<int>(a[r * pairs + p]));
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], as_bh(av), as_bh(b0));
+      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], as_bh(av), as_bh(b1));
+    }
+  }
+}
+
+// scores[r][0, tiles*16) = scale * Q[r] . K[j] for kRowsQK rows (q: [rows][32 words]; tiles even).
 void scores_micro(const uint32_t* q, const uint32_t* kp, int64_t tiles, int64_t ld, float scale, float* scores) {
   const __m512 vs = _mm512_set1_ps(scale);
-  int64_t t = 0;
-  for (; t + 2 <= tiles; t += 2) {
+  for (int64_t t = 0; t < tiles; t += 2) {
     __m512 acc[kRowsQK][2];
-    for (int r = 0; r < kRowsQK; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-    const uint32_t* k0 = kp + t * kPairs * kKeyTile;
-    const uint32_t* k1 = k0 + kPairs * kKeyTile;
-    for (int64_t p = 0; p < kPairs; ++p) {
-      const __m512i b0 = _mm512_loadu_si512(k0 + p * kKeyTile);
-      const __m512i b1 = _mm512_loadu_si512(k1 + p * kKeyTile);
-      for (int r = 0; r < kRowsQK; ++r) {
-        const __m512i a = _mm512_set1_epi32(static_cast<int>(q[r * kPairs + p]));
-        acc[r][0] = _mm512_dpbf16_ps(acc[r][0], as_bh(a), as_bh(b0));
-        acc[r][1] = _mm512_dpbf16_ps(acc[r][1], as_bh(a), as_bh(b1));
-      }
-    }
+    dot_rows_two_tiles(q, kPairs, kp + t * kPairs * kKeyTile, acc);
     for (int r = 0; r < kRowsQK; ++r) {
       _mm512_storeu_ps(scores + r * ld + t * kKeyTile, _mm512_mul_ps(acc[r][0], vs));
       _mm512_storeu_ps(scores + r * ld + (t + 1) * kKeyTile, _mm512_mul_ps(acc[r][1], vs));
     }
-  }
-  if (t < tiles) {  // odd tile count: the last tile alone
-    __m512 acc[kRowsQK];
-    for (int r = 0; r < kRowsQK; ++r) acc[r] = _mm512_setzero_ps();
-    const uint32_t* k0 = kp + t * kPairs * kKeyTile;
-    for (int64_t p = 0; p < kPairs; ++p) {
-      const __m512i b0 = _mm512_loadu_si512(k0 + p * kKeyTile);
-      for (int r = 0; r < kRowsQK; ++r) {
-        const __m512i a = _mm512_set1_epi32(static_cast<int>(q[r * kPairs + p]));
-        acc[r] = _mm512_dpbf16_ps(acc[r], as_bh(a), as_bh(b0));
-      }
-    }
-    for (int r = 0; r < kRowsQK; ++r) _mm512_storeu_ps(scores + r * ld + t * kKeyTile, _mm512_mul_ps(acc[r], vs));
   }
 }
 
@@ -177,7 +169,8 @@ at::Tensor bf16_attention(const at::Tensor& qkv, int64_t num_heads, double scale
               "bf16_attention: qkv must be [B, N, 3 * heads * 64], got ", qkv.sizes());
   const at::Tensor x = qkv.contiguous();
   const int64_t B = x.size(0), N = x.size(1), H = num_heads;
-  const int64_t tiles = (N + kKeyTile - 1) / kKeyTile, padded = tiles * kKeyTile, key_pairs = padded / 2;
+  // keys padded with zeros to an even number of 16-key tiles (the micro-kernel's two); softmax skips them
+  const int64_t tiles = 2 * ((N + 2 * kKeyTile - 1) / (2 * kKeyTile)), padded = tiles * kKeyTile, key_pairs = padded / 2;
   const int64_t blocks = (N + kQueryBlock - 1) / kQueryBlock;
   const uint16_t* src = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
   at::Tensor keys = at::empty({B * H, padded * kPairs}, x.options().dtype(at::kInt));
@@ -245,18 +238,7 @@ void pack_columns(const uint32_t* b, int64_t n, int64_t pairs, int64_t n0, uint3
 void dot_micro(const uint32_t* a, int64_t pairs, const uint32_t* packed, int64_t t, const float* rs,
                const float* cs, int64_t cols, float* out, int64_t ld, int64_t rows) {
   __m512 acc[kRowsQK][2];
-  for (int r = 0; r < kRowsQK; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-  const uint32_t* k0 = packed + t * pairs * kKeyTile;
-  const uint32_t* k1 = k0 + pairs * kKeyTile;
-  for (int64_t p = 0; p < pairs; ++p) {
-    const __m512i b0 = _mm512_loadu_si512(k0 + p * kKeyTile);
-    const __m512i b1 = _mm512_loadu_si512(k1 + p * kKeyTile);
-    for (int r = 0; r < kRowsQK; ++r) {
-      const __m512i av = _mm512_set1_epi32(static_cast<int>(a[r * pairs + p]));
-      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], as_bh(av), as_bh(b0));
-      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], as_bh(av), as_bh(b1));
-    }
-  }
+  dot_rows_two_tiles(a, pairs, packed + t * pairs * kKeyTile, acc);
   for (int c = 0; c < 2; ++c) {
     const int64_t left = cols - (t + c) * kKeyTile;
     if (left <= 0) break;
