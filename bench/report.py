@@ -10,6 +10,11 @@ from typing import List
 from bench.common import log
 
 
+def _section(L: list, heading: str) -> None:
+    """A results.md heading (``## ...``) with its blank lines."""
+    L += ["", heading, ""]
+
+
 def fill_pending(res: dict) -> None:
     inf = res.get("inference", {}).get("cpu")
     for r in res.get("scaling", {}).get("resolution", {}).get("rows", []):
@@ -215,17 +220,13 @@ def write_markdown(cfg: dict, res: dict, path: Path) -> None:
     L.append("Every latency is the median of the timed runs listed (after warm-up). Peak memory: "
              f"{res['inference'].get('cpu', {}).get('mem_method', 'n/a')} (extra memory for the computation, "
              "on top of the fp32 weights, which are listed separately).")
-    L.append("")
-    L.append("## Targets")
-    L.append("")
+    _section(L, "## Targets")
     L.append("| target | measured | result | why |")
     L.append("|---|---|---|---|")
     for t in res["targets"]:
         L.append(f"| {t['name']} | {t['measured']} | **{'PASS' if t['passed'] else 'MISS'}** | {t['why']} |")
     for dev, inf in res["inference"].items():
-        L.append("")
-        L.append(f"## Inference at {cfg['size']}x{cfg['size']} ({dev})")
-        L.append("")
+        _section(L, f"## Inference at {cfg['size']}x{cfg['size']} ({dev})")
         L.append(f"SAM image encoders see the query and every support resized to {inf['sam_input']}x{inf['sam_input']} "
                  "(their native input), one image at a time. SAM per-image latency: ")
         for k, v in inf["sam_per_image_s"].items():
@@ -264,10 +265,8 @@ def write_markdown(cfg: dict, res: dict, path: Path) -> None:
                  "GFLOP / latency.")
         L.extend(_precision_md(cfg, inf))
     for prec, ru in res.get("reuse", {}).get("by_precision", {}).items():
-        L.append("")
-        L.append(f"## Support reuse ({PREC_LABEL.get(prec, prec)}): {ru['queries']} queries on one {ru['shots']}-shot "
+        _section(L, f"## Support reuse ({PREC_LABEL.get(prec, prec)}): {ru['queries']} queries on one {ru['shots']}-shot "
                  f"support set ({cfg['size']}x{cfg['size']})")
-        L.append("")
         L.append(f"{ru['encoder_passes']} DINOv2 passes ({ru['shots']} supports in one batch + {ru['queries']} queries one "
                  f"by one): {fmt_s(ru['encoder_passes_s'])}; one query pass {fmt_s(ru['encoder_query_pass']['median_s'])} "
                  f"(median of {ru['encoder_query_pass']['runs']}), adapter {fmt_s(ru['adapter']['median_s'])}.")
@@ -281,9 +280,7 @@ def write_markdown(cfg: dict, res: dict, path: Path) -> None:
         L.append(ru.get("note", "") + ".")
     sp = res.get("specialized_vs_episodic")
     if sp:
-        L.append("")
-        L.append("## Specialised (support-free) vs episodic, as K grows")
-        L.append("")
+        _section(L, "## Specialised (support-free) vs episodic, as K grows")
         if sp.get("skipped"):
             L.append(f"Skipped: {sp['skipped']}")
         else:
@@ -298,9 +295,7 @@ def write_markdown(cfg: dict, res: dict, path: Path) -> None:
                          f"{r['ratio_episodic_vs_specialized']:.1f}x |")
     tr = res.get("training", {})
     if tr:
-        L.append("")
-        L.append("## Training throughput (batch 1)")
-        L.append("")
+        _section(L, "## Training throughput (batch 1)")
         L.append("| stage | without cache | with warm cache | speed-up | notes |")
         L.append("|---|---|---|---|---|")
         d = tr.get("distillation")
@@ -320,9 +315,7 @@ def write_markdown(cfg: dict, res: dict, path: Path) -> None:
                      f"features cached (feature_cache='all'); cache-filling step {fmt_s(f['cold_cache_step_s'])} |")
     sc = res.get("scaling", {})
     if sc:
-        L.append("")
-        L.append("## Scaling (FS-DINO full)")
-        L.append("")
+        _section(L, "## Scaling (FS-DINO full)")
         if "shots" in sc:
             L.append(f"Latency vs K at {sc['shots']['size']} (floor = (1+K) x one measured batch-1 DINOv2 pass; FS-DINO batches its K supports, so it can come out below): " + ", ".join(
                 f"K={r['shots']} {fmt_s(r['fsdino']['median_s'])} (floor {fmt_s(r['dinov2_floor']['median_s'])})"

@@ -212,7 +212,6 @@ class DINOv2Encoder(nn.Module):
         if pos_interpolation == "official":
             img_size = PRETRAIN_IMG_SIZE  # keep the checkpoint's table; resample per input size
         self.vit = build_dinov2_vit(arch, img_size=img_size, **overrides)
-        self.bf16_attention_kernel = bf16_attention_kernel
         for blk in self.vit.blocks:
             if isinstance(blk.attn, DINOv2Attention):
                 blk.attn.bf16_kernel = bf16_attention_kernel
