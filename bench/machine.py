@@ -7,7 +7,7 @@ import platform
 import re
 from pathlib import Path
 
-from bench.common import log, timeit
+from bench.common import log
 
 NAME = "machine"
 
@@ -44,16 +44,32 @@ def machine_info() -> dict:
 def matmul_peak(dtype_name: str, device: str = "cpu", n: int = 2048, reps: int = 8) -> dict:
     """Best achieved GFLOP/s of an ``n x n @ n x n`` product (2 n^3 FLOPs) in ``dtype_name``, with the
     threads torch uses for the models. Best of ``reps``, not the median: a peak is what the hardware
-    can do, and a shared machine only ever slows a run down."""
+    can do, and a shared machine only ever slows a run down.
+
+    On a CPU with oneDNN two GEMM libraries are measured, timed in alternation, and the faster is the
+    peak: ``torch.mm`` (for fp32 on x86 MKL's sgemm) and oneDNN's matmul (the op fsseg's
+    ``OneDNNLinear`` calls). On AMD CPUs MKL's sgemm is well below what the cores do (this machine:
+    169-189 vs 214-219 GFLOP/s in fp32), so a peak taken from ``torch.mm`` alone would flatter every row."""
     import torch
+
+    from bench.common import timeit_interleaved
+    from fsseg.models.onednn_linear import onednn_linear_available
 
     dtype = {"32": torch.float32, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}[dtype_name]
     g = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=g).to(device, dtype)
     b = torch.randn(n, n, generator=g).to(device, dtype)
-    best = timeit(lambda: a @ b, 3, reps, device)["min_s"]
+    fns = {"torch.mm": lambda: a @ b}
+    if device == "cpu" and dtype in (torch.float32, torch.bfloat16) and onednn_linear_available():
+        bt = b.t().contiguous()  # a linear layer's [out, in] weight: a @ b = linear(a, b^T)
+        fns["oneDNN matmul"] = lambda: torch.ops.mkldnn._linear_pointwise(a, bt, None, "none", [], "")
+    with torch.inference_mode():
+        t = timeit_interleaved(fns, 3, reps, device)
+    by_library = {k: round(2 * n**3 / v["min_s"] / 1e9, 1) for k, v in t.items()}
+    fastest = max(by_library, key=by_library.get)
+    best = t[fastest]["min_s"]
     return dict(gflops=2 * n**3 / best / 1e9, n=n, reps=reps, best_s=best, threads=torch.get_num_threads(),
-                dtype=str(dtype).replace("torch.", ""))
+                dtype=str(dtype).replace("torch.", ""), library=fastest, by_library=by_library)
 
 
 def precisions_for(device: str) -> list:

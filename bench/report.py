@@ -174,9 +174,10 @@ def precision_targets(inf: dict) -> List[dict]:
                         measured=f"bf16 {100 * fb['fraction_of_peak']:.0f}% ({fb['gflops_per_s']:.0f} GFLOP/s), fp32 "
                                  f"{100 * f32['fraction_of_peak']:.0f}% ({f32['gflops_per_s']:.0f} GFLOP/s)",
                         value=fb["fraction_of_peak"], passed=ok,
-                        why=("2 passes (query + support) at batch 1; the rest of the time is LayerNorm, GELU, "
-                             "softmax, the residual adds and the bicubic position-embedding resampling, which run "
-                             "at memory speed, not matmul speed")))
+                        why=("2 passes (query + support) at batch 1; linear layers on oneDNN (bias and GELU fused, "
+                             "OneDNNLinear), attention in fsseg.kernels; the rest of the time is the softmax "
+                             "exponentials, LayerNorm, layer scale, the residual adds and the position-embedding "
+                             "resampling, which run at memory speed, not matmul speed")))
     return out
 
 
@@ -211,6 +212,11 @@ def write_markdown(cfg: dict, res: dict, path: Path) -> None:
                  + ", ".join(f"**{PREC_LABEL.get(p, p)} {v['gflops']:.0f} GFLOP/s**" for p, v in pk.items())
                  + (f" (bf16/fp32 {pk['bf16-mixed']['gflops'] / pk['32']['gflops']:.2f}x)" if "bf16-mixed" in pk else "")
                  + ". Every inference row's GFLOP/s is read against the peak of its own precision.")
+        if any(len(v.get("by_library", {})) > 1 for v in pk.values()):
+            L.append("Each peak is the faster of torch.mm and oneDNN's matmul, timed in alternation (on x86 torch.mm's "
+                     "fp32 is MKL's sgemm, which on AMD CPUs runs below the cores' rate): "
+                     + "; ".join(f"{PREC_LABEL.get(p, p)} " + ", ".join(f"{k} {g:.0f}" for k, g in v["by_library"].items())
+                                 for p, v in pk.items() if "by_library" in v) + " GFLOP/s.")
         if any("measured" in v for v in pk.values()):
             L.append("The peak is the higher of two measurements, at the start of the run and in the inference "
                      "process just before its rows (the fp32 rate of this shared machine moves between minutes): "
@@ -357,7 +363,8 @@ def _precision_md(cfg: dict, inf: dict) -> List[str]:
         L.append("Low precision = `FSDINO.set_precision` (`fsseg.precision`): frozen DINOv2 + adapter held in bf16 "
                  "weights and run natively, the rest under autocast; the correlation cosines (fp32 sums), the Mamba "
                  "scan and the SAM decoder (attention softmax, final upsampling) in fp32; on a CPU with AVX512-BF16 "
-                 "DINOv2's attention and the correlation's dot products run in `fsseg.kernels`. Each row's "
+                 "DINOv2's attention (both precisions) and the correlation's dot products run in `fsseg.kernels`, "
+                 "and DINOv2's linear layers on oneDNN (`OneDNNLinear`) in both precisions. Each row's "
                  "precisions are separate copies of the model timed in alternation (same machine state). "
                  "`pixels = fp32`: share of predicted mask pixels (logit > 0) equal to the fp32 model's on the "
                  "same input.")

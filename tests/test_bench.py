@@ -140,3 +140,12 @@ def test_quick_run_reports_both_peak_measurements(quick_run):
     assert peak["gflops"] == max(peak["measured"].values()) or math.isclose(
         peak["gflops"], max(peak["measured"].values()), rel_tol=1e-3)
     assert "higher of two measurements" in (out / "results.md").read_text()
+    # every GEMM library torch reaches is measured and the faster one is the peak (MKL alone would
+    # flatter every row on AMD CPUs)
+    from fsseg.models.onednn_linear import onednn_linear_available
+
+    for p in res["peak"]["cpu"].values():
+        libs = p["by_library"]
+        assert set(libs) == ({"torch.mm", "oneDNN matmul"} if onednn_linear_available() else {"torch.mm"})
+        assert math.isclose(p["gflops"], libs[p["library"]], abs_tol=0.06) and libs[p["library"]] == max(libs.values())
+    assert "faster of torch.mm" in (out / "results.md").read_text()

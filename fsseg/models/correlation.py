@@ -90,9 +90,9 @@ def _bf16_dot_applies(fq: torch.Tensor, fs: torch.Tensor, g: int) -> bool:
         return False
     if torch.is_grad_enabled() and (fq.requires_grad or fs.requires_grad):
         return False
-    from fsseg.kernels import bf16_kernels_status
+    from fsseg.kernels import cpu_kernels_status
 
-    return bf16_kernels_status()[0]
+    return cpu_kernels_status()[0]
 
 
 def _as_bf16_exactly(x: torch.Tensor) -> Optional[torch.Tensor]:

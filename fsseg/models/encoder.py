@@ -32,8 +32,12 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 from timm.layers import Attention as TimmAttention
+from timm.layers import Mlp as TimmMlp
 from torch import nn
 
+import fsseg.kernels  # noqa: F401  (defines the kernels' ops and FLOP formulas; builds nothing)
+
+from .onednn_linear import OneDNNLinear, capturing_graph, use_onednn_linears
 from .weights import CheckpointMismatchError, load_state_dict_file, resolve_checkpoint, strict_load
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -105,48 +109,67 @@ def interpolate_pos_encoding(patch_pos: torch.Tensor, grid: tuple[int, int], off
     return x.permute(0, 2, 3, 1).reshape(1, h * w, dim).to(patch_pos.dtype)
 
 
-def _runs_in_bf16(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """True when a linear layer of ``weight`` on ``x`` computes in bf16 on the CPU (bf16 weights, or
-    fp32 weights under a bf16 CPU autocast)."""
+def _cpu_compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:
+    """The dtype a linear layer of ``weight`` on ``x`` computes in on the CPU: bf16 (bf16 weights, or
+    fp32 weights under a bf16 CPU autocast), fp32 (fp32 weights, no autocast), else None."""
     if x.device.type != "cpu":
-        return False
-    if x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16:
-        return True
-    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        return None
+    autocast = torch.is_autocast_enabled("cpu")
+    if (x.dtype == weight.dtype == torch.bfloat16) or (autocast and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+        return torch.bfloat16
+    if x.dtype == weight.dtype == torch.float32 and not autocast:
+        return torch.float32
+    return None
 
 
 class DINOv2Attention(TimmAttention):
-    """timm's ViT attention (same parameters and state-dict keys) whose bf16 CPU passes run
-    ``fsseg.kernels.bf16_attention``: torch's CPU attention kernel is no faster in bf16 than in fp32
-    on CPUs without AMX, which made attention half of a bf16 DINOv2 pass (issue 15). Every other
-    case (fp32, GPU, gradients, masks, head size other than 64, no AVX512-BF16) is timm's forward.
-    ``bf16_kernel=False`` keeps timm's forward everywhere (``DINOv2Encoder(bf16_attention_kernel=...)``)."""
+    """timm's ViT attention (same parameters and state-dict keys) whose CPU inference passes run
+    ``fsseg.kernels.bf16_attention`` / ``fp32_attention`` (issue 15): torch's CPU attention kernel is no
+    faster in bf16 than in fp32 on CPUs without AMX, which made attention half of a bf16 DINOv2 pass, and
+    in fp32 it reaches about 140 GFLOP/s on 2 Zen 4 cores where the fp32 kernel reaches about 180.
+    Every other case (GPU, gradients, masks, head size other than 64, fp16, no AVX512-BF16, tracing for
+    export) is timm's forward. ``cpu_kernel=False`` keeps timm's forward everywhere
+    (``DINOv2Encoder(attention_kernel=...)``)."""
 
-    bf16_kernel: bool = True
+    cpu_kernel: bool = True
 
-    def _kernel_applies(self, x: torch.Tensor, attn_mask, is_causal: bool) -> bool:
-        if not self.bf16_kernel or attn_mask is not None or is_causal or self.head_dim != 64:
-            return False
+    def _kernel(self, x: torch.Tensor, attn_mask, is_causal: bool):
+        """The fsseg kernel for this call, or None for timm's forward."""
+        if not self.cpu_kernel or attn_mask is not None or is_causal or self.head_dim != 64:
+            return None
         if self.gate is not None or not all(isinstance(m, nn.Identity) for m in (self.q_norm, self.k_norm, self.norm)):
-            return False
+            return None
         if torch.is_grad_enabled() and (x.requires_grad or self.qkv.weight.requires_grad):
-            return False  # the kernel has no backward
-        if self.training and self.attn_drop.p > 0:
-            return False
-        if not _runs_in_bf16(x, self.qkv.weight):
-            return False
-        from fsseg.kernels import bf16_kernels_status
+            return None  # the kernels have no backward
+        if (self.training and self.attn_drop.p > 0) or capturing_graph():
+            return None
+        dtype = _cpu_compute_dtype(x, self.qkv.weight)
+        if dtype is None:
+            return None
+        from fsseg.kernels import bf16_attention, cpu_kernels_status, fp32_attention
 
-        return bf16_kernels_status()[0]
+        if not cpu_kernels_status()[0]:
+            return None
+        return (lambda qkv: bf16_attention(qkv.to(dtype), self.num_heads, self.scale)) if dtype == torch.bfloat16 \
+            else (lambda qkv: fp32_attention(qkv, self.num_heads, self.scale))
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
-        if not self._kernel_applies(x, attn_mask, is_causal):
+        kernel = self._kernel(x, attn_mask, is_causal)
+        if kernel is None:
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
-        from fsseg.kernels import bf16_attention
+        return self.proj_drop(self.proj(kernel(self.qkv(x))))
 
-        qkv = self.qkv(x)
-        out = bf16_attention(qkv.to(torch.bfloat16), self.num_heads, self.scale)
-        return self.proj_drop(self.proj(out))
+
+class DINOv2Mlp(TimmMlp):
+    """timm's ViT MLP (same parameters and keys) with fc1's exact GELU fused into the matmul where
+    fc1 runs on oneDNN (``OneDNNLinear``, CPU inference); elsewhere fc1 -> GELU as timm computes it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.fc1, OneDNNLinear) and type(self.act) is nn.GELU and self.act.approximate == "none":
+            x = self.fc1(x, gelu=True)
+        else:
+            x = self.act(self.fc1(x))
+        return self.drop2(self.fc2(self.norm(self.drop1(x))))
 
 
 def build_dinov2_vit(arch: str = "dinov2_vitb14", img_size: int = 518, **overrides) -> nn.Module:
@@ -166,6 +189,7 @@ def build_dinov2_vit(arch: str = "dinov2_vitb14", img_size: int = 518, **overrid
         num_classes=0,
         dynamic_img_size=True,
         attn_layer=DINOv2Attention,
+        mlp_layer=DINOv2Mlp,
     )
     if a.reg_tokens:
         kw.update(reg_tokens=a.reg_tokens, no_embed_class=True)
@@ -173,7 +197,9 @@ def build_dinov2_vit(arch: str = "dinov2_vitb14", img_size: int = 518, **overrid
         # timm vit_giant_patch14_dinov2: SwiGLU hidden 4096 packed as fc1 of 8192
         kw.update(mlp_ratio=2.66667 * 2, mlp_layer=SwiGLUPacked, act_layer=nn.SiLU)
     kw.update(overrides)
-    return VisionTransformer(**kw)
+    vit = VisionTransformer(**kw)
+    use_onednn_linears(vit.blocks)  # every block linear: qkv, proj, fc1, fc2 (fc1/fc2 of SwiGLU too)
+    return vit
 
 
 class DINOv2Encoder(nn.Module):
@@ -187,6 +213,8 @@ class DINOv2Encoder(nn.Module):
     ``get_intermediate_layers(norm=True)`` default does (``vision_transformer.py:304,310``). FS-DINO
     does not say; False (default) keeps the raw block output, which is what every stage-1
     checkpoint so far was distilled from. ``pos_interpolation``: see the module docstring.
+    ``attention_kernel`` / ``onednn_linears``: CPU inference speed only (``DINOv2Attention``,
+    ``OneDNNLinear``); False gives torch's default ops, the same function to float rounding.
     """
 
     def __init__(
@@ -200,7 +228,8 @@ class DINOv2Encoder(nn.Module):
         cache_dir: Optional[str] = None,
         tap_norm: bool = False,
         pos_interpolation: str = "official",
-        bf16_attention_kernel: bool = True,
+        attention_kernel: bool = True,
+        onednn_linears: bool = True,
         **overrides,
     ):
         super().__init__()
@@ -214,7 +243,10 @@ class DINOv2Encoder(nn.Module):
         self.vit = build_dinov2_vit(arch, img_size=img_size, **overrides)
         for blk in self.vit.blocks:
             if isinstance(blk.attn, DINOv2Attention):
-                blk.attn.bf16_kernel = bf16_attention_kernel
+                blk.attn.cpu_kernel = attention_kernel
+        for m in self.vit.blocks.modules():
+            if isinstance(m, OneDNNLinear):
+                m.enabled = onednn_linears
         depth = len(self.vit.blocks)
         if not 1 <= tap_block <= depth:
             raise ValueError(f"tap_block must be in [1, {depth}], got {tap_block}")

@@ -1,20 +1,22 @@
-// bf16 kernels for x86 CPUs with AVX512-BF16 (Zen 4+, Cooper Lake+), where torch has none fast enough.
+// CPU kernels for x86 CPUs with AVX512-BF16 (Zen 4+, Cooper Lake+), where torch has none fast enough.
 //
-// 1. bf16_attention: exact softmax attention for bf16 ViT tokens.
+// 1. bf16_attention / fp32_attention: exact softmax attention of ViT tokens (DINOv2's inference passes).
 // 2. bf16_scaled_dot: fp32 dot products of bf16 rows (the 4D correlation's cosines, see below).
 //
-// bf16_attention. Why it exists: torch's CPU flash-attention kernel runs bf16 no faster than fp32 on CPUs without
-// AMX (about 120-150 GFLOP/s on 2 Zen 4 cores for DINOv2-B at 518), so in a bf16 DINOv2 pass
-// attention takes as long as every linear layer together (issue 15). This kernel computes
-// the same function with the CPU's bf16 dot-product instruction (vdpbf16ps):
-//   S = scale * Q K^T      bf16 products accumulated in fp32 (never rounded to bf16)
-//   P = exp(S - rowmax)    fp32, then rounded to bf16 for the second product (as torch's bf16 kernel)
-//   O = (P V) / rowsum     fp32 accumulation and fp32 row sums; O rounded to bf16 once.
+// Attention. Why it exists (issue 15): torch's CPU flash-attention kernel reaches about 120-150 GFLOP/s
+// on 2 Zen 4 cores for DINOv2-B at 518 in both precisions: in bf16 (no AMX) it is no faster than fp32,
+// which made attention half of a bf16 DINOv2 pass, and in fp32 its block products go through MKL's
+// sgemm, which on AMD CPUs runs well below the machine's fp32 rate. These kernels compute the same
+// function with the CPU's bf16 dot-product instruction (vdpbf16ps) or fp32 FMAs:
+//   S = scale * Q K^T      products accumulated in fp32 (never rounded to bf16)
+//   P = exp(S - rowmax)    fp32; in bf16 rounded to bf16 for the second product (as torch's bf16 kernel)
+//   O = (P V) / rowsum     fp32 accumulation and fp32 row sums; O rounded to the input type once.
 // A query block's whole score rows stay in L2 (no online rescaling: one image has at most a few
-// thousand tokens).
+// thousand tokens). Both precisions share one implementation: an element type's "word" is what one
+// vector lane multiplies (a bf16 pair for vdpbf16ps, one float for an FMA).
 //
-// Input: qkv [B, N, 3, H, 64] bf16 contiguous (the output of timm's Attention.qkv, as is).
-// Output: [B, N, H * 64] bf16 (the layout Attention.proj reads).
+// Input: qkv [B, N, 3, H, 64] contiguous (the output of timm's Attention.qkv, as is).
+// Output: [B, N, H * 64] in the input's type (the layout Attention.proj reads).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -30,14 +32,39 @@
 namespace {
 
 constexpr int64_t kHeadDim = 64;
-constexpr int64_t kPairs = kHeadDim / 2;  // 32-bit words (bf16 pairs) per head row
 constexpr int64_t kKeyTile = 16;          // keys per score vector
 constexpr int64_t kQueryBlock = 24;       // query rows per task: score rows stay in L2
 constexpr int64_t kRowsQK = 8;            // rows per Q K^T micro-tile (8 x 2 tiles = 16 accumulators)
 constexpr int64_t kRowsPV = 6;            // rows per P V micro-tile (6 x 4 vectors = 24 accumulators)
 static_assert(kQueryBlock % kRowsQK == 0 && kQueryBlock % kRowsPV == 0, "query block");
 
-inline __m512bh as_bh(__m512i v) { return (__m512bh)v; }
+// bf16: a word is two bf16 values, multiplied pairwise and summed into an fp32 lane (vdpbf16ps).
+struct Bf16 {
+  using Elem = uint16_t;
+  using Word = uint32_t;
+  using Vec = __m512i;
+  static constexpr int64_t kPerWord = 2;
+  static constexpr at::ScalarType kType = at::kBFloat16;
+  static Vec load(const Word* p) { return _mm512_loadu_si512(p); }
+  static Vec splat(Word w) { return _mm512_set1_epi32(static_cast<int>(w)); }
+  static __m512 madd(__m512 acc, Vec a, Vec b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
+  static void store16(Elem* dst, __m512 v) {  // round to nearest even, as torch's float -> bf16
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), (__m256i)_mm512_cvtneps_pbh(v));
+  }
+};
+
+// fp32: a word is one float (FMA).
+struct Fp32 {
+  using Elem = float;
+  using Word = float;
+  using Vec = __m512;
+  static constexpr int64_t kPerWord = 1;
+  static constexpr at::ScalarType kType = at::kFloat;
+  static Vec load(const Word* p) { return _mm512_loadu_ps(p); }
+  static Vec splat(Word w) { return _mm512_set1_ps(w); }
+  static __m512 madd(__m512 acc, Vec a, Vec b) { return _mm512_fmadd_ps(a, b, acc); }
+  static void store16(Elem* dst, __m512 v) { _mm512_storeu_ps(dst, v); }
+};
 
 // e^x for x <= 0 (fp32, about 1 ulp): n = round(x / ln 2), r = x - n ln 2, Taylor to r^6, times 2^n.
 inline __m512 exp_nonpositive(__m512 x) {
@@ -58,51 +85,67 @@ inline __m512 exp_nonpositive(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
-// K of one head -> [tiles][32 pairs][16 keys] words: a 16-key tile's pair p is one vector.
-void pack_keys(const uint16_t* qkv, int64_t b, int64_t h, int64_t N, int64_t H, int64_t tiles, uint32_t* out) {
+// K of one head -> [tiles][64 / kPerWord words][16 keys]: a 16-key tile's word s is one vector.
+template <class E>
+void pack_keys(const typename E::Elem* qkv, int64_t b, int64_t h, int64_t N, int64_t H, int64_t tiles,
+               typename E::Word* out) {
+  using Word = typename E::Word;
+  constexpr int64_t steps = kHeadDim / E::kPerWord;
   const int64_t row = 3 * H * kHeadDim;
   for (int64_t t = 0; t < tiles; ++t)
     for (int64_t j = 0; j < kKeyTile; ++j) {
       const int64_t n = t * kKeyTile + j;
-      const uint32_t* src = n < N ? reinterpret_cast<const uint32_t*>(qkv + (b * N + n) * row + (H + h) * kHeadDim) : nullptr;
-      for (int64_t p = 0; p < kPairs; ++p) out[(t * kPairs + p) * kKeyTile + j] = src ? src[p] : 0u;
+      const typename E::Elem* src = n < N ? qkv + (b * N + n) * row + (H + h) * kHeadDim : nullptr;
+      for (int64_t s = 0; s < steps; ++s) {
+        Word w{};
+        if (src) std::memcpy(&w, src + s * E::kPerWord, sizeof(Word));
+        out[(t * steps + s) * kKeyTile + j] = w;
+      }
     }
 }
 
-// V of one head -> [key pairs][64 dims] words (V[2q][d], V[2q+1][d]): the VNNI layout of P V's right side.
-void pack_values(const uint16_t* qkv, int64_t b, int64_t h, int64_t N, int64_t H, int64_t key_pairs, uint16_t* out) {
+// V of one head -> [padded / kPerWord][64 dims] words: word (s, d) holds V[s * kPerWord + e][d] for
+// e < kPerWord (bf16: the VNNI layout of P V's right side; fp32: V's rows as they are).
+template <class E>
+void pack_values(const typename E::Elem* qkv, int64_t b, int64_t h, int64_t N, int64_t H, int64_t steps,
+                 typename E::Word* out) {
   const int64_t row = 3 * H * kHeadDim;
-  for (int64_t q = 0; q < key_pairs; ++q)
-    for (int64_t e = 0; e < 2; ++e) {
-      const int64_t n = 2 * q + e;
-      const uint16_t* src = n < N ? qkv + (b * N + n) * row + (2 * H + h) * kHeadDim : nullptr;
-      for (int64_t d = 0; d < kHeadDim; ++d) out[(q * kHeadDim + d) * 2 + e] = src ? src[d] : uint16_t(0);
+  auto* o = reinterpret_cast<typename E::Elem*>(out);
+  for (int64_t s = 0; s < steps; ++s)
+    for (int64_t e = 0; e < E::kPerWord; ++e) {
+      const int64_t n = s * E::kPerWord + e;
+      const typename E::Elem* src = n < N ? qkv + (b * N + n) * row + (2 * H + h) * kHeadDim : nullptr;
+      for (int64_t d = 0; d < kHeadDim; ++d) o[(s * kHeadDim + d) * E::kPerWord + e] = src ? src[d] : 0;
     }
 }
 
-// acc[r][c] = a[r] . column j of packed tile c, for kRowsQK rows of `pairs` words (bf16 pairs) and the
-// two packed 16-column tiles at k0 (layout [tile][pair][16]): the one micro-kernel of both ops.
-inline __attribute__((always_inline)) void dot_rows_two_tiles(const uint32_t* a, int64_t pairs, const uint32_t* k0,
-                                                               __m512 (&acc)[kRowsQK][2]) {
+// acc[r][c] = a[r] . column j of packed tile c, for kRowsQK rows of `steps` words and the two packed
+// 16-column tiles at k0 (layout [tile][step][16]): the one micro-kernel of Q K^T and bf16_scaled_dot.
+template <class E>
+inline __attribute__((always_inline)) void dot_rows_two_tiles(const typename E::Word* a, int64_t steps,
+                                                               const typename E::Word* k0, __m512 (&acc)[kRowsQK][2]) {
   for (int r = 0; r < kRowsQK; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-  const uint32_t* k1 = k0 + pairs * kKeyTile;
-  for (int64_t p = 0; p < pairs; ++p) {
-    const __m512i b0 = _mm512_loadu_si512(k0 + p * kKeyTile);
-    const __m512i b1 = _mm512_loadu_si512(k1 + p * kKeyTile);
+  const typename E::Word* k1 = k0 + steps * kKeyTile;
+  for (int64_t s = 0; s < steps; ++s) {
+    const typename E::Vec b0 = E::load(k0 + s * kKeyTile);
+    const typename E::Vec b1 = E::load(k1 + s * kKeyTile);
     for (int r = 0; r < kRowsQK; ++r) {
-      const __m512i av = _mm512_set1_epi32(static_cast<int>(a[r * pairs + p]));
-      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], as_bh(av), as_bh(b0));
-      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], as_bh(av), as_bh(b1));
+      const typename E::Vec av = E::splat(a[r * steps + s]);
+      acc[r][0] = E::madd(acc[r][0], av, b0);
+      acc[r][1] = E::madd(acc[r][1], av, b1);
     }
   }
 }
 
-// scores[r][0, tiles*16) = scale * Q[r] . K[j] for kRowsQK rows (q: [rows][32 words]; tiles even).
-void scores_micro(const uint32_t* q, const uint32_t* kp, int64_t tiles, int64_t ld, float scale, float* scores) {
+// scores[r][0, tiles*16) = scale * Q[r] . K[j] for kRowsQK rows (q: [rows][64 / kPerWord words]; tiles even).
+template <class E>
+void scores_micro(const typename E::Word* q, const typename E::Word* kp, int64_t tiles, int64_t ld, float scale,
+                  float* scores) {
+  constexpr int64_t steps = kHeadDim / E::kPerWord;
   const __m512 vs = _mm512_set1_ps(scale);
   for (int64_t t = 0; t < tiles; t += 2) {
     __m512 acc[kRowsQK][2];
-    dot_rows_two_tiles(q, kPairs, kp + t * kPairs * kKeyTile, acc);
+    dot_rows_two_tiles<E>(q, steps, kp + t * steps * kKeyTile, acc);
     for (int r = 0; r < kRowsQK; ++r) {
       _mm512_storeu_ps(scores + r * ld + t * kKeyTile, _mm512_mul_ps(acc[r][0], vs));
       _mm512_storeu_ps(scores + r * ld + (t + 1) * kKeyTile, _mm512_mul_ps(acc[r][1], vs));
@@ -110,8 +153,9 @@ void scores_micro(const uint32_t* q, const uint32_t* kp, int64_t tiles, int64_t 
   }
 }
 
-// One score row -> bf16 exp(s - max) over the N real keys (padding keys get 0); returns the fp32 sum.
-float softmax_row(const float* s, int64_t N, int64_t padded, uint16_t* p) {
+// One score row -> exp(s - max) over the N real keys in E's type (padding keys get 0); returns the fp32 sum.
+template <class E>
+float softmax_row(const float* s, int64_t N, int64_t padded, typename E::Elem* p) {
   __m512 vmax = _mm512_set1_ps(-INFINITY);
   int64_t j = 0;
   for (; j + 16 <= N; j += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(s + j));
@@ -122,97 +166,106 @@ float softmax_row(const float* s, int64_t N, int64_t padded, uint16_t* p) {
   for (j = 0; j + 16 <= N; j += 16) {
     const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s + j), m));
     vsum = _mm512_add_ps(vsum, e);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), (__m256i)_mm512_cvtneps_pbh(e));
+    E::store16(p + j, e);
   }
   if (j < N) {
     const __m512 e = _mm512_maskz_mov_ps(tail, exp_nonpositive(_mm512_sub_ps(_mm512_mask_loadu_ps(m, tail, s + j), m)));
     vsum = _mm512_add_ps(vsum, e);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), (__m256i)_mm512_cvtneps_pbh(e));
+    E::store16(p + j, e);
     j += 16;
   }
-  for (; j < padded; j += 16) _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), _mm256_setzero_si256());
+  for (; j < padded; j += 16) E::store16(p + j, _mm512_setzero_ps());
   return _mm512_reduce_add_ps(vsum);
 }
 
-// out[r][0:64] = bf16((P[r] V) * inv_sum[r]) for kRowsPV rows (p: rows of `ld` bf16; vp: packed V).
-void values_micro(const uint16_t* p, int64_t ld, const uint32_t* vp, int64_t key_pairs, const float* inv_sum,
-                  uint16_t* const* out) {
+// out[r][0:64] = (P[r] V) * inv_sum[r] for kRowsPV rows (p: rows of `ld` words; vp: packed V of `steps` words).
+template <class E>
+void values_micro(const typename E::Word* p, int64_t ld, const typename E::Word* vp, int64_t steps,
+                  const float* inv_sum, typename E::Elem* const* out) {
   __m512 acc[kRowsPV][4];
   for (int r = 0; r < kRowsPV; ++r)
     for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_setzero_ps();
-  for (int64_t q = 0; q < key_pairs; ++q) {
-    const uint32_t* v = vp + q * kHeadDim;
-    const __m512i b0 = _mm512_loadu_si512(v), b1 = _mm512_loadu_si512(v + 16), b2 = _mm512_loadu_si512(v + 32),
-                  b3 = _mm512_loadu_si512(v + 48);
+  for (int64_t s = 0; s < steps; ++s) {
+    const typename E::Word* v = vp + s * kHeadDim;
+    const typename E::Vec b0 = E::load(v), b1 = E::load(v + 16), b2 = E::load(v + 32), b3 = E::load(v + 48);
     for (int r = 0; r < kRowsPV; ++r) {
-      uint32_t word;
-      std::memcpy(&word, p + r * ld + 2 * q, sizeof(word));
-      const __m512i a = _mm512_set1_epi32(static_cast<int>(word));
-      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], as_bh(a), as_bh(b0));
-      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], as_bh(a), as_bh(b1));
-      acc[r][2] = _mm512_dpbf16_ps(acc[r][2], as_bh(a), as_bh(b2));
-      acc[r][3] = _mm512_dpbf16_ps(acc[r][3], as_bh(a), as_bh(b3));
+      const typename E::Vec a = E::splat(p[r * ld + s]);
+      acc[r][0] = E::madd(acc[r][0], a, b0);
+      acc[r][1] = E::madd(acc[r][1], a, b1);
+      acc[r][2] = E::madd(acc[r][2], a, b2);
+      acc[r][3] = E::madd(acc[r][3], a, b3);
     }
   }
   for (int r = 0; r < kRowsPV; ++r) {
     if (out[r] == nullptr) continue;  // a padding row of the last block
     const __m512 inv = _mm512_set1_ps(inv_sum[r]);
-    for (int c = 0; c < 4; ++c)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out[r] + 16 * c),
-                          (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(acc[r][c], inv)));
+    for (int c = 0; c < 4; ++c) E::store16(out[r] + 16 * c, _mm512_mul_ps(acc[r][c], inv));
   }
 }
 
-at::Tensor bf16_attention(const at::Tensor& qkv, int64_t num_heads, double scale) {
-  TORCH_CHECK(qkv.device().is_cpu() && qkv.scalar_type() == at::kBFloat16, "bf16_attention: needs a bf16 CPU tensor");
+template <class E>
+at::Tensor attention(const at::Tensor& qkv, int64_t num_heads, double scale, const char* name) {
+  using Elem = typename E::Elem;
+  using Word = typename E::Word;
+  static_assert(sizeof(Word) == 4, "words are 32-bit");
+  constexpr int64_t qk_steps = kHeadDim / E::kPerWord;  // words per head row
+  TORCH_CHECK(qkv.device().is_cpu() && qkv.scalar_type() == E::kType, name, ": needs a ", E::kType, " CPU tensor");
   TORCH_CHECK(qkv.dim() == 3 && qkv.size(2) == 3 * num_heads * kHeadDim,
-              "bf16_attention: qkv must be [B, N, 3 * heads * 64], got ", qkv.sizes());
+              name, ": qkv must be [B, N, 3 * heads * 64], got ", qkv.sizes());
   const at::Tensor x = qkv.contiguous();
   const int64_t B = x.size(0), N = x.size(1), H = num_heads;
   // keys padded with zeros to an even number of 16-key tiles (the micro-kernel's two); softmax skips them
-  const int64_t tiles = 2 * ((N + 2 * kKeyTile - 1) / (2 * kKeyTile)), padded = tiles * kKeyTile, key_pairs = padded / 2;
+  const int64_t tiles = 2 * ((N + 2 * kKeyTile - 1) / (2 * kKeyTile)), padded = tiles * kKeyTile;
+  const int64_t pv_steps = padded / E::kPerWord, head_words = padded * qk_steps;
   const int64_t blocks = (N + kQueryBlock - 1) / kQueryBlock;
-  const uint16_t* src = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
-  at::Tensor keys = at::empty({B * H, padded * kPairs}, x.options().dtype(at::kInt));
-  at::Tensor values = at::empty({B * H, padded * kPairs}, x.options().dtype(at::kInt));
+  const Elem* src = static_cast<const Elem*>(x.data_ptr());
+  at::Tensor keys = at::empty({B * H, head_words}, x.options().dtype(at::kInt));
+  at::Tensor values = at::empty({B * H, head_words}, x.options().dtype(at::kInt));
   at::Tensor out = at::empty({B, N, H * kHeadDim}, x.options());
-  uint32_t* kp = reinterpret_cast<uint32_t*>(keys.data_ptr<int32_t>());
-  uint32_t* vp = reinterpret_cast<uint32_t*>(values.data_ptr<int32_t>());
-  uint16_t* dst = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  Word* kp = static_cast<Word*>(keys.data_ptr());
+  Word* vp = static_cast<Word*>(values.data_ptr());
+  Elem* dst = static_cast<Elem*>(out.data_ptr());
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bh = begin; bh < end; ++bh) {
-      pack_keys(src, bh / H, bh % H, N, H, tiles, kp + bh * padded * kPairs);
-      pack_values(src, bh / H, bh % H, N, H, key_pairs, reinterpret_cast<uint16_t*>(vp + bh * padded * kPairs));
+      pack_keys<E>(src, bh / H, bh % H, N, H, tiles, kp + bh * head_words);
+      pack_values<E>(src, bh / H, bh % H, N, H, pv_steps, vp + bh * head_words);
     }
   });
   const int64_t row = 3 * H * kHeadDim;
   at::parallel_for(0, B * H * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<uint32_t> q(kQueryBlock * kPairs);
+    std::vector<Word> q(kQueryBlock * qk_steps), probs(kQueryBlock * pv_steps);
     std::vector<float> scores(kQueryBlock * padded), inv_sum(kQueryBlock);
-    std::vector<uint16_t> probs(kQueryBlock * padded);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bh = task / blocks, b = bh / H, h = bh % H, n0 = (task % blocks) * kQueryBlock;
       for (int64_t r = 0; r < kQueryBlock; ++r) {  // the block's queries, zero rows past N
         const int64_t n = n0 + r;
-        if (n < N) std::memcpy(&q[r * kPairs], src + (b * N + n) * row + h * kHeadDim, kHeadDim * sizeof(uint16_t));
-        else std::memset(&q[r * kPairs], 0, kHeadDim * sizeof(uint16_t));
+        if (n < N) std::memcpy(&q[r * qk_steps], src + (b * N + n) * row + h * kHeadDim, kHeadDim * sizeof(Elem));
+        else std::memset(&q[r * qk_steps], 0, kHeadDim * sizeof(Elem));
       }
-      const uint32_t* k = kp + bh * padded * kPairs;
+      const Word* k = kp + bh * head_words;
       for (int64_t r = 0; r < kQueryBlock; r += kRowsQK)
-        scores_micro(&q[r * kPairs], k, tiles, padded, static_cast<float>(scale), &scores[r * padded]);
+        scores_micro<E>(&q[r * qk_steps], k, tiles, padded, static_cast<float>(scale), &scores[r * padded]);
       for (int64_t r = 0; r < kQueryBlock; ++r)
-        inv_sum[r] = 1.0f / softmax_row(&scores[r * padded], N, padded, &probs[r * padded]);
+        inv_sum[r] = 1.0f / softmax_row<E>(&scores[r * padded], N, padded, reinterpret_cast<Elem*>(&probs[r * pv_steps]));
       for (int64_t r = 0; r < kQueryBlock; r += kRowsPV) {
-        uint16_t* rows[kRowsPV];
+        Elem* rows[kRowsPV];
         for (int64_t i = 0; i < kRowsPV; ++i) {
           const int64_t n = n0 + r + i;
           rows[i] = n < N ? dst + (b * N + n) * H * kHeadDim + h * kHeadDim : nullptr;
         }
-        values_micro(&probs[r * padded], padded, vp + bh * padded * kPairs, key_pairs, &inv_sum[r], rows);
+        values_micro<E>(&probs[r * pv_steps], pv_steps, vp + bh * head_words, pv_steps, &inv_sum[r], rows);
       }
     }
   });
   return out;
+}
+
+at::Tensor bf16_attention(const at::Tensor& qkv, int64_t num_heads, double scale) {
+  return attention<Bf16>(qkv, num_heads, scale, "bf16_attention");
+}
+
+at::Tensor fp32_attention(const at::Tensor& qkv, int64_t num_heads, double scale) {
+  return attention<Fp32>(qkv, num_heads, scale, "fp32_attention");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -238,7 +291,7 @@ void pack_columns(const uint32_t* b, int64_t n, int64_t pairs, int64_t n0, uint3
 void dot_micro(const uint32_t* a, int64_t pairs, const uint32_t* packed, int64_t t, const float* rs,
                const float* cs, int64_t cols, float* out, int64_t ld, int64_t rows) {
   __m512 acc[kRowsQK][2];
-  dot_rows_two_tiles(a, pairs, packed + t * pairs * kKeyTile, acc);
+  dot_rows_two_tiles<Bf16>(a, pairs, packed + t * pairs * kKeyTile, acc);
   for (int c = 0; c < 2; ++c) {
     const int64_t left = cols - (t + c) * kKeyTile;
     if (left <= 0) break;
@@ -301,12 +354,9 @@ at::Tensor bf16_scaled_dot(const at::Tensor& a, const at::Tensor& b, const at::T
 
 }  // namespace
 
-TORCH_LIBRARY(fsseg_kernels, m) {
-  m.def("bf16_attention(Tensor qkv, int num_heads, float scale) -> Tensor");
-  m.def("bf16_scaled_dot(Tensor a, Tensor b, Tensor row_scale, Tensor col_scale) -> Tensor");
-}
-
+// the op schemas are defined in cpu_kernels.py (with their FLOP formulas), before this library loads
 TORCH_LIBRARY_IMPL(fsseg_kernels, CPU, m) {
   m.impl("bf16_attention", &bf16_attention);
+  m.impl("fp32_attention", &fp32_attention);
   m.impl("bf16_scaled_dot", &bf16_scaled_dot);
 }

@@ -1,5 +1,5 @@
-"""Build and call ``bf16_kernels.cpp``: AVX512-BF16 attention for DINOv2's bf16 passes and fp32-exact
-dot products of bf16 features for the 4D correlation, on CPU.
+"""Build and call ``cpu_kernels.cpp``: attention for DINOv2's bf16 and fp32 inference passes and
+fp32-exact dot products of bf16 features for the 4D correlation, on x86 CPUs with AVX512-BF16.
 
 The kernel is compiled on first use with torch's extension builder (g++ and ninja; about 15 s) into
 ``$XDG_CACHE_HOME/fsseg/kernels/<torch version>-<source hash>`` (``~/.cache`` by default); later processes
@@ -21,7 +21,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("bf16_kernels.cpp")
+SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
 HEAD_DIM = 64  # the kernel's head size: every DINOv2 (ViT-S/B/L/g) has 64-dim heads
 # the instructions the kernel is compiled for: AVX-512 foundation + the bf16 dot product
 REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16")
@@ -46,7 +46,7 @@ def missing_cpu_flags(flags: Optional[Iterable[str]] = None) -> list:
     return [f for f in REQUIRED_CPU_FLAGS if f not in have]
 
 
-def bf16_kernels_status(cpu_flag_set: Optional[Iterable[str]] = None) -> tuple:
+def cpu_kernels_status(cpu_flag_set: Optional[Iterable[str]] = None) -> tuple:
     """``(usable, reason)``; builds (or loads) the kernel the first time it is asked on this CPU.
     ``cpu_flag_set`` simulates another CPU (nothing is built then)."""
     if cpu_flag_set is not None:
@@ -56,7 +56,7 @@ def bf16_kernels_status(cpu_flag_set: Optional[Iterable[str]] = None) -> tuple:
         if not _state:
             _state.update(_load())
             if not _state["ok"]:
-                log.warning("fsseg bf16 kernels not used (%s): DINOv2's bf16 attention and the 4D correlation "
+                log.warning("fsseg CPU kernels not used (%s): DINOv2's attention and the 4D correlation "
                             "run in torch's ops, same results, slower", _state["reason"])
     return _state["ok"], _state["reason"]
 
@@ -65,8 +65,8 @@ def _load() -> dict:
     miss = missing_cpu_flags()
     if miss:
         return dict(ok=False, reason=f"the CPU lacks {', '.join(miss)}")
-    if hasattr(torch.ops.fsseg_kernels, "bf16_scaled_dot"):  # already loaded in this process
-        return dict(ok=True, reason="")
+    if torch._C._dispatch_has_kernel_for_dispatch_key("fsseg_kernels::fp32_attention", "CPU"):
+        return dict(ok=True, reason="")  # already loaded in this process
     try:
         from torch.utils.cpp_extension import load
 
@@ -74,12 +74,43 @@ def _load() -> dict:
         build = _build_dir()
         build.mkdir(parents=True, exist_ok=True)
         if not any(build.glob("*.so")):
-            log.warning("compiling fsseg's bf16 CPU kernels into %s (once; about 20 s)", build)
-        load(name="fsseg_bf16_kernels", sources=[str(SOURCE)], extra_cflags=_CFLAGS, extra_ldflags=["-fopenmp"],
+            log.warning("compiling fsseg's CPU kernels into %s (once; about 20 s)", build)
+        load(name="fsseg_cpu_kernels", sources=[str(SOURCE)], extra_cflags=_CFLAGS, extra_ldflags=["-fopenmp"],
              build_directory=str(build), is_python_module=False, verbose=False)
     except Exception as e:  # no compiler / ninja, or a failed build: say why, run torch's attention
         return dict(ok=False, reason=f"build failed: {type(e).__name__}: {str(e).strip().splitlines()[-1][:300]}")
     return dict(ok=True, reason="")
+
+
+def _define_ops() -> torch.library.Library:
+    """The kernels' op schemas (the compiled library only implements them) and their FLOPs for
+    ``torch.utils.flop_counter``, registered at import so that a FLOP count started before the first
+    kernel call (``make bench``) sees them. The FLOPs are those torch counts for what the kernels
+    replace: attention 2 products of 2 N^2 d per head (as ``scaled_dot_product_attention``), the scaled
+    dot 2 M N C (as ``bmm``)."""
+    from torch.utils.flop_counter import flop_registry, register_flop_formula
+
+    lib = torch.library.Library("fsseg_kernels", "DEF")
+    lib.define("bf16_attention(Tensor qkv, int num_heads, float scale) -> Tensor")
+    lib.define("fp32_attention(Tensor qkv, int num_heads, float scale) -> Tensor")
+    lib.define("bf16_scaled_dot(Tensor a, Tensor b, Tensor row_scale, Tensor col_scale) -> Tensor")
+    ops = torch.ops.fsseg_kernels
+
+    def attention_flops(qkv_shape, num_heads, *args, out_shape=None, **kw):
+        b, n, _ = qkv_shape
+        return 4 * b * num_heads * n * n * HEAD_DIM
+
+    def scaled_dot_flops(a_shape, b_shape, *args, out_shape=None, **kw):
+        return 2 * a_shape[0] * a_shape[1] * b_shape[1] * a_shape[2]
+
+    for op, formula in ((ops.bf16_attention, attention_flops), (ops.fp32_attention, attention_flops),
+                        (ops.bf16_scaled_dot, scaled_dot_flops)):
+        if op not in flop_registry:
+            register_flop_formula(op)(formula)
+    return lib
+
+
+_LIBRARY = _define_ops()  # kept: a Library object un-defines its ops when collected
 
 
 def _ninja_on_path() -> None:
@@ -97,9 +128,16 @@ def _ninja_on_path() -> None:
 def bf16_attention(qkv: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
     """Softmax attention of ``qkv`` ``[B, N, 3 * num_heads * 64]`` bf16 (timm ``Attention.qkv``'s output)
     -> ``[B, N, num_heads * 64]`` bf16. Scores, softmax and sums in fp32; P rounded to bf16 for the
-    second product, as torch's bf16 CPU kernel does. Raises where ``bf16_kernels_status`` is False."""
+    second product, as torch's bf16 CPU kernel does. Raises where ``cpu_kernels_status`` is False."""
     _require()
     return torch.ops.fsseg_kernels.bf16_attention(qkv, int(num_heads), float(scale))
+
+
+def fp32_attention(qkv: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
+    """Softmax attention of ``qkv`` ``[B, N, 3 * num_heads * 64]`` fp32 -> ``[B, N, num_heads * 64]`` fp32,
+    every product, exponential and sum in fp32 (FMA). Raises where ``cpu_kernels_status`` is False."""
+    _require()
+    return torch.ops.fsseg_kernels.fp32_attention(qkv, int(num_heads), float(scale))
 
 
 def bf16_scaled_dot(a: torch.Tensor, b: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor) -> torch.Tensor:
@@ -111,9 +149,9 @@ def bf16_scaled_dot(a: torch.Tensor, b: torch.Tensor, row_scale: torch.Tensor, c
 
 
 def _require() -> None:
-    ok, reason = bf16_kernels_status()
+    ok, reason = cpu_kernels_status()
     if not ok:
-        raise RuntimeError(f"fsseg bf16 kernels unavailable: {reason}")
+        raise RuntimeError(f"fsseg CPU kernels unavailable: {reason}")
 
 
-__all__ = ["bf16_attention", "bf16_scaled_dot", "bf16_kernels_status", "missing_cpu_flags", "REQUIRED_CPU_FLAGS", "HEAD_DIM"]
+__all__ = ["bf16_attention", "fp32_attention", "bf16_scaled_dot", "cpu_kernels_status", "missing_cpu_flags", "REQUIRED_CPU_FLAGS", "HEAD_DIM"]
