@@ -297,3 +297,31 @@ def test_dinov2_blocks_use_onednn_linears_with_the_same_keys_and_flops():
         assert (out.last - fast(x).last).abs().max() <= 1e-5 * out.last.abs().max()
     # the fused ops and fsseg's kernels count as the ops they replace (make bench reads GFLOP/s from this)
     assert flops["fast"] == flops["plain"] > 0
+
+
+@needs_onednn
+def test_packed_weight_follows_every_change_of_the_weight():
+    import copy
+
+    layer = OneDNNLinear.adopt(torch.nn.Linear(64, 32)).requires_grad_(False)
+    x = torch.randn(5, 64, generator=torch.Generator().manual_seed(0))
+
+    def agrees(m):
+        return torch.allclose(m(x), F.linear(x, m.weight, m.bias), atol=1e-5)
+
+    with torch.no_grad():
+        assert agrees(layer) and "_packed" in layer.__dict__
+        layer.weight.mul_(-2)  # in place: a stale packed copy would be a silent wrong result
+        assert agrees(layer)
+        layer.load_state_dict({"weight": torch.randn(32, 64), "bias": torch.zeros(32)})  # copies in place
+        assert agrees(layer)
+        clone = copy.deepcopy(layer)
+        assert "_packed" not in clone.__dict__ and agrees(clone)
+        layer.weight = torch.nn.Parameter(torch.randn(32, 64), requires_grad=False)  # a new tensor
+        assert agrees(layer)
+        layer.to(torch.bfloat16)
+        out = layer(x.bfloat16())
+        assert out.dtype == torch.bfloat16
+        # torch's bf16 linear of the same bf16 numbers, to one rounding of the output (8-bit mantissa)
+        ref = F.linear(x.bfloat16(), layer.weight, layer.bias).float()
+        assert torch.allclose(out.float(), ref, rtol=2 ** -7, atol=1e-2)

@@ -80,10 +80,31 @@ class OneDNNLinear(nn.Linear):
             return False  # F.linear is what autocast casts
         return not capturing_graph()
 
+    def packed_weight(self, rows: int) -> torch.Tensor:
+        """The weight in oneDNN's blocked layout, packed once and kept while the weight is unchanged
+        (same storage, dtype and in-place version): unpacked, oneDNN re-lays it out on every call
+        (DINOv2-B pass 0.95x with it, bit-identical). ``rows``: the batch rows oneDNN picks the layout for;
+        any other row count gives the same result."""
+        w = self.weight
+        if w.is_inference():  # created under inference_mode: no version counter to notice in-place changes
+            return w
+        key = (w.data_ptr(), w._version, w.dtype, tuple(w.shape))
+        cached = self.__dict__.get("_packed")
+        if cached is None or cached[0] != key:
+            cached = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach(), rows))
+            self.__dict__["_packed"] = cached
+        return cached[1]
+
+    def __getstate__(self):  # copies and pickles (deepcopy, torch.save of the module) repack on first use
+        state = super().__getstate__()
+        state.pop("_packed", None)
+        return state
+
     def forward(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
         if self.onednn_applies(x):
             attr, algorithm = ("gelu", "none") if gelu else ("none", "")  # "none": exact erf GELU
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, attr, [], algorithm)
+            weight = self.packed_weight(x.numel() // x.shape[-1])
+            return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, attr, [], algorithm)
         y = F.linear(x, self.weight, self.bias)
         return F.gelu(y) if gelu else y
 
