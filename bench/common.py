@@ -35,7 +35,7 @@ def make_config(quick: bool) -> dict:
         resolutions=[126, 252, 518],
         model_kwargs={}, sam_variants={"sam_h": "vit_h", "sam_b": "vit_b"}, teacher="vit_h", teacher_size=1024,
         shots=[1, 5], sweep_shots=[1, 5, 10, 20], spec_shots=[1, 5, 20, 50], classes=[1, 2, 5],
-        reuse_queries=20, reuse_shots=5, warmup=1, reps=3, reps_large=2, sam_h_reps=2, sam_reps=2,
+        reuse_queries=20, reuse_shots=5, warmup=1, reps=5, reps_large=3, sam_h_reps=2, sam_reps=2,
         train_warm_reps=4, variants=["ba_pcs", "compact", "full", "uino"],
     )
 

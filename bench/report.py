@@ -136,6 +136,11 @@ def _why_reuse(reuse: dict) -> str:
     return s
 
 
+def _peak_ratio(inf: dict) -> str:
+    pk = inf.get("peaks") or {}
+    return f" ({pk['bf16-mixed']['gflops'] / pk['32']['gflops']:.2f}x here)" if {"32", "bf16-mixed"} <= set(pk) else ""
+
+
 def precision_targets(inf: dict) -> List[dict]:
     """bf16 speed-up, bf16 accuracy on the trained demo model, and the encoder's fraction of peak."""
     out = []
@@ -149,7 +154,8 @@ def precision_targets(inf: dict) -> List[dict]:
                                  "pixels as fp32)",
                         value=e["speedup_vs_fp32"], passed=e["speedup_vs_fp32"] >= 2.0,
                         why=("bf16 DINOv2 (92% of the FLOPs) runs at the bf16 fraction of peak shown below; the "
-                             "bf16/fp32 peak ratio bounds the speed-up; the fp32 parts (cosines, Mamba scan, SAM "
+                             f"bf16/fp32 peak ratio{_peak_ratio(inf)} bounds the speed-up when both precisions run "
+                             "at the same fraction of their peak; the fp32 parts (cosines, Mamba scan, SAM "
                              "decoder) and the non-matmul ops do not speed up")))
     da = inf.get("demo_agreement") or {}
     if da.get("skipped"):
@@ -268,7 +274,11 @@ def write_markdown(cfg: dict, res: dict, path: Path) -> None:
                  "`segmenter-only`: adapter + support prompts + decode timed directly (and its share of the floor). "
                  "`params (segmenter)`: everything but the frozen DINOv2. `GFLOP`: FLOPs of the row counted once "
                  "with FlopCounterMode (dual rows: DINOv2 + (1+K) SAM passes, SAM counted by its parts); GFLOP/s = "
-                 "GFLOP / latency.")
+                 "GFLOP / latency."
+                 + ("" if not inf.get("packed_weights_mb") else
+                    " DINOv2's block weights packed into oneDNN's layout on first use (`OneDNNLinear`), kept across "
+                    "calls and not in `peak extra mem`: " + ", ".join(
+                        f"{PREC_LABEL.get(p, p)} {mb:.0f} MB" for p, mb in inf["packed_weights_mb"].items()) + "."))
         L.extend(_precision_md(cfg, inf))
     for prec, ru in res.get("reuse", {}).get("by_precision", {}).items():
         _section(L, f"## Support reuse ({PREC_LABEL.get(prec, prec)}): {ru['queries']} queries on one {ru['shots']}-shot "

@@ -35,39 +35,32 @@ def _merge(x):
     return x.transpose(1, 2).reshape(B, N, H * D)
 
 
+def _attention_kernel(dtype):
+    return fsseg.kernels.bf16_attention if dtype == torch.bfloat16 else fsseg.kernels.fp32_attention
+
+
 @needs_kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("B,N,H,scale", [(1, 1, 2, 1.0), (2, 17, 3, 1.0), (1, 33, 1, 3.0), (2, 257, 4, 2.0),
                                          (1, 1370, 2, 1.0)])
-def test_attention_is_torch_attention_at_bf16_precision(B, N, H, scale):
+def test_attention_is_torch_attention_at_its_precision(B, N, H, scale, dtype):
     # N: one token, partial 16-key tiles, partial 24-query blocks, DINOv2-B's 1370 tokens at 518
     g = torch.Generator().manual_seed(N)
-    qkv = (torch.randn(B, N, 3 * H * 64, generator=g) * scale).bfloat16()
+    qkv = (torch.randn(B, N, 3 * H * 64, generator=g) * scale).to(dtype)
     q, k, v = _split(qkv, H)
     ref = _merge(F.scaled_dot_product_attention(q.double(), k.double(), v.double()))
-    torch_bf16 = _merge(F.scaled_dot_product_attention(q, k, v)).double()
-    ours = fsseg.kernels.bf16_attention(qkv, H, 64 ** -0.5)
-    assert ours.dtype == torch.bfloat16 and ours.shape == (B, N, H * 64)
-    err, err_torch = (ours.double() - ref).abs(), (torch_bf16 - ref).abs()
-    # as close to exact attention as torch's own bf16 kernel (both round P and the output to bf16)
-    assert err.mean() <= 1.1 * err_torch.mean() + 1e-6
-    assert err.max() <= 2 * err_torch.max() + 1e-3
-
-
-@needs_kernels
-@pytest.mark.parametrize("B,N,H,scale", [(1, 1, 2, 1.0), (2, 17, 3, 1.0), (1, 33, 1, 3.0), (2, 257, 4, 2.0),
-                                         (1, 1370, 2, 1.0)])
-def test_fp32_attention_is_torch_attention_at_fp32_precision(B, N, H, scale):
-    g = torch.Generator().manual_seed(N)
-    qkv = torch.randn(B, N, 3 * H * 64, generator=g) * scale
-    q, k, v = _split(qkv, H)
-    ref = _merge(F.scaled_dot_product_attention(q.double(), k.double(), v.double()))
-    torch_fp32 = _merge(F.scaled_dot_product_attention(q, k, v)).double()
-    ours = fsseg.kernels.fp32_attention(qkv, H, 64 ** -0.5)
-    assert ours.dtype == torch.float32 and ours.shape == (B, N, H * 64)
-    err, err_torch = (ours.double() - ref).abs(), (torch_fp32 - ref).abs()
-    # fp32 rounding of a 64-term product, an ~1-ulp exponential and an N-term sum: a few 1e-7 here,
-    # the order of torch's own fp32 kernel (not bit-equal: different summation order)
-    assert err.max() <= 4 * err_torch.max() + 1e-6 and err.mean() <= 3 * err_torch.mean() + 1e-8
+    torch_same_dtype = _merge(F.scaled_dot_product_attention(q, k, v)).double()
+    ours = _attention_kernel(dtype)(qkv, H, 64 ** -0.5)
+    assert ours.dtype == dtype and ours.shape == (B, N, H * 64)
+    err, err_torch = (ours.double() - ref).abs(), (torch_same_dtype - ref).abs()
+    if dtype == torch.bfloat16:
+        # as close to exact attention as torch's own bf16 kernel (both round P and the output to bf16)
+        assert err.mean() <= 1.1 * err_torch.mean() + 1e-6
+        assert err.max() <= 2 * err_torch.max() + 1e-3
+    else:
+        # fp32 rounding of a 64-term product, an ~1-ulp exponential and an N-term sum: a few 1e-7 here,
+        # the order of torch's own fp32 kernel (not bit-equal: another summation order)
+        assert err.max() <= 4 * err_torch.max() + 1e-6 and err.mean() <= 3 * err_torch.mean() + 1e-8
 
 
 @needs_kernels
@@ -75,8 +68,7 @@ def test_fp32_attention_is_torch_attention_at_fp32_precision(B, N, H, scale):
 def test_attention_one_key_returns_its_value(dtype):
     # worked by hand: with one token softmax is 1, so the output is V exactly
     qkv = torch.randn(3, 1, 3 * 2 * 64).to(dtype)
-    kernel = fsseg.kernels.bf16_attention if dtype == torch.bfloat16 else fsseg.kernels.fp32_attention
-    out = kernel(qkv, 2, 0.125)
+    out = _attention_kernel(dtype)(qkv, 2, 0.125)
     assert torch.equal(out, qkv[:, :, 2 * 2 * 64:])
 
 

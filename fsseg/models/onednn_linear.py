@@ -109,6 +109,12 @@ class OneDNNLinear(nn.Linear):
         return F.gelu(y) if gelu else y
 
 
+def packed_weight_bytes(module: nn.Module) -> int:
+    """Bytes of the oneDNN-packed weight copies the ``OneDNNLinear`` layers in ``module`` hold now."""
+    return sum(torch.ops.mkldnn._nbytes(m.__dict__["_packed"][1]) for m in module.modules()
+               if isinstance(m, OneDNNLinear) and "_packed" in m.__dict__)
+
+
 def use_onednn_linears(module: nn.Module) -> nn.Module:
     """Replace every ``nn.Linear`` inside ``module`` by a ``OneDNNLinear`` holding the same
     parameters (state-dict keys unchanged); returns ``module``."""
