@@ -7,7 +7,7 @@ import platform
 import re
 from pathlib import Path
 
-from bench.common import log
+from bench.common import log, timeit_interleaved
 
 NAME = "machine"
 
@@ -52,7 +52,6 @@ def matmul_peak(dtype_name: str, device: str = "cpu", n: int = 2048, reps: int =
     169-189 vs 214-219 GFLOP/s in fp32), so a peak taken from ``torch.mm`` alone would flatter every row."""
     import torch
 
-    from bench.common import timeit_interleaved
     from fsseg.models.onednn_linear import onednn_linear_available
 
     dtype = {"32": torch.float32, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}[dtype_name]

@@ -37,7 +37,7 @@ from torch import nn
 
 import fsseg.kernels  # noqa: F401  (defines the kernels' ops and FLOP formulas; builds nothing)
 
-from .onednn_linear import OneDNNLinear, capturing_graph, use_onednn_linears
+from .onednn_linear import OneDNNLinear, cpu_inference_call, use_onednn_linears
 from .weights import CheckpointMismatchError, load_state_dict_file, resolve_checkpoint, strict_load
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -112,8 +112,6 @@ def interpolate_pos_encoding(patch_pos: torch.Tensor, grid: tuple[int, int], off
 def _cpu_compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:
     """The dtype a linear layer of ``weight`` on ``x`` computes in on the CPU: bf16 (bf16 weights, or
     fp32 weights under a bf16 CPU autocast), fp32 (fp32 weights, no autocast), else None."""
-    if x.device.type != "cpu":
-        return None
     autocast = torch.is_autocast_enabled("cpu")
     if (x.dtype == weight.dtype == torch.bfloat16) or (autocast and torch.get_autocast_dtype("cpu") == torch.bfloat16):
         return torch.bfloat16
@@ -139,9 +137,7 @@ class DINOv2Attention(TimmAttention):
             return None
         if self.gate is not None or not all(isinstance(m, nn.Identity) for m in (self.q_norm, self.k_norm, self.norm)):
             return None
-        if torch.is_grad_enabled() and (x.requires_grad or self.qkv.weight.requires_grad):
-            return None  # the kernels have no backward
-        if (self.training and self.attn_drop.p > 0) or capturing_graph():
+        if (self.training and self.attn_drop.p > 0) or not cpu_inference_call(x, self.qkv.weight):
             return None
         dtype = _cpu_compute_dtype(x, self.qkv.weight)
         if dtype is None:

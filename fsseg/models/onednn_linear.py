@@ -4,9 +4,9 @@ oneDNN's matmul with the bias, and optionally the exact (erf) GELU, fused into i
 Why (issue 15): on an x86 CPU torch's fp32 ``F.linear`` calls MKL's sgemm. On this machine's AMD EPYC
 (Zen 4) MKL reaches 169-189 GFLOP/s on a 2048^3 product where oneDNN's matmul reaches 214-219 (the two
 timed in alternation, 2 threads), and a DINOv2-B pass at 518 with its four linear layers per block
-on oneDNN takes 0.81x the time (median of 16 interleaved passes, outputs within 1e-6). bf16 linears
-already run on oneDNN; fusing fc1's GELU saves a pass over the 1370x3072 hidden activations (bf16
-DINOv2-B pass 0.94x). The op is ``torch.ops.mkldnn._linear_pointwise``, the one torch's own CPU
+on oneDNN takes 0.78-0.81x the time (medians of 12-16 interleaved passes, outputs within 1e-6). bf16
+linears already run on oneDNN; fusing fc1's GELU saves a pass over the 1370x3072 hidden activations
+(bf16 DINOv2-B pass 0.93-0.94x). The op is ``torch.ops.mkldnn._linear_pointwise``, the one torch's own CPU
 compiler (Inductor) emits for linear + activation; where it is missing, the input needs gradients,
 autocast is on, or the code is being traced/exported, the layer is plain ``F.linear`` (+ ``F.gelu``).
 """
@@ -53,6 +53,17 @@ def capturing_graph() -> bool:
     return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
 
 
+def cpu_inference_call(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """A call of a layer of ``weight`` on ``x`` that fsseg's CPU fast paths (``OneDNNLinear``,
+    ``fsseg.kernels``' attention) may take: both on the CPU, no gradient wanted (they have no
+    backward), no graph being captured."""
+    if x.device.type != "cpu" or weight.device.type != "cpu":
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return False
+    return not capturing_graph()
+
+
 class OneDNNLinear(nn.Linear):
     """``nn.Linear`` whose CPU inference runs oneDNN (see the module docstring). ``enabled=False``
     keeps ``F.linear`` everywhere. ``forward(x, gelu=True)`` is ``F.gelu(self(x))`` with the GELU
@@ -70,15 +81,11 @@ class OneDNNLinear(nn.Linear):
         return new
 
     def onednn_applies(self, x: torch.Tensor) -> bool:
-        if not (self.enabled and _AVAILABLE) or x.device.type != "cpu" or x.dim() < 2:
+        if not (self.enabled and _AVAILABLE) or x.dim() < 2 or x.dtype not in _DTYPES or x.dtype != self.weight.dtype:
             return False
-        if x.dtype not in _DTYPES or x.dtype != self.weight.dtype or self.weight.device.type != "cpu":
-            return False
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-            return False  # no backward through the fused op
         if torch.is_autocast_enabled("cpu"):
             return False  # F.linear is what autocast casts
-        return not capturing_graph()
+        return cpu_inference_call(x, self.weight)
 
     def packed_weight(self, rows: int) -> torch.Tensor:
         """The weight in oneDNN's blocked layout, packed once and kept while the weight is unchanged
