@@ -1,11 +1,13 @@
-"""The machine, and its measured matrix-multiply peak in fp32 and bf16 (same threads): the roofline
-every inference row is read against. ``python -m bench.machine``."""
+"""The machine, its measured matrix-multiply peak in fp32 and bf16 (same threads), the roofline every
+inference row is read against, and (CPU) the cores' multiply-add instruction rate that bounds both.
+``python -m bench.machine``."""
 from __future__ import annotations
 
 import os
 import platform
 import re
 from pathlib import Path
+from typing import Optional
 
 from bench.common import log, timeit_interleaved
 
@@ -71,6 +73,31 @@ def matmul_peak(dtype_name: str, device: str = "cpu", n: int = 2048, reps: int =
                 dtype=str(dtype).replace("torch.", ""), library=fastest, by_library=by_library)
 
 
+def instruction_peak(device: str = "cpu", reps: int = 5) -> Optional[dict]:
+    """The cores' register-only multiply-add rate in GFLOP/s on torch's threads (``fsseg.kernels``'
+    ``instruction_peak``): 512-bit fp32 FMAs and bf16 dot products (vdpbf16ps), best of ``reps``
+    timed in alternation. No matmul can pass it; the bf16/fp32 ratio of these two rates is what bf16
+    can gain at most where both precisions run at the same fraction of their rate. CPU with
+    AVX512-BF16 only (None on a GPU, ``skipped`` with the reason elsewhere)."""
+    import torch
+
+    from fsseg.kernels import cpu_kernels_status
+
+    if device != "cpu":
+        return None
+    ok, why = cpu_kernels_status()
+    if not ok:
+        return dict(skipped=why)
+    from fsseg.kernels.cpu_kernels import instruction_peak as probe
+
+    best = {"32": 0.0, "bf16-mixed": 0.0}
+    for _ in range(reps):
+        for p in best:
+            best[p] = max(best[p], probe(bf16=p == "bf16-mixed"))
+    return dict(gflops={p: round(g, 1) for p, g in best.items()}, reps=reps, threads=torch.get_num_threads(),
+                ratio=best["bf16-mixed"] / best["32"])
+
+
 def precisions_for(device: str) -> list:
     """The precisions measured on ``device``: fp32 and bf16 (on a CPU without native bf16 the bf16
     rows show what emulation costs, which is why ``auto`` picks fp32 there), + fp16 on a GPU."""
@@ -84,11 +111,17 @@ def precisions_for(device: str) -> list:
 
 def measure(cfg: dict, res: dict, devices: list, **_) -> None:
     res["machine"] = machine_info()
-    peaks = {}
+    peaks, instruction = {}, {}
     for dev in devices:
         peaks[dev] = {p: matmul_peak(p, dev) for p in precisions_for(dev)}
         log(f"matmul peak ({dev}): " + ", ".join(f"{p} {v['gflops']:.0f} GFLOP/s" for p, v in peaks[dev].items()))
+        ip = instruction_peak(dev)
+        if ip is not None:
+            instruction[dev] = ip
+            log(f"instruction peak ({dev}): " + (ip["skipped"] if "skipped" in ip else ", ".join(
+                f"{p} {g:.0f} GFLOP/s" for p, g in ip["gflops"].items())))
     res["peak"] = peaks
+    res["instruction_peak"] = instruction
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 from bench.common import log
 
@@ -92,7 +92,7 @@ def targets(cfg: dict, res: dict) -> List[dict]:
                              f"blocks 1-{3} + the adapter (forward and backward) at the student resolution "
                              f"{dist['student_resolution']}; teacher-bound steps: {dist['no_cache']['runs']}")))
     if inf:
-        out.extend(precision_targets(inf))
+        out.extend(precision_targets(inf, res.get("instruction_peak", {}).get(dev)))
     return out
 
 
@@ -141,8 +141,23 @@ def _peak_ratio(inf: dict) -> str:
     return f" ({pk['bf16-mixed']['gflops'] / pk['32']['gflops']:.2f}x here)" if {"32", "bf16-mixed"} <= set(pk) else ""
 
 
-def precision_targets(inf: dict) -> List[dict]:
-    """bf16 speed-up, bf16 accuracy on the trained demo model, and the encoder's fraction of peak."""
+def _instruction_bound(inf: dict, full1: dict, ip: Optional[dict]) -> str:
+    """What the cores' instruction rates say about the bf16 speed-up (empty without the measurement)."""
+    if not ip or "gflops" not in ip:
+        return ""
+    f32 = full1["by_precision"]["32"]
+    frac32 = f32["gflops_per_s"] / ip["gflops"]["32"]
+    need = frac32 * 2.0 / ip["ratio"]
+    return (f". The cores' bf16 dot product does {ip['ratio']:.2f}x the FLOPs of their fp32 FMA per second "
+            f"(register-only, {ip['gflops']['bf16-mixed']:.0f} vs {ip['gflops']['32']:.0f} GFLOP/s) and fp32 runs this "
+            f"model at {100 * frac32:.0f}% of its instruction rate: 2.0x would need bf16 at {100 * need:.0f}% of its own, "
+            "end to end, while the softmax exponentials, normalisations and the decoder's fp32 parts take the same "
+            "time in both precisions")
+
+
+def precision_targets(inf: dict, ip: Optional[dict] = None) -> List[dict]:
+    """bf16 speed-up, bf16 accuracy on the trained demo model, and the encoder's fraction of peak
+    (``ip``: the device's instruction peak, ``bench.machine.instruction_peak``)."""
     out = []
     rows = inf.get("precision_rows") or []
     full1 = next((r for r in rows if r["kind"] == "fsdino_full" and r["shots"] == 1), None)
@@ -156,7 +171,7 @@ def precision_targets(inf: dict) -> List[dict]:
                         why=("bf16 DINOv2 (92% of the FLOPs) runs at the bf16 fraction of peak shown below; the "
                              f"bf16/fp32 peak ratio{_peak_ratio(inf)} bounds the speed-up when both precisions run "
                              "at the same fraction of their peak; the fp32 parts (cosines, Mamba scan, SAM "
-                             "decoder) and the non-matmul ops do not speed up")))
+                             "decoder) and the non-matmul ops do not speed up" + _instruction_bound(inf, full1, ip))))
     da = inf.get("demo_agreement") or {}
     if da.get("skipped"):
         out.append(dict(name="bf16 masks: >= 99% pixels = fp32 and mIoU within 0.5 (trained demo model)",
@@ -223,6 +238,16 @@ def write_markdown(cfg: dict, res: dict, path: Path) -> None:
                      "fp32 is MKL's sgemm, which on AMD CPUs runs below the cores' rate): "
                      + "; ".join(f"{PREC_LABEL.get(p, p)} " + ", ".join(f"{k} {g:.0f}" for k, g in v["by_library"].items())
                                  for p, v in pk.items() if "by_library" in v) + " GFLOP/s.")
+        ip = res.get("instruction_peak", {}).get(dev)
+        if ip and "gflops" in ip:
+            g = ip["gflops"]
+            L.append(f"The cores' instruction rate (register-only 512-bit multiply-adds, best of {ip['reps']}, "
+                     f"{ip['threads']} threads): fp32 FMA {g['32']:.0f}, bf16 dot product (vdpbf16ps) "
+                     f"{g['bf16-mixed']:.0f} GFLOP/s (bf16/fp32 {ip['ratio']:.2f}x); the matmul peaks are "
+                     + ", ".join(f"{PREC_LABEL.get(p, p)} {100 * pk[p]['gflops'] / g[p]:.0f}%" for p in g if p in pk)
+                     + " of it.")
+        elif ip:
+            L.append(f"The cores' instruction rate: not measured ({ip['skipped']}).")
         if any("measured" in v for v in pk.values()):
             L.append("The peak is the higher of two measurements, at the start of the run and in the inference "
                      "process just before its rows (the fp32 rate of this shared machine moves between minutes): "

@@ -149,3 +149,28 @@ def test_quick_run_reports_both_peak_measurements(quick_run):
         assert set(libs) == ({"torch.mm", "oneDNN matmul"} if onednn_linear_available() else {"torch.mm"})
         assert math.isclose(p["gflops"], libs[p["library"]], abs_tol=0.06) and libs[p["library"]] == max(libs.values())
     assert "faster of torch.mm" in (out / "results.md").read_text()
+
+
+def test_quick_run_reports_the_instruction_rate_the_peaks_are_read_against(quick_run):
+    out, res = quick_run
+    from fsseg.kernels import cpu_kernels_status
+
+    ip = res["instruction_peak"]["cpu"]
+    md = (out / "results.md").read_text()
+    if not cpu_kernels_status()[0]:
+        assert "skipped" in ip and "instruction rate: not measured" in md
+        return
+    g = ip["gflops"]
+    assert set(g) == {"32", "bf16-mixed"} and all(_positive_finite(x) for x in g.values())
+    assert math.isclose(ip["ratio"], g["bf16-mixed"] / g["32"], rel_tol=1e-2)
+    assert "bf16 dot product (vdpbf16ps)" in md and "the matmul peaks are" in md
+
+
+def test_instruction_bound_worked_by_hand():
+    # fp32 at 180 of a 200 GFLOP/s FMA rate (90%), bf16 dot products at 2.0x: 2.0x needs bf16 at 90%
+    from bench.report import _instruction_bound
+
+    full1 = {"by_precision": {"32": {"gflops_per_s": 180.0}}}
+    text = _instruction_bound({}, full1, {"gflops": {"32": 200.0, "bf16-mixed": 400.0}, "ratio": 2.0})
+    assert "2.00x the FLOPs" in text and "at 90% of its instruction rate" in text and "bf16 at 90% of its own" in text
+    assert _instruction_bound({}, full1, {"skipped": "no AVX512-BF16"}) == "" and _instruction_bound({}, full1, None) == ""

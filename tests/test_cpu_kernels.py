@@ -26,8 +26,8 @@ def test_a_cpu_without_avx512_bf16_is_refused_with_its_reason():
 
 
 def _split(qkv, heads):
-    B, N, _ = qkv.shape
-    return qkv.reshape(B, N, 3, heads, 64).permute(2, 0, 3, 1, 4).unbind(0)
+    B, N, width = qkv.shape
+    return qkv.reshape(B, N, 3, heads, width // (3 * heads)).permute(2, 0, 3, 1, 4).unbind(0)
 
 
 def _merge(x):
@@ -41,17 +41,19 @@ def _attention_kernel(dtype):
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("B,N,H,scale", [(1, 1, 2, 1.0), (2, 17, 3, 1.0), (1, 33, 1, 3.0), (2, 257, 4, 2.0),
-                                         (1, 1370, 2, 1.0)])
-def test_attention_is_torch_attention_at_its_precision(B, N, H, scale, dtype):
-    # N: one token, partial 16-key tiles, partial 24-query blocks, DINOv2-B's 1370 tokens at 518
+@pytest.mark.parametrize("B,N,H,D,scale", [(1, 1, 2, 64, 1.0), (2, 17, 3, 64, 1.0), (1, 33, 1, 64, 3.0),
+                                           (2, 257, 4, 64, 2.0), (1, 1370, 2, 64, 1.0), (2, 41, 8, 16, 2.0),
+                                           (1, 1369, 8, 16, 1.0), (1, 300, 3, 32, 1.0)])
+def test_attention_is_torch_attention_at_its_precision(B, N, H, D, scale, dtype):
+    # N: one token, partial 16-key tiles, partial 24-query blocks, DINOv2-B's 1370 tokens at 518;
+    # D: DINOv2's 64-wide heads, the adapter's 16 (8 heads of 128) at 518, and 32
     g = torch.Generator().manual_seed(N)
-    qkv = (torch.randn(B, N, 3 * H * 64, generator=g) * scale).to(dtype)
+    qkv = (torch.randn(B, N, 3 * H * D, generator=g) * scale).to(dtype)
     q, k, v = _split(qkv, H)
     ref = _merge(F.scaled_dot_product_attention(q.double(), k.double(), v.double()))
     torch_same_dtype = _merge(F.scaled_dot_product_attention(q, k, v)).double()
-    ours = _attention_kernel(dtype)(qkv, H, 64 ** -0.5)
-    assert ours.dtype == dtype and ours.shape == (B, N, H * 64)
+    ours = _attention_kernel(dtype)(qkv, H, D ** -0.5)
+    assert ours.dtype == dtype and ours.shape == (B, N, H * D)
     err, err_torch = (ours.double() - ref).abs(), (torch_same_dtype - ref).abs()
     if dtype == torch.bfloat16:
         # as close to exact attention as torch's own bf16 kernel (both round P and the output to bf16)
@@ -73,11 +75,15 @@ def test_attention_one_key_returns_its_value(dtype):
 
 
 @needs_kernels
-def test_attention_kernels_refuse_the_other_dtype():
+def test_attention_kernels_refuse_the_other_dtype_and_other_head_sizes():
     with pytest.raises(RuntimeError, match="fp32_attention: needs a Float"):
         fsseg.kernels.fp32_attention(torch.zeros(1, 4, 3 * 64).bfloat16(), 1, 1.0)
     with pytest.raises(RuntimeError, match="bf16_attention: needs a BFloat16"):
         fsseg.kernels.bf16_attention(torch.zeros(1, 4, 3 * 64), 1, 1.0)
+    with pytest.raises(RuntimeError, match="head size must be 16, 32 or 64, got 48"):
+        fsseg.kernels.fp32_attention(torch.zeros(1, 4, 3 * 2 * 48), 2, 1.0)
+    with pytest.raises(RuntimeError, match=r"qkv must be \[B, N, 3 \* heads \* head size\]"):
+        fsseg.kernels.fp32_attention(torch.zeros(1, 4, 100), 2, 1.0)
 
 
 @needs_kernels
@@ -187,6 +193,49 @@ def test_kernel_only_where_it_applies(kernel_calls):
         off(x)
         off.to(torch.bfloat16)(x)
     assert kernel_calls["attention"] == 4 and kernel_calls["fp32_attention"] == 0
+
+
+@needs_kernels
+@pytest.mark.parametrize("pos", [False, True])
+def test_adapter_attention_block_runs_the_kernel_as_multihead_attention(kernel_calls, pos):
+    # the adapter's blocks: 8 heads of 16 on 128 channels; with a position encoding q and k see
+    # x + pos while v sees x, so the packed projection is split in the kernel path
+    from fsseg.models.adapter import SelfAttentionBlock
+
+    g = torch.Generator().manual_seed(3)
+    blk = SelfAttentionBlock(dim=128, num_heads=8, mlp_dim=256).eval()
+    x = torch.randn(2, 300, 128, generator=g)
+    p = torch.randn(1, 300, 128, generator=g) if pos else None
+    with torch.inference_mode():
+        ours = blk(x, p)
+        assert kernel_calls["fp32_attention"] == 1
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ours_bf16 = blk(x, p).float()
+        assert kernel_calls["attention"] == 1
+    ref = _block_reference(blk, x, p)
+    assert (ours - ref).abs().max() <= 1e-5
+    assert (ours_bf16 - ref).abs().max() <= 0.1 and F.cosine_similarity(ours_bf16.flatten(), ref.flatten(), dim=0) > 0.999
+    blk.train()
+    torch_path = blk(x.requires_grad_(), p)  # gradients wanted: nn.MultiheadAttention, which has a backward
+    torch_path.sum().backward()
+    assert kernel_calls["fp32_attention"] == 1 and blk.attn.in_proj_weight.grad is not None
+    assert (torch_path.detach() - ref).abs().max() <= 1e-5
+
+
+def _block_reference(blk, x, pos):
+    """The block's function written out in float64 (post-norm residual MHA + FFN)."""
+    a, E, H = blk.attn, blk.attn.embed_dim, blk.attn.num_heads
+    d = lambda t: t.detach().double()  # noqa: E731
+    x = d(x)
+    qk = x if pos is None else x + d(pos)
+    w, b = d(a.in_proj_weight), d(a.in_proj_bias)
+    q, k = (F.linear(qk, w[i * E:(i + 1) * E], b[i * E:(i + 1) * E]) for i in range(2))
+    v = F.linear(x, w[2 * E:], b[2 * E:])
+    heads = lambda t: t.unflatten(-1, (H, E // H)).transpose(1, 2)  # noqa: E731
+    att = F.scaled_dot_product_attention(heads(q), heads(k), heads(v)).transpose(1, 2).flatten(2)
+    y = F.layer_norm(x + F.linear(att, d(a.out_proj.weight), d(a.out_proj.bias)), (E,), d(blk.norm1.weight), d(blk.norm1.bias))
+    m = F.linear(F.relu(F.linear(y, d(blk.mlp[0].weight), d(blk.mlp[0].bias))), d(blk.mlp[3].weight), d(blk.mlp[3].bias))
+    return F.layer_norm(y + m, (E,), d(blk.norm2.weight), d(blk.norm2.bias)).float()
 
 
 def _bf16_valued(*shape, seed=0):

@@ -1,12 +1,12 @@
 """fsseg.kernels: CPU kernels torch does not have fast enough, compiled once on first use
 (``cpu_kernels.py``; source ``cpu_kernels.cpp``).
 
-- ``bf16_attention`` / ``fp32_attention``: exact softmax attention of ViT tokens (DINOv2's inference
-  passes on CPU).
+- ``bf16_attention`` / ``fp32_attention``: exact softmax attention of ViT tokens (DINOv2's and the
+  adapter's inference passes on CPU; heads of ``HEAD_DIMS``).
 - ``bf16_scaled_dot``: fp32 dot products of bf16 feature rows (the 4D correlation's cosines).
 
 They need AVX512-BF16; ``cpu_kernels_status()`` says whether they run here and, if not, why.
 """
-from .cpu_kernels import bf16_attention, bf16_scaled_dot, cpu_kernels_status, fp32_attention
+from .cpu_kernels import HEAD_DIMS, bf16_attention, bf16_scaled_dot, cpu_kernels_status, fp32_attention
 
-__all__ = ["bf16_attention", "fp32_attention", "bf16_scaled_dot", "cpu_kernels_status"]
+__all__ = ["bf16_attention", "fp32_attention", "bf16_scaled_dot", "cpu_kernels_status", "HEAD_DIMS"]

@@ -2,21 +2,25 @@
 //
 // 1. bf16_attention / fp32_attention: exact softmax attention of ViT tokens (DINOv2's inference passes).
 // 2. bf16_scaled_dot: fp32 dot products of bf16 rows (the 4D correlation's cosines, see below).
+// 3. instruction_peak: the cores' fp32 FMA and bf16 dot-product rates (make bench's roofline).
 //
 // Attention. Why it exists (issue 15): torch's CPU flash-attention kernel reaches about 120-150 GFLOP/s
 // on 2 Zen 4 cores for DINOv2-B at 518 in both precisions: in bf16 (no AMX) it is no faster than fp32,
 // which made attention half of a bf16 DINOv2 pass, and in fp32 its block products go through MKL's
 // sgemm, which on AMD CPUs runs well below the machine's fp32 rate. These kernels compute the same
 // function with the CPU's bf16 dot-product instruction (vdpbf16ps) or fp32 FMAs:
-//   S = scale * Q K^T      products accumulated in fp32 (never rounded to bf16)
-//   P = exp(S - rowmax)    fp32; in bf16 rounded to bf16 for the second product (as torch's bf16 kernel)
+//   S = scale * Q K^T      products accumulated in fp32 (never rounded to bf16), kept in log2 units
+//                          (times log2 e: the exponential is then 2^x, with no range reduction by ln 2)
+//   P = exp(S - rowmax)    fp32; in bf16 rounded to bf16 for the second product (as torch's bf16 kernel);
+//                          the row max is taken while the products are in registers
 //   O = (P V) / rowsum     fp32 accumulation and fp32 row sums; O rounded to the input type once.
 // A query block's whole score rows stay in L2 (no online rescaling: one image has at most a few
 // thousand tokens). Both precisions share one implementation: an element type's "word" is what one
 // vector lane multiplies (a bf16 pair for vdpbf16ps, one float for an FMA).
 //
-// Input: qkv [B, N, 3, H, 64] contiguous (the output of timm's Attention.qkv, as is).
-// Output: [B, N, H * 64] in the input's type (the layout Attention.proj reads).
+// Input: qkv [B, N, 3, H, D] contiguous (the output of timm's Attention.qkv, as is), D = 16, 32 or 64
+// (DINOv2's heads are 64 wide; fsseg's adapter's 16).
+// Output: [B, N, H * D] in the input's type (the layout Attention.proj reads).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -26,17 +30,18 @@
 #include <cmath>
 #include <cstdint>
 #include <algorithm>
+#include <chrono>
+#include <numeric>
 #include <cstring>
 #include <vector>
 
 namespace {
 
-constexpr int64_t kHeadDim = 64;
 constexpr int64_t kKeyTile = 16;          // keys per score vector
 constexpr int64_t kQueryBlock = 24;       // query rows per task: score rows stay in L2
 constexpr int64_t kRowsQK = 8;            // rows per Q K^T micro-tile (8 x 2 tiles = 16 accumulators)
-constexpr int64_t kRowsPV = 6;            // rows per P V micro-tile (6 x 4 vectors = 24 accumulators)
-static_assert(kQueryBlock % kRowsQK == 0 && kQueryBlock % kRowsPV == 0, "query block");
+constexpr int64_t kAccPV = 24;            // accumulators of a P V micro-tile: rows x (D / 16) vectors
+static_assert(kQueryBlock % kRowsQK == 0, "query block");
 
 // bf16: a word is two bf16 values, multiplied pairwise and summed into an fp32 lane (vdpbf16ps).
 struct Bf16 {
@@ -45,6 +50,10 @@ struct Bf16 {
   using Vec = __m512i;
   static constexpr int64_t kPerWord = 2;
   static constexpr at::ScalarType kType = at::kBFloat16;
+  static constexpr Word kOne = 0x3F803F80u;  // the pair (1, 1)
+  // P is rounded to bf16 (relative step 2^-8): a degree-5 exponential (relative error 2.4e-6) is
+  // already 1000x finer; the fp32 sums of P use the unrounded values
+  static constexpr int kExpDegree = 5;
   static Vec load(const Word* p) { return _mm512_loadu_si512(p); }
   static Vec splat(Word w) { return _mm512_set1_epi32(static_cast<int>(w)); }
   static __m512 madd(__m512 acc, Vec a, Vec b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
@@ -60,42 +69,38 @@ struct Fp32 {
   using Vec = __m512;
   static constexpr int64_t kPerWord = 1;
   static constexpr at::ScalarType kType = at::kFloat;
+  static constexpr Word kOne = 1.0f;
+  static constexpr int kExpDegree = 6;  // relative error 1.2e-7, about 1 ulp
   static Vec load(const Word* p) { return _mm512_loadu_ps(p); }
   static Vec splat(Word w) { return _mm512_set1_ps(w); }
   static __m512 madd(__m512 acc, Vec a, Vec b) { return _mm512_fmadd_ps(a, b, acc); }
   static void store16(Elem* dst, __m512 v) { _mm512_storeu_ps(dst, v); }
 };
 
-// e^x for x <= 0 (fp32, about 1 ulp): n = round(x / ln 2), r = x - n ln 2, Taylor to r^6, times 2^n.
-inline __m512 exp_nonpositive(__m512 x) {
-  const __m512 log2e = _mm512_set1_ps(1.44269504088896341f);
-  const __m512 ln2_hi = _mm512_set1_ps(0.693359375f);
-  const __m512 ln2_lo = _mm512_set1_ps(-2.12194440e-4f);
-  x = _mm512_max_ps(x, _mm512_set1_ps(-88.0f));
-  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, ln2_hi, x);
-  r = _mm512_fnmadd_ps(n, ln2_lo, r);
-  __m512 p = _mm512_set1_ps(1.0f / 720.0f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+// 2^t for t <= 0 (fp32, about 1 ulp): n = round(t), r = t - n in [-1/2, 1/2] (exact), e^(r ln 2) by its
+// Taylor series to degree kDegree, times 2^n (scalef: 0 for very negative n, never a NaN).
+template <int kDegree>
+inline __m512 exp2_nonpositive(__m512 t) {
+  static constexpr float c[7] = {1.0f, 0.693147180559945f, 0.240226506959101f, 0.0555041086648216f,
+                                 0.00961812910762848f, 0.00133335581464284f, 0.000154035303933816f};
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(c[kDegree]);
+  for (int k = kDegree - 1; k >= 0; --k) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c[k]));
   return _mm512_scalef_ps(p, n);
 }
 
-// K of one head -> [tiles][64 / kPerWord words][16 keys]: a 16-key tile's word s is one vector.
-template <class E>
+// K of one head -> [tiles][D / kPerWord words][16 keys]: a 16-key tile's word s is one vector.
+template <class E, int64_t D>
 void pack_keys(const typename E::Elem* qkv, int64_t b, int64_t h, int64_t N, int64_t H, int64_t tiles,
                typename E::Word* out) {
   using Word = typename E::Word;
-  constexpr int64_t steps = kHeadDim / E::kPerWord;
-  const int64_t row = 3 * H * kHeadDim;
+  constexpr int64_t steps = D / E::kPerWord;
+  const int64_t row = 3 * H * D;
   for (int64_t t = 0; t < tiles; ++t)
     for (int64_t j = 0; j < kKeyTile; ++j) {
       const int64_t n = t * kKeyTile + j;
-      const typename E::Elem* src = n < N ? qkv + (b * N + n) * row + (H + h) * kHeadDim : nullptr;
+      const typename E::Elem* src = n < N ? qkv + (b * N + n) * row + (H + h) * D : nullptr;
       for (int64_t s = 0; s < steps; ++s) {
         Word w{};
         if (src) std::memcpy(&w, src + s * E::kPerWord, sizeof(Word));
@@ -104,18 +109,18 @@ void pack_keys(const typename E::Elem* qkv, int64_t b, int64_t h, int64_t N, int
     }
 }
 
-// V of one head -> [padded / kPerWord][64 dims] words: word (s, d) holds V[s * kPerWord + e][d] for
+// V of one head -> [padded / kPerWord][D dims] words: word (s, d) holds V[s * kPerWord + e][d] for
 // e < kPerWord (bf16: the VNNI layout of P V's right side; fp32: V's rows as they are).
-template <class E>
+template <class E, int64_t D>
 void pack_values(const typename E::Elem* qkv, int64_t b, int64_t h, int64_t N, int64_t H, int64_t steps,
                  typename E::Word* out) {
-  const int64_t row = 3 * H * kHeadDim;
+  const int64_t row = 3 * H * D;
   auto* o = reinterpret_cast<typename E::Elem*>(out);
   for (int64_t s = 0; s < steps; ++s)
     for (int64_t e = 0; e < E::kPerWord; ++e) {
       const int64_t n = s * E::kPerWord + e;
-      const typename E::Elem* src = n < N ? qkv + (b * N + n) * row + (2 * H + h) * kHeadDim : nullptr;
-      for (int64_t d = 0; d < kHeadDim; ++d) o[(s * kHeadDim + d) * E::kPerWord + e] = src ? src[d] : 0;
+      const typename E::Elem* src = n < N ? qkv + (b * N + n) * row + (2 * H + h) * D : nullptr;
+      for (int64_t d = 0; d < D; ++d) o[(s * D + d) * E::kPerWord + e] = src ? src[d] : 0;
     }
 }
 
@@ -137,39 +142,57 @@ inline __attribute__((always_inline)) void dot_rows_two_tiles(const typename E::
   }
 }
 
-// scores[r][0, tiles*16) = scale * Q[r] . K[j] for kRowsQK rows (q: [rows][64 / kPerWord words]; tiles even).
-template <class E>
-void scores_micro(const typename E::Word* q, const typename E::Word* kp, int64_t tiles, int64_t ld, float scale,
-                  float* scores) {
-  constexpr int64_t steps = kHeadDim / E::kPerWord;
-  const __m512 vs = _mm512_set1_ps(scale);
+// scores[r][0, tiles*16) = scale * log2(e) * Q[r] . K[j] for kRowsQK rows (q: [rows][D / kPerWord words];
+// tiles even), and row_max[r] = the largest over the N real keys (the softmax's shift, taken while the
+// products are in registers instead of in a second pass over the row).
+template <class E, int64_t D>
+void scores_micro(const typename E::Word* q, const typename E::Word* kp, int64_t tiles, int64_t N, int64_t ld,
+                  float scale, float* scores, float* row_max) {
+  constexpr int64_t steps = D / E::kPerWord;
+  const __m512 vs = _mm512_set1_ps(scale * 1.44269504088896341f);
+  __m512 vmax[kRowsQK];
+  for (int r = 0; r < kRowsQK; ++r) vmax[r] = _mm512_set1_ps(-INFINITY);
   for (int64_t t = 0; t < tiles; t += 2) {
     __m512 acc[kRowsQK][2];
     dot_rows_two_tiles<E>(q, steps, kp + t * steps * kKeyTile, acc);
-    for (int r = 0; r < kRowsQK; ++r) {
-      _mm512_storeu_ps(scores + r * ld + t * kKeyTile, _mm512_mul_ps(acc[r][0], vs));
-      _mm512_storeu_ps(scores + r * ld + (t + 1) * kKeyTile, _mm512_mul_ps(acc[r][1], vs));
+    const int64_t left = N - t * kKeyTile;  // real keys from this tile pair on
+    if (left >= 2 * kKeyTile) {
+      for (int r = 0; r < kRowsQK; ++r) {
+        const __m512 s0 = _mm512_mul_ps(acc[r][0], vs), s1 = _mm512_mul_ps(acc[r][1], vs);
+        vmax[r] = _mm512_max_ps(vmax[r], _mm512_max_ps(s0, s1));
+        _mm512_storeu_ps(scores + r * ld + t * kKeyTile, s0);
+        _mm512_storeu_ps(scores + r * ld + (t + 1) * kKeyTile, s1);
+      }
+    } else {  // the last pair: padding keys are left out of the max
+      const __mmask16 m0 = left >= kKeyTile ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1u);
+      const __mmask16 m1 = left > kKeyTile ? static_cast<__mmask16>((1u << (left - kKeyTile)) - 1u) : static_cast<__mmask16>(0);
+      for (int r = 0; r < kRowsQK; ++r) {
+        const __m512 s0 = _mm512_mul_ps(acc[r][0], vs), s1 = _mm512_mul_ps(acc[r][1], vs);
+        vmax[r] = _mm512_mask_max_ps(vmax[r], m0, vmax[r], s0);
+        vmax[r] = _mm512_mask_max_ps(vmax[r], m1, vmax[r], s1);
+        _mm512_storeu_ps(scores + r * ld + t * kKeyTile, s0);
+        _mm512_storeu_ps(scores + r * ld + (t + 1) * kKeyTile, s1);
+      }
     }
   }
+  for (int r = 0; r < kRowsQK; ++r) row_max[r] = _mm512_reduce_max_ps(vmax[r]);
 }
 
-// One score row -> exp(s - max) over the N real keys in E's type (padding keys get 0); returns the fp32 sum.
+// One score row (log2 units) -> 2^(s - max) over the N real keys in E's type (padding keys get 0);
+// returns the fp32 sum.
 template <class E>
-float softmax_row(const float* s, int64_t N, int64_t padded, typename E::Elem* p) {
-  __m512 vmax = _mm512_set1_ps(-INFINITY);
-  int64_t j = 0;
-  for (; j + 16 <= N; j += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(s + j));
-  const __mmask16 tail = static_cast<__mmask16>((1u << (N - j)) - 1u);
-  if (j < N) vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail, s + j));
-  const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+float softmax_row(const float* s, float max, int64_t N, int64_t padded, typename E::Elem* p) {
+  const __m512 m = _mm512_set1_ps(max);
   __m512 vsum = _mm512_setzero_ps();
-  for (j = 0; j + 16 <= N; j += 16) {
-    const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s + j), m));
+  int64_t j = 0;
+  for (; j + 16 <= N; j += 16) {
+    const __m512 e = exp2_nonpositive<E::kExpDegree>(_mm512_sub_ps(_mm512_loadu_ps(s + j), m));
     vsum = _mm512_add_ps(vsum, e);
     E::store16(p + j, e);
   }
   if (j < N) {
-    const __m512 e = _mm512_maskz_mov_ps(tail, exp_nonpositive(_mm512_sub_ps(_mm512_mask_loadu_ps(m, tail, s + j), m)));
+    const __mmask16 tail = static_cast<__mmask16>((1u << (N - j)) - 1u);
+    const __m512 e = _mm512_maskz_mov_ps(tail, exp2_nonpositive<E::kExpDegree>(_mm512_sub_ps(_mm512_mask_loadu_ps(m, tail, s + j), m)));
     vsum = _mm512_add_ps(vsum, e);
     E::store16(p + j, e);
     j += 16;
@@ -178,41 +201,39 @@ float softmax_row(const float* s, int64_t N, int64_t padded, typename E::Elem* p
   return _mm512_reduce_add_ps(vsum);
 }
 
-// out[r][0:64] = (P[r] V) * inv_sum[r] for kRowsPV rows (p: rows of `ld` words; vp: packed V of `steps` words).
-template <class E>
+// out[r][0:D] = (P[r] V) * inv_sum[r] for kRows rows (p: rows of `ld` words; vp: packed V of `steps` words):
+// kRows x D / 16 accumulators (6 x 4 for D = 64, 24 x 1 for D = 16).
+template <class E, int64_t D>
 void values_micro(const typename E::Word* p, int64_t ld, const typename E::Word* vp, int64_t steps,
                   const float* inv_sum, typename E::Elem* const* out) {
-  __m512 acc[kRowsPV][4];
-  for (int r = 0; r < kRowsPV; ++r)
-    for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_setzero_ps();
+  constexpr int kVecs = D / 16, kRows = kAccPV / kVecs;
+  __m512 acc[kRows][kVecs];
+  for (int r = 0; r < kRows; ++r)
+    for (int c = 0; c < kVecs; ++c) acc[r][c] = _mm512_setzero_ps();
   for (int64_t s = 0; s < steps; ++s) {
-    const typename E::Word* v = vp + s * kHeadDim;
-    const typename E::Vec b0 = E::load(v), b1 = E::load(v + 16), b2 = E::load(v + 32), b3 = E::load(v + 48);
-    for (int r = 0; r < kRowsPV; ++r) {
+    const typename E::Word* v = vp + s * D;
+    typename E::Vec b[kVecs];
+    for (int c = 0; c < kVecs; ++c) b[c] = E::load(v + 16 * c);
+    for (int r = 0; r < kRows; ++r) {
       const typename E::Vec a = E::splat(p[r * ld + s]);
-      acc[r][0] = E::madd(acc[r][0], a, b0);
-      acc[r][1] = E::madd(acc[r][1], a, b1);
-      acc[r][2] = E::madd(acc[r][2], a, b2);
-      acc[r][3] = E::madd(acc[r][3], a, b3);
+      for (int c = 0; c < kVecs; ++c) acc[r][c] = E::madd(acc[r][c], a, b[c]);
     }
   }
-  for (int r = 0; r < kRowsPV; ++r) {
+  for (int r = 0; r < kRows; ++r) {
     if (out[r] == nullptr) continue;  // a padding row of the last block
     const __m512 inv = _mm512_set1_ps(inv_sum[r]);
-    for (int c = 0; c < 4; ++c) E::store16(out[r] + 16 * c, _mm512_mul_ps(acc[r][c], inv));
+    for (int c = 0; c < kVecs; ++c) E::store16(out[r] + 16 * c, _mm512_mul_ps(acc[r][c], inv));
   }
 }
 
-template <class E>
-at::Tensor attention(const at::Tensor& qkv, int64_t num_heads, double scale, const char* name) {
+template <class E, int64_t D>
+at::Tensor attention(const at::Tensor& x, int64_t num_heads, double scale) {
   using Elem = typename E::Elem;
   using Word = typename E::Word;
   static_assert(sizeof(Word) == 4, "words are 32-bit");
-  constexpr int64_t qk_steps = kHeadDim / E::kPerWord;  // words per head row
-  TORCH_CHECK(qkv.device().is_cpu() && qkv.scalar_type() == E::kType, name, ": needs a ", E::kType, " CPU tensor");
-  TORCH_CHECK(qkv.dim() == 3 && qkv.size(2) == 3 * num_heads * kHeadDim,
-              name, ": qkv must be [B, N, 3 * heads * 64], got ", qkv.sizes());
-  const at::Tensor x = qkv.contiguous();
+  static_assert(D % 16 == 0 && kAccPV % (D / 16) == 0 && kQueryBlock % (kAccPV / (D / 16)) == 0, "head size");
+  constexpr int64_t qk_steps = D / E::kPerWord;  // words per head row
+  constexpr int64_t rows_pv = kAccPV / (D / 16);
   const int64_t B = x.size(0), N = x.size(1), H = num_heads;
   // keys padded with zeros to an even number of 16-key tiles (the micro-kernel's two); softmax skips them
   const int64_t tiles = 2 * ((N + 2 * kKeyTile - 1) / (2 * kKeyTile)), padded = tiles * kKeyTile;
@@ -221,51 +242,67 @@ at::Tensor attention(const at::Tensor& qkv, int64_t num_heads, double scale, con
   const Elem* src = static_cast<const Elem*>(x.data_ptr());
   at::Tensor keys = at::empty({B * H, head_words}, x.options().dtype(at::kInt));
   at::Tensor values = at::empty({B * H, head_words}, x.options().dtype(at::kInt));
-  at::Tensor out = at::empty({B, N, H * kHeadDim}, x.options());
+  at::Tensor out = at::empty({B, N, H * D}, x.options());
   Word* kp = static_cast<Word*>(keys.data_ptr());
   Word* vp = static_cast<Word*>(values.data_ptr());
   Elem* dst = static_cast<Elem*>(out.data_ptr());
   at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bh = begin; bh < end; ++bh) {
-      pack_keys<E>(src, bh / H, bh % H, N, H, tiles, kp + bh * head_words);
-      pack_values<E>(src, bh / H, bh % H, N, H, pv_steps, vp + bh * head_words);
+      pack_keys<E, D>(src, bh / H, bh % H, N, H, tiles, kp + bh * head_words);
+      pack_values<E, D>(src, bh / H, bh % H, N, H, pv_steps, vp + bh * head_words);
     }
   });
-  const int64_t row = 3 * H * kHeadDim;
+  const int64_t row = 3 * H * D;
   at::parallel_for(0, B * H * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<Word> q(kQueryBlock * qk_steps), probs(kQueryBlock * pv_steps);
-    std::vector<float> scores(kQueryBlock * padded), inv_sum(kQueryBlock);
+    std::vector<float> scores(kQueryBlock * padded), inv_sum(kQueryBlock), row_max(kQueryBlock);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bh = task / blocks, b = bh / H, h = bh % H, n0 = (task % blocks) * kQueryBlock;
       for (int64_t r = 0; r < kQueryBlock; ++r) {  // the block's queries, zero rows past N
         const int64_t n = n0 + r;
-        if (n < N) std::memcpy(&q[r * qk_steps], src + (b * N + n) * row + h * kHeadDim, kHeadDim * sizeof(Elem));
-        else std::memset(&q[r * qk_steps], 0, kHeadDim * sizeof(Elem));
+        if (n < N) std::memcpy(&q[r * qk_steps], src + (b * N + n) * row + h * D, D * sizeof(Elem));
+        else std::memset(&q[r * qk_steps], 0, D * sizeof(Elem));
       }
       const Word* k = kp + bh * head_words;
       for (int64_t r = 0; r < kQueryBlock; r += kRowsQK)
-        scores_micro<E>(&q[r * qk_steps], k, tiles, padded, static_cast<float>(scale), &scores[r * padded]);
+        scores_micro<E, D>(&q[r * qk_steps], k, tiles, N, padded, static_cast<float>(scale), &scores[r * padded], &row_max[r]);
       for (int64_t r = 0; r < kQueryBlock; ++r)
-        inv_sum[r] = 1.0f / softmax_row<E>(&scores[r * padded], N, padded, reinterpret_cast<Elem*>(&probs[r * pv_steps]));
-      for (int64_t r = 0; r < kQueryBlock; r += kRowsPV) {
-        Elem* rows[kRowsPV];
-        for (int64_t i = 0; i < kRowsPV; ++i) {
+        inv_sum[r] = 1.0f / softmax_row<E>(&scores[r * padded], row_max[r], N, padded, reinterpret_cast<Elem*>(&probs[r * pv_steps]));
+      for (int64_t r = 0; r < kQueryBlock; r += rows_pv) {
+        Elem* rows[rows_pv];
+        for (int64_t i = 0; i < rows_pv; ++i) {
           const int64_t n = n0 + r + i;
-          rows[i] = n < N ? dst + (b * N + n) * H * kHeadDim + h * kHeadDim : nullptr;
+          rows[i] = n < N ? dst + (b * N + n) * H * D + h * D : nullptr;
         }
-        values_micro<E>(&probs[r * pv_steps], pv_steps, vp + bh * head_words, pv_steps, &inv_sum[r], rows);
+        values_micro<E, D>(&probs[r * pv_steps], pv_steps, vp + bh * head_words, pv_steps, &inv_sum[r], rows);
       }
     }
   });
   return out;
 }
 
+// checks, then the instantiation for the head size (D = qkv's width / (3 * heads))
+template <class E>
+at::Tensor attention_any_head(const at::Tensor& qkv, int64_t num_heads, double scale, const char* name) {
+  TORCH_CHECK(qkv.device().is_cpu() && qkv.scalar_type() == E::kType, name, ": needs a ", E::kType, " CPU tensor");
+  TORCH_CHECK(num_heads > 0 && qkv.dim() == 3 && qkv.size(2) % (3 * num_heads) == 0,
+              name, ": qkv must be [B, N, 3 * heads * head size], got ", qkv.sizes(), " for ", num_heads, " heads");
+  const int64_t head = qkv.size(2) / (3 * num_heads);
+  const at::Tensor x = qkv.contiguous();
+  switch (head) {
+    case 16: return attention<E, 16>(x, num_heads, scale);
+    case 32: return attention<E, 32>(x, num_heads, scale);
+    case 64: return attention<E, 64>(x, num_heads, scale);
+    default: TORCH_CHECK(false, name, ": head size must be 16, 32 or 64, got ", head);
+  }
+}
+
 at::Tensor bf16_attention(const at::Tensor& qkv, int64_t num_heads, double scale) {
-  return attention<Bf16>(qkv, num_heads, scale, "bf16_attention");
+  return attention_any_head<Bf16>(qkv, num_heads, scale, "bf16_attention");
 }
 
 at::Tensor fp32_attention(const at::Tensor& qkv, int64_t num_heads, double scale) {
-  return attention<Fp32>(qkv, num_heads, scale, "fp32_attention");
+  return attention_any_head<Fp32>(qkv, num_heads, scale, "fp32_attention");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -352,6 +389,42 @@ at::Tensor bf16_scaled_dot(const at::Tensor& a, const at::Tensor& b, const at::T
   return out;
 }
 
+// ---------------------------------------------------------------------------------------------
+// instruction_peak: the cores' multiply-add rate (bench's roofline): every thread runs `iterations`
+// rounds of 12 independent register-only multiply-adds (enough to hide the instruction's latency),
+// fp32 FMAs (32 FLOP per 512-bit instruction) or bf16 dot products (vdpbf16ps: 64 FLOP), and the
+// result is the FLOPs of all threads over the wall time. No memory traffic: a matmul can approach
+// this rate but not pass it, and the ratio of the two rates bounds what bf16 can gain over fp32.
+template <class E>
+float multiply_add_rounds(int64_t iterations) {
+  const typename E::Vec a = E::splat(E::kOne), b = E::splat(E::kOne);
+  __m512 acc[12];
+  for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_ps(1e-3f * i);
+  for (int64_t it = 0; it < iterations; ++it) {
+    for (int i = 0; i < 12; ++i) acc[i] = E::madd(acc[i], a, b);
+    __asm__ volatile("" : "+v"(acc[0]), "+v"(acc[1]), "+v"(acc[2]), "+v"(acc[3]), "+v"(acc[4]), "+v"(acc[5]),
+                     "+v"(acc[6]), "+v"(acc[7]), "+v"(acc[8]), "+v"(acc[9]), "+v"(acc[10]), "+v"(acc[11]));
+  }
+  __m512 sum = acc[0];
+  for (int i = 1; i < 12; ++i) sum = _mm512_add_ps(sum, acc[i]);
+  return _mm512_reduce_add_ps(sum);
+}
+
+double instruction_peak(bool bf16, int64_t iterations) {
+  TORCH_CHECK(iterations > 0, "instruction_peak: iterations must be positive");
+  const int threads = at::get_num_threads();
+  std::vector<float> sink(threads);
+  const auto start = std::chrono::steady_clock::now();
+  at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t)
+      sink[t] = bf16 ? multiply_add_rounds<Bf16>(iterations) : multiply_add_rounds<Fp32>(iterations);
+  });
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  TORCH_CHECK(std::isfinite(std::accumulate(sink.begin(), sink.end(), 0.0f)), "instruction_peak: overflow");
+  const double flop_per_instruction = bf16 ? 64.0 : 32.0;
+  return threads * iterations * 12.0 * flop_per_instruction / seconds / 1e9;
+}
+
 }  // namespace
 
 // the op schemas are defined in cpu_kernels.py (with their FLOP formulas), before this library loads
@@ -359,4 +432,9 @@ TORCH_LIBRARY_IMPL(fsseg_kernels, CPU, m) {
   m.impl("bf16_attention", &bf16_attention);
   m.impl("fp32_attention", &fp32_attention);
   m.impl("bf16_scaled_dot", &bf16_scaled_dot);
+}
+
+// no tensor argument: registered for every dispatch key (CompositeExplicitAutograd)
+TORCH_LIBRARY_IMPL(fsseg_kernels, CompositeExplicitAutograd, m) {
+  m.impl("instruction_peak", &instruction_peak);
 }

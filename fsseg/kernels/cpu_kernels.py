@@ -22,7 +22,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
-HEAD_DIM = 64  # the kernel's head size: every DINOv2 (ViT-S/B/L/g) has 64-dim heads
+HEAD_DIMS = (16, 32, 64)  # the attention kernel's head sizes: DINOv2's (every ViT-S/B/L/g) 64, the adapter's 16
 # the instructions the kernel is compiled for: AVX-512 foundation + the bf16 dot product
 REQUIRED_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16")
 _CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mfma",
@@ -94,11 +94,12 @@ def _define_ops() -> torch.library.Library:
     lib.define("bf16_attention(Tensor qkv, int num_heads, float scale) -> Tensor")
     lib.define("fp32_attention(Tensor qkv, int num_heads, float scale) -> Tensor")
     lib.define("bf16_scaled_dot(Tensor a, Tensor b, Tensor row_scale, Tensor col_scale) -> Tensor")
+    lib.define("instruction_peak(bool bf16, int iterations) -> float")
     ops = torch.ops.fsseg_kernels
 
     def attention_flops(qkv_shape, num_heads, *args, out_shape=None, **kw):
-        b, n, _ = qkv_shape
-        return 4 * b * num_heads * n * n * HEAD_DIM
+        b, n, width = qkv_shape
+        return 4 * b * num_heads * n * n * (width // (3 * num_heads))
 
     def scaled_dot_flops(a_shape, b_shape, *args, out_shape=None, **kw):
         return 2 * a_shape[0] * a_shape[1] * b_shape[1] * a_shape[2]
@@ -126,15 +127,15 @@ def _ninja_on_path() -> None:
 
 
 def bf16_attention(qkv: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
-    """Softmax attention of ``qkv`` ``[B, N, 3 * num_heads * 64]`` bf16 (timm ``Attention.qkv``'s output)
-    -> ``[B, N, num_heads * 64]`` bf16. Scores, softmax and sums in fp32; P rounded to bf16 for the
+    """Softmax attention of ``qkv`` ``[B, N, 3 * num_heads * D]`` bf16 (timm ``Attention.qkv``'s output),
+    ``D`` in ``HEAD_DIMS`` -> ``[B, N, num_heads * D]`` bf16. Scores, softmax and sums in fp32; P rounded to bf16 for the
     second product, as torch's bf16 CPU kernel does. Raises where ``cpu_kernels_status`` is False."""
     _require()
     return torch.ops.fsseg_kernels.bf16_attention(qkv, int(num_heads), float(scale))
 
 
 def fp32_attention(qkv: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
-    """Softmax attention of ``qkv`` ``[B, N, 3 * num_heads * 64]`` fp32 -> ``[B, N, num_heads * 64]`` fp32,
+    """Softmax attention of ``qkv`` ``[B, N, 3 * num_heads * D]`` fp32 -> ``[B, N, num_heads * D]`` fp32,
     every product, exponential and sum in fp32 (FMA). Raises where ``cpu_kernels_status`` is False."""
     _require()
     return torch.ops.fsseg_kernels.fp32_attention(qkv, int(num_heads), float(scale))
@@ -148,10 +149,18 @@ def bf16_scaled_dot(a: torch.Tensor, b: torch.Tensor, row_scale: torch.Tensor, c
     return torch.ops.fsseg_kernels.bf16_scaled_dot(a, b, row_scale, col_scale)
 
 
+def instruction_peak(bf16: bool, iterations: int = 20_000_000) -> float:
+    """GFLOP/s of the cores' register-only multiply-adds on all of torch's threads: fp32 FMAs, or bf16
+    dot products (vdpbf16ps) with ``bf16``. The rate no matmul can pass; ``make bench`` reads its
+    matmul peak against it. Raises where ``cpu_kernels_status`` is False."""
+    _require()
+    return float(torch.ops.fsseg_kernels.instruction_peak(bool(bf16), int(iterations)))
+
+
 def _require() -> None:
     ok, reason = cpu_kernels_status()
     if not ok:
         raise RuntimeError(f"fsseg CPU kernels unavailable: {reason}")
 
 
-__all__ = ["bf16_attention", "fp32_attention", "bf16_scaled_dot", "cpu_kernels_status", "missing_cpu_flags", "REQUIRED_CPU_FLAGS", "HEAD_DIM"]
+__all__ = ["bf16_attention", "fp32_attention", "bf16_scaled_dot", "instruction_peak", "cpu_kernels_status", "missing_cpu_flags", "REQUIRED_CPU_FLAGS", "HEAD_DIMS"]

@@ -52,33 +52,82 @@ def _resize(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+class SupportMemo:
+    """The support-side terms of a decode (the normalised, masked support features and their mean over
+    the shots, the bf16 rows and their scales, prototypes), computed for one support set on its first
+    query and reused by every later one (``SupportEncoding.memo``, which must then not change): they
+    are the same for every query, and a third of a 5-shot decode on the CPU. Memoised only when no
+    gradient is wanted: a training step computes its terms inside its own graph."""
+
+    def __init__(self) -> None:
+        self._terms: dict = {}
+
+    def get(self, key: tuple, compute):
+        if torch.is_grad_enabled():
+            return compute()
+        if key not in self._terms:
+            self._terms[key] = compute()
+        return self._terms[key]
+
+
+def memoised(memo: Optional[SupportMemo], key: tuple, compute):
+    """``compute()``, through ``memo`` when there is one."""
+    return compute() if memo is None else memo.get(key, compute)
+
+
 def correlation_volume(fq: torch.Tensor, fs: torch.Tensor, masks: torch.Tensor, g: int,
-                       support_masking: str = "features", shot_mean: bool = False) -> torch.Tensor:
+                       support_masking: str = "features", shot_mean: bool = False,
+                       memo: Optional[SupportMemo] = None) -> torch.Tensor:
     """Masked cosine 4D correlation on a g x g grid: ``fq [B,C,hq,wq]``, ``fs [B,K,C,hs,ws]``,
     ``masks [B,K,H,W]`` -> ``[B,K,g*g (support),g,g (query)]``.
 
     ``shot_mean``: the mean over the K shots, ``[B,1,g*g,g,g]`` (``shot_fusion='mean_corr'``). The
     correlation is linear in the (normalised, masked) support features, so the mean of the K volumes
     is the volume of the mean support features: one product instead of K (K=5 at 518: 2.9 instead of
-    14.4 GFLOP), equal up to fp32 rounding."""
+    14.4 GFLOP), equal up to fp32 rounding. ``memo``: the support set's ``SupportMemo`` (support-side
+    terms computed once per support set)."""
     B, K, C = fs.shape[:3]
     # fp32 cosines (fsseg.precision): in bf16 (8-bit mantissa) the dot products of normalised
     # C=768 vectors round to ~0.004, the size of the differences the 4D convs read
     with torch.autocast(fq.device.type, enabled=False):
         if not (shot_mean and K > 1):
-            corr = _bf16_cosine_volume(fq, fs, masks, g, support_masking) if _bf16_dot_applies(fq, fs, g) else None
+            corr = _bf16_cosine_volume(fq, fs, masks, g, support_masking, memo) if _bf16_dot_applies(fq, fs, g) else None
             if corr is not None:
                 return corr
-        fq, fs = fq.float(), fs.float()
-        q = F.normalize(_resize(fq, (g, g)), dim=1).flatten(2)  # [B,C,g*g]
-        s = F.normalize(_resize(fs.flatten(0, 1), (g, g)), dim=1)  # [BK,C,g,g]
-        if support_masking == "features":
-            s = s * resize_masks(masks.flatten(0, 1), (g, g)).to(s.dtype)
-        s = s.flatten(2).view(B, K, C, g * g)
-        if shot_mean:
-            s = s.mean(dim=1, keepdim=True)
-        corr = torch.einsum("bkcs,bcq->bksq", s, q)  # support positions as channels
+        q = F.normalize(_resize(fq.float(), (g, g)), dim=1).flatten(2)  # [B,C,g*g]
+        s = memoised(memo, ("support_features", B, g, support_masking, shot_mean),
+                     lambda: _support_features(fs, masks, g, support_masking, shot_mean))
+        corr = _support_query_products(s, q)  # support positions as channels
     return corr.reshape(B, s.shape[1], g * g, g, g)
+
+
+def _support_query_products(s: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``s [B,K,S,C]``, ``q [B,C,Q]`` fp32 -> ``[B,K,S,Q]``. CPU inference: oneDNN's fp32 matmul, whose
+    ``[Q, K*S]`` result is the volume with its channels (support positions) last in memory, the layout
+    the reduction convs read best (torch's bmm is MKL's sgemm, which on AMD CPUs runs at about half the
+    cores' fp32 rate: 26 vs 14 ms for one 1369 x 768 x 1369 product here). Elsewhere ``einsum``."""
+    from .onednn_linear import cpu_inference_call, onednn_linear_available
+
+    if not (onednn_linear_available() and cpu_inference_call(q, s) and q.dtype == s.dtype == torch.float32):
+        return torch.einsum("bksc,bcq->bksq", s, q)
+    B, K, S, C = s.shape
+    out = torch.stack([torch.ops.mkldnn._linear_pointwise(q[b].t().contiguous(), s[b].reshape(K * S, C), None, "none", [], "")
+                       for b in range(B)])  # [B, Q, K*S]
+    return out.view(B, -1, K, S).permute(0, 2, 3, 1)
+
+
+def _support_features(fs: torch.Tensor, masks: torch.Tensor, g: int, support_masking: str,
+                      shot_mean: bool) -> torch.Tensor:
+    """The support side of the fp32 volume: normalised (and masked) features on the g x g grid,
+    ``[B, K (1 with shot_mean), g*g, C]`` fp32 (a support position's features contiguous)."""
+    B, K, C = fs.shape[:3]
+    s = F.normalize(_resize(fs.float().flatten(0, 1), (g, g)), dim=1)  # [BK,C,g,g]
+    if support_masking == "features":
+        s = s * resize_masks(masks.flatten(0, 1), (g, g)).to(s.dtype)
+    s = s.flatten(2).view(B, K, C, g * g)
+    if shot_mean:
+        s = s.mean(dim=1, keepdim=True)
+    return s.transpose(2, 3).contiguous()
 
 
 def _bf16_dot_applies(fq: torch.Tensor, fs: torch.Tensor, g: int) -> bool:
@@ -105,7 +154,7 @@ def _as_bf16_exactly(x: torch.Tensor) -> Optional[torch.Tensor]:
 
 
 def _bf16_cosine_volume(fq: torch.Tensor, fs: torch.Tensor, masks: torch.Tensor, g: int,
-                        support_masking: str) -> Optional[torch.Tensor]:
+                        support_masking: str, memo: Optional[SupportMemo] = None) -> Optional[torch.Tensor]:
     """``correlation_volume`` for features whose values are bf16 numbers, the same numbers as its
     fp32 path: their dot products are summed in fp32 by ``fsseg.kernels.bf16_scaled_dot`` at the bf16
     matmul rate, then scaled by 1 / max(|f|, 1e-12) (``F.normalize``'s eps) and the support mask.
@@ -113,17 +162,29 @@ def _bf16_cosine_volume(fq: torch.Tensor, fs: torch.Tensor, masks: torch.Tensor,
     from fsseg.kernels import bf16_scaled_dot
 
     B, K, C = fs.shape[:3]
-    q16, s16 = _as_bf16_exactly(fq), _as_bf16_exactly(fs)
-    if q16 is None or s16 is None:
+    support = memoised(memo, ("bf16_rows", B, g, support_masking), lambda: _bf16_support_rows(fs, masks, g, support_masking))
+    q16 = _as_bf16_exactly(fq)
+    if q16 is None or support is None:
+        return None
+    rows, row_scale = support
+    col_scale = 1.0 / torch.linalg.vector_norm(fq.float(), dim=1).clamp_min(1e-12)  # [B,g,g]
+    cols = q16.flatten(2).transpose(1, 2)  # query position x C
+    corr = bf16_scaled_dot(rows, cols, row_scale, col_scale.reshape(B, -1))
+    return corr.view(B, K, g * g, g, g)
+
+
+def _bf16_support_rows(fs: torch.Tensor, masks: torch.Tensor, g: int, support_masking: str):
+    """The support side of ``_bf16_cosine_volume``: ``(rows [B, K*g*g, C] bf16, row scales [B, K*g*g])``,
+    or None when the support features are not bf16 numbers."""
+    B, K, C = fs.shape[:3]
+    s16 = _as_bf16_exactly(fs)
+    if s16 is None:
         return None
     row_scale = 1.0 / torch.linalg.vector_norm(fs.float(), dim=2).clamp_min(1e-12)  # [B,K,g,g]
     if support_masking == "features":
         row_scale = row_scale * resize_masks(masks.flatten(0, 1), (g, g)).float().view(B, K, g, g)
-    col_scale = 1.0 / torch.linalg.vector_norm(fq.float(), dim=1).clamp_min(1e-12)  # [B,g,g]
     rows = s16.flatten(3).transpose(-1, -2).reshape(B, K * g * g, C)  # (shot, support position) x C
-    cols = q16.flatten(2).transpose(1, 2)  # query position x C
-    corr = bf16_scaled_dot(rows, cols, row_scale.reshape(B, -1), col_scale.reshape(B, -1))
-    return corr.view(B, K, g * g, g, g)
+    return rows, row_scale.reshape(B, -1)
 
 
 class CorrelationVolume(nn.Module):
@@ -146,10 +207,11 @@ class CorrelationVolume(nn.Module):
             nn.ReLU(inplace=True),
         )
 
-    def volume(self, fq: torch.Tensor, fs: torch.Tensor, masks: torch.Tensor, shot_mean: bool = False) -> torch.Tensor:
+    def volume(self, fq: torch.Tensor, fs: torch.Tensor, masks: torch.Tensor, shot_mean: bool = False,
+               memo: Optional[SupportMemo] = None) -> torch.Tensor:
         """``fq [B,C,hq,wq]``, ``fs [B,K,C,hs,ws]``, ``masks [B,K,H,W]`` -> ``[B,K,g*g,g,g]``
         (``[B,1,g*g,g,g]``, the mean over shots, with ``shot_mean``)."""
-        return correlation_volume(fq, fs, masks, self.g, self.support_masking, shot_mean)
+        return correlation_volume(fq, fs, masks, self.g, self.support_masking, shot_mean, memo)
 
     def forward(self, corr: torch.Tensor) -> torch.Tensor:
         """``[N, g*g, g, g]`` -> ``[N, r*r, r, r]``."""
@@ -170,6 +232,9 @@ class PriorHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.g
+        # channels-last: oneDNN's convolutions work in it, and torch's CPU bilinear x2 is several times
+        # faster on it than on NCHW (bf16 NCHW is the slowest: 74->148, 128 channels, 7.8 vs 1.6 ms)
+        x = x.contiguous(memory_format=torch.channels_last)
         x = self.block1(_resize(x, (g, g)))
         x = self.block2(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
         x = self.block3(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
@@ -213,12 +278,13 @@ class Correlation4D(nn.Module):
         s2 = swap_query_support(self.pointwise(swap_query_support(x)))
         return s1 + s2 + _resize(sim, x.shape[-2:])  # per-channel addition of S_pcs
 
-    def forward(self, fq: torch.Tensor, fs: torch.Tensor, support_masks: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
+    def forward(self, fq: torch.Tensor, fs: torch.Tensor, support_masks: torch.Tensor, sim: torch.Tensor,
+                memo: Optional[SupportMemo] = None) -> torch.Tensor:
         """``fq [B,C,hq,wq]``, ``fs [B,K,C,hs,ws]``, ``support_masks [B,K,H,W]``, ``sim`` = S_pcs
-        ``[B,1,hq,wq]`` -> prior logits ``[B,1,4hq,4wq]``."""
+        ``[B,1,hq,wq]`` -> prior logits ``[B,1,4hq,4wq]``. ``memo``: the support set's ``SupportMemo``."""
         B, K = fs.shape[:2]
         mean_corr = self.shot_fusion == "mean_corr"
-        vol = self.corr.volume(fq, fs, support_masks, shot_mean=mean_corr)  # [B,K (1 if mean_corr),g2,g,g]
+        vol = self.corr.volume(fq, fs, support_masks, shot_mean=mean_corr, memo=memo)  # [B,K (1 if mean_corr),g2,g,g]
         if mean_corr:
             x = self.corr(vol[:, 0])
             prior = self.head(self.mix(x, sim))

@@ -37,7 +37,8 @@ from torch import nn
 
 import fsseg.kernels  # noqa: F401  (defines the kernels' ops and FLOP formulas; builds nothing)
 
-from .onednn_linear import OneDNNLinear, cpu_inference_call, use_onednn_linears
+from .cpu_attention import cpu_attention_kernel
+from .onednn_linear import OneDNNLinear, use_onednn_linears
 from .weights import CheckpointMismatchError, load_state_dict_file, resolve_checkpoint, strict_load
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -109,45 +110,23 @@ def interpolate_pos_encoding(patch_pos: torch.Tensor, grid: tuple[int, int], off
     return x.permute(0, 2, 3, 1).reshape(1, h * w, dim).to(patch_pos.dtype)
 
 
-def _cpu_compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:
-    """The dtype a linear layer of ``weight`` on ``x`` computes in on the CPU: bf16 (bf16 weights, or
-    fp32 weights under a bf16 CPU autocast), fp32 (fp32 weights, no autocast), else None."""
-    autocast = torch.is_autocast_enabled("cpu")
-    if (x.dtype == weight.dtype == torch.bfloat16) or (autocast and torch.get_autocast_dtype("cpu") == torch.bfloat16):
-        return torch.bfloat16
-    if x.dtype == weight.dtype == torch.float32 and not autocast:
-        return torch.float32
-    return None
-
-
 class DINOv2Attention(TimmAttention):
     """timm's ViT attention (same parameters and state-dict keys) whose CPU inference passes run
-    ``fsseg.kernels.bf16_attention`` / ``fp32_attention`` (issue 15): torch's CPU attention kernel is no
-    faster in bf16 than in fp32 on CPUs without AMX, which made attention half of a bf16 DINOv2 pass, and
-    in fp32 it reaches about 140 GFLOP/s on 2 Zen 4 cores where the fp32 kernel reaches about 180.
-    Every other case (GPU, gradients, masks, head size other than 64, fp16, no AVX512-BF16, tracing for
-    export) is timm's forward. ``cpu_kernel=False`` keeps timm's forward everywhere
-    (``DINOv2Encoder(attention_kernel=...)``)."""
+    ``fsseg.kernels.bf16_attention`` / ``fp32_attention`` (issue 15; ``cpu_attention.py`` says when and
+    why). Every other case (GPU, gradients, masks, fp16, no AVX512-BF16, tracing for export) is timm's
+    forward. ``cpu_kernel=False`` keeps timm's forward everywhere (``DINOv2Encoder(attention_kernel=...)``)."""
 
     cpu_kernel: bool = True
 
     def _kernel(self, x: torch.Tensor, attn_mask, is_causal: bool):
         """The fsseg kernel for this call, or None for timm's forward."""
-        if not self.cpu_kernel or attn_mask is not None or is_causal or self.head_dim != 64:
+        if not self.cpu_kernel or attn_mask is not None or is_causal:
             return None
         if self.gate is not None or not all(isinstance(m, nn.Identity) for m in (self.q_norm, self.k_norm, self.norm)):
             return None
-        if (self.training and self.attn_drop.p > 0) or not cpu_inference_call(x, self.qkv.weight):
+        if self.training and self.attn_drop.p > 0:
             return None
-        dtype = _cpu_compute_dtype(x, self.qkv.weight)
-        if dtype is None:
-            return None
-        from fsseg.kernels import bf16_attention, cpu_kernels_status, fp32_attention
-
-        if not cpu_kernels_status()[0]:
-            return None
-        return (lambda qkv: bf16_attention(qkv.to(dtype), self.num_heads, self.scale)) if dtype == torch.bfloat16 \
-            else (lambda qkv: fp32_attention(qkv, self.num_heads, self.scale))
+        return cpu_attention_kernel(x, self.qkv.weight, self.num_heads, self.head_dim, self.scale)
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
         kernel = self._kernel(x, attn_mask, is_causal)

@@ -22,7 +22,7 @@ upsampled to the input size; it carries no trainable parameter (its loss term th
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple, Union
 
 import torch
@@ -31,6 +31,7 @@ from torch import nn
 
 from ..precision import autocast, compute_dtype, fp32_region, hold_frozen_in, resolve_precision
 from .adapter import BottleneckAdapter
+from .correlation import SupportMemo
 from .decoder import FewShotMaskDecoder
 from .encoder import DINOv2Encoder
 from .prompts import (
@@ -67,7 +68,9 @@ class SupportEncoding:
     ``semantic [B,K,C,h,w]`` (for the 4D/MHCM volume), ``masks [B,K,H,W]``, ``shot_prototypes
     [B,K,C]`` (MAP per shot), ``prototype [B,C]`` (PCS prototype: mean over shots), ``sparse
     [B,n,D]`` (SVP tokens; n = 0 for ``ba_pcs``). A support batch of 1 is broadcast over any query
-    batch in ``decode``.
+    batch in ``decode``. ``memo``: the correlation's support-side terms, computed on the first query
+    decoded without gradients and reused by later ones (so an encoding is not changed once decoded
+    with: encode the new supports instead).
     """
 
     semantic: torch.Tensor
@@ -75,6 +78,7 @@ class SupportEncoding:
     shot_prototypes: torch.Tensor
     prototype: torch.Tensor
     sparse: torch.Tensor
+    memo: SupportMemo = field(default_factory=SupportMemo, compare=False, repr=False)
 
     @property
     def batch_size(self) -> int:
@@ -86,7 +90,8 @@ class SupportEncoding:
         if self.batch_size != 1:
             raise ValueError(f"support batch {self.batch_size} does not match query batch {batch}")
         e = lambda t: t.expand(batch, *t.shape[1:])  # noqa: E731
-        return SupportEncoding(e(self.semantic), e(self.masks), e(self.shot_prototypes), e(self.prototype), e(self.sparse))
+        return SupportEncoding(e(self.semantic), e(self.masks), e(self.shot_prototypes), e(self.prototype), e(self.sparse),
+                               memo=self.memo)  # the memo's keys hold the batch size
 
 
 class FSDINO(nn.Module):
@@ -249,7 +254,7 @@ class FSDINO(nn.Module):
             dense_in = F.interpolate(sim, size=(4 * h, 4 * w), mode="bilinear", align_corners=False)
             prior_low = self.pcs_prior_scale * (sim - self.pcs_prior_shift)
         else:
-            prior_low = self.correlation(fq, support.semantic, support.masks, sim)
+            prior_low = self.correlation(fq, support.semantic, support.masks, sim, memo=support.memo)
             if tuple(prior_low.shape[-2:]) != (4 * h, 4 * w):
                 prior_low = F.interpolate(prior_low, size=(4 * h, 4 * w), mode="bilinear", align_corners=False)
             dense_in = prior_low

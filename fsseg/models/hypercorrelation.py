@@ -39,7 +39,7 @@ Two sizes (``fsseg params`` lists both; DINOv2-B at 518):
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -50,9 +50,11 @@ from .correlation import (
     SUPPORT_MASKINGS,
     CorrelationVolume,
     PriorHead,
+    SupportMemo,
     _gn,
     _resize,
     correlation_volume,
+    memoised,
     swap_query_support,
 )
 from .mamba import MambaLayer
@@ -66,15 +68,22 @@ class ContrastiveEnhancement(nn.Module):
         super().__init__()
         self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))
 
-    def forward(self, fq: torch.Tensor, fs: torch.Tensor, support_masks: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
+    def forward(self, fq: torch.Tensor, fs: torch.Tensor, support_masks: torch.Tensor, sim: torch.Tensor,
+                memo: Optional[SupportMemo] = None) -> torch.Tensor:
+        p_fg, p_bg = memoised(memo, ("contrast_prototypes", fs.shape[0]), lambda: self.prototypes(fs, support_masks))
+        c_fg = F.cosine_similarity(fq, p_fg[:, :, None, None], dim=1)
+        c_bg = F.cosine_similarity(fq, p_bg[:, :, None, None], dim=1)
+        return sim + self.alpha * (c_fg - c_bg).unsqueeze(1)
+
+    @staticmethod
+    def prototypes(fs: torch.Tensor, support_masks: torch.Tensor):
+        """Foreground and background prototypes ``[B,C]`` (masked average pools, mean over shots)."""
         B, K = fs.shape[:2]
         flat = fs.flatten(0, 1)
         m = support_masks.flatten(0, 1).float()
         p_fg = masked_average_pool(flat, m, allow_empty=True).view(B, K, -1).mean(1)
         p_bg = masked_average_pool(flat, 1.0 - m, allow_empty=True).view(B, K, -1).mean(1)
-        c_fg = F.cosine_similarity(fq, p_fg[:, :, None, None], dim=1)
-        c_bg = F.cosine_similarity(fq, p_bg[:, :, None, None], dim=1)
-        return sim + self.alpha * (c_fg - c_bg).unsqueeze(1)
+        return p_fg, p_bg
 
 
 class HierarchicalGlobalModelingBlock(nn.Module):
@@ -109,12 +118,14 @@ class _ShotFusedMHCM(nn.Module):
             raise ValueError(f"shot_fusion must be one of {SHOT_FUSIONS}, got {shot_fusion!r}")
         self.shot_fusion = shot_fusion
 
-    def forward(self, fq: torch.Tensor, fs: torch.Tensor, support_masks: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
+    def forward(self, fq: torch.Tensor, fs: torch.Tensor, support_masks: torch.Tensor, sim: torch.Tensor,
+                memo: Optional[SupportMemo] = None) -> torch.Tensor:
+        """As ``Correlation4D.forward`` (``memo``: the support set's ``SupportMemo``)."""
         B, K = fs.shape[:2]
         if self.contrast is not None:
-            sim = self.contrast(fq, fs, support_masks, sim)
+            sim = self.contrast(fq, fs, support_masks, sim, memo)
         mean_corr = self.shot_fusion == "mean_corr"
-        vol = self.volume(fq, fs, support_masks, shot_mean=mean_corr)
+        vol = self.volume(fq, fs, support_masks, shot_mean=mean_corr, memo=memo)
         if mean_corr:
             prior = self._run(self.reduce(vol[:, 0]), sim)
         else:
@@ -153,8 +164,9 @@ class MambaHyperCorrelation(_ShotFusedMHCM):
     def corr_grid(self) -> int:
         return self.corr.g
 
-    def volume(self, fq: torch.Tensor, fs: torch.Tensor, support_masks: torch.Tensor, shot_mean: bool = False) -> torch.Tensor:
-        return self.corr.volume(fq, fs, support_masks, shot_mean)
+    def volume(self, fq: torch.Tensor, fs: torch.Tensor, support_masks: torch.Tensor, shot_mean: bool = False,
+               memo: Optional[SupportMemo] = None) -> torch.Tensor:
+        return self.corr.volume(fq, fs, support_masks, shot_mean, memo)
 
     def reduce(self, vol: torch.Tensor) -> torch.Tensor:
         return self.corr(vol)
@@ -224,8 +236,9 @@ class CompactMambaHyperCorrelation(_ShotFusedMHCM):
     def corr_grid(self) -> int:
         return self.g
 
-    def volume(self, fq: torch.Tensor, fs: torch.Tensor, support_masks: torch.Tensor, shot_mean: bool = False) -> torch.Tensor:
-        return correlation_volume(fq, fs, support_masks, self.g, self.support_masking, shot_mean)
+    def volume(self, fq: torch.Tensor, fs: torch.Tensor, support_masks: torch.Tensor, shot_mean: bool = False,
+               memo: Optional[SupportMemo] = None) -> torch.Tensor:
+        return correlation_volume(fq, fs, support_masks, self.g, self.support_masking, shot_mean, memo)
 
     def reduce(self, vol: torch.Tensor) -> torch.Tensor:
         """``[N, g*g (support), g, g (query)]`` -> ``[N, s*s, r, r]`` by average pooling (no parameters)."""
