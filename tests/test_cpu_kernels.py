@@ -250,6 +250,11 @@ def test_correlation_volume_bf16_path_equals_fp32_path(kernel_calls, monkeypatch
     masks = (torch.rand(2, 3, 36, 36, generator=torch.Generator().manual_seed(2)) > 0.5).float()
     ours = corr_mod.correlation_volume(fq, fs, masks, g, masking)
     assert kernel_calls["dot"] == 1
+    memo = corr_mod.SupportMemo()  # the support rows and scales kept: the same numbers
+    with torch.inference_mode():
+        for _ in range(2):
+            assert torch.equal(corr_mod.correlation_volume(fq, fs, masks, g, masking, memo=memo), ours)
+    assert kernel_calls["dot"] == 3 and list(memo._terms) == [("bf16_rows", 2, g, masking)]
     monkeypatch.setattr(corr_mod, "_bf16_dot_applies", lambda *a: False)
     ref = corr_mod.correlation_volume(fq, fs, masks, g, masking)
     assert ours.shape == ref.shape == (2, 3, g * g, g, g) and ours.dtype == torch.float32
