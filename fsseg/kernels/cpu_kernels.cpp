@@ -397,17 +397,21 @@ at::Tensor bf16_scaled_dot(const at::Tensor& a, const at::Tensor& b, const at::T
 // this rate but not pass it, and the ratio of the two rates bounds what bf16 can gain over fp32.
 template <class E>
 float multiply_add_rounds(int64_t iterations) {
-  const typename E::Vec a = E::splat(E::kOne), b = E::splat(E::kOne);
-  __m512 acc[12];
-  for (int i = 0; i < 12; ++i) acc[i] = _mm512_set1_ps(1e-3f * i);
+  // twelve named accumulators (an array would be kept on the stack and reloaded every round)
+  const typename E::Vec one = E::splat(E::kOne);
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0, a8 = a0,
+         a9 = a0, a10 = a0, a11 = a0;
   for (int64_t it = 0; it < iterations; ++it) {
-    for (int i = 0; i < 12; ++i) acc[i] = E::madd(acc[i], a, b);
-    __asm__ volatile("" : "+v"(acc[0]), "+v"(acc[1]), "+v"(acc[2]), "+v"(acc[3]), "+v"(acc[4]), "+v"(acc[5]),
-                     "+v"(acc[6]), "+v"(acc[7]), "+v"(acc[8]), "+v"(acc[9]), "+v"(acc[10]), "+v"(acc[11]));
+    a0 = E::madd(a0, one, one); a1 = E::madd(a1, one, one); a2 = E::madd(a2, one, one);
+    a3 = E::madd(a3, one, one); a4 = E::madd(a4, one, one); a5 = E::madd(a5, one, one);
+    a6 = E::madd(a6, one, one); a7 = E::madd(a7, one, one); a8 = E::madd(a8, one, one);
+    a9 = E::madd(a9, one, one); a10 = E::madd(a10, one, one); a11 = E::madd(a11, one, one);
+    __asm__ volatile("" : "+v"(a0), "+v"(a1), "+v"(a2), "+v"(a3), "+v"(a4), "+v"(a5), "+v"(a6), "+v"(a7),
+                     "+v"(a8), "+v"(a9), "+v"(a10), "+v"(a11));  // no folding of the rounds
   }
-  __m512 sum = acc[0];
-  for (int i = 1; i < 12; ++i) sum = _mm512_add_ps(sum, acc[i]);
-  return _mm512_reduce_add_ps(sum);
+  const __m512 sum = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
+                                   _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
+  return _mm512_reduce_add_ps(_mm512_add_ps(sum, _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11))));
 }
 
 double instruction_peak(bool bf16, int64_t iterations) {
