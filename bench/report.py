@@ -145,14 +145,14 @@ def _instruction_bound(inf: dict, full1: dict, ip: Optional[dict]) -> str:
     """What the cores' instruction rates say about the bf16 speed-up (empty without the measurement)."""
     if not ip or "gflops" not in ip:
         return ""
-    f32 = full1["by_precision"]["32"]
-    frac32 = f32["gflops_per_s"] / ip["gflops"]["32"]
-    need = frac32 * 2.0 / ip["ratio"]
+    frac32 = full1["by_precision"]["32"]["gflops_per_s"] / ip["gflops"]["32"]
+    bf16 = full1["by_precision"].get("bf16-mixed")
+    now = f" (it runs at {100 * bf16['gflops_per_s'] / ip['gflops']['bf16-mixed']:.0f}%)" if bf16 else ""
     return (f". The cores' bf16 dot product does {ip['ratio']:.2f}x the FLOPs of their fp32 FMA per second "
             f"(register-only, {ip['gflops']['bf16-mixed']:.0f} vs {ip['gflops']['32']:.0f} GFLOP/s) and fp32 runs this "
-            f"model at {100 * frac32:.0f}% of its instruction rate: 2.0x would need bf16 at {100 * need:.0f}% of its own, "
-            "end to end, while the softmax exponentials, normalisations and the decoder's fp32 parts take the same "
-            "time in both precisions")
+            f"model at {100 * frac32:.0f}% of its instruction rate: 2.0x would need bf16 at "
+            f"{100 * frac32 * 2.0 / ip['ratio']:.0f}% of its own{now}, end to end, while the softmax exponentials, "
+            "normalisations and the decoder's fp32 parts take the same time in both precisions")
 
 
 def precision_targets(inf: dict, ip: Optional[dict] = None) -> List[dict]:
