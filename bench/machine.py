@@ -54,7 +54,7 @@ def matmul_peak(dtype_name: str, device: str = "cpu", n: int = 2048, reps: int =
     169-189 vs 214-219 GFLOP/s in fp32), so a peak taken from ``torch.mm`` alone would flatter every row."""
     import torch
 
-    from fsseg.models.onednn_linear import onednn_linear_available
+    from fsseg.models.onednn_linear import onednn_linear_available, onednn_matmul
 
     dtype = {"32": torch.float32, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}[dtype_name]
     g = torch.Generator().manual_seed(0)
@@ -63,7 +63,7 @@ def matmul_peak(dtype_name: str, device: str = "cpu", n: int = 2048, reps: int =
     fns = {"torch.mm": lambda: a @ b}
     if device == "cpu" and dtype in (torch.float32, torch.bfloat16) and onednn_linear_available():
         bt = b.t().contiguous()  # a linear layer's [out, in] weight: a @ b = linear(a, b^T)
-        fns["oneDNN matmul"] = lambda: torch.ops.mkldnn._linear_pointwise(a, bt, None, "none", [], "")
+        fns["oneDNN matmul"] = lambda: onednn_matmul(a, bt)
     with torch.inference_mode():
         t = timeit_interleaved(fns, 3, reps, device)
     by_library = {k: round(2 * n**3 / v["min_s"] / 1e9, 1) for k, v in t.items()}

@@ -106,13 +106,12 @@ def _support_query_products(s: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     ``[Q, K*S]`` result is the volume with its channels (support positions) last in memory, the layout
     the reduction convs read best (torch's bmm is MKL's sgemm, which on AMD CPUs runs at about half the
     cores' fp32 rate: 26 vs 14 ms for one 1369 x 768 x 1369 product here). Elsewhere ``einsum``."""
-    from .onednn_linear import cpu_inference_call, onednn_linear_available
+    from .onednn_linear import cpu_inference_call, onednn_linear_available, onednn_matmul
 
     if not (onednn_linear_available() and cpu_inference_call(q, s) and q.dtype == s.dtype == torch.float32):
         return torch.einsum("bksc,bcq->bksq", s, q)
     B, K, S, C = s.shape
-    out = torch.stack([torch.ops.mkldnn._linear_pointwise(q[b].t().contiguous(), s[b].reshape(K * S, C), None, "none", [], "")
-                       for b in range(B)])  # [B, Q, K*S]
+    out = torch.stack([onednn_matmul(q[b].t().contiguous(), s[b].reshape(K * S, C)) for b in range(B)])  # [B, Q, K*S]
     return out.view(B, -1, K, S).permute(0, 2, 3, 1)
 
 
@@ -162,9 +161,11 @@ def _bf16_cosine_volume(fq: torch.Tensor, fs: torch.Tensor, masks: torch.Tensor,
     from fsseg.kernels import bf16_scaled_dot
 
     B, K, C = fs.shape[:3]
-    support = memoised(memo, ("bf16_rows", B, g, support_masking), lambda: _bf16_support_rows(fs, masks, g, support_masking))
     q16 = _as_bf16_exactly(fq)
-    if q16 is None or support is None:
+    if q16 is None:  # before the support side: an fp32 query never needs its bf16 rows
+        return None
+    support = memoised(memo, ("bf16_rows", B, g, support_masking), lambda: _bf16_support_rows(fs, masks, g, support_masking))
+    if support is None:
         return None
     rows, row_scale = support
     col_scale = 1.0 / torch.linalg.vector_norm(fq.float(), dim=1).clamp_min(1e-12)  # [B,g,g]

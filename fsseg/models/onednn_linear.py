@@ -116,6 +116,12 @@ class OneDNNLinear(nn.Linear):
         return F.gelu(y) if gelu else y
 
 
+def onednn_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.T`` (``F.linear`` without bias) by oneDNN's matmul, the op ``OneDNNLinear`` runs, for
+    products outside a layer (unpacked ``weight``; where ``onednn_linear_available()``)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+
+
 def packed_weight_bytes(module: nn.Module) -> int:
     """Bytes of the oneDNN-packed weight copies the ``OneDNNLinear`` layers in ``module`` hold now."""
     return sum(torch.ops.mkldnn._nbytes(m.__dict__["_packed"][1]) for m in module.modules()
