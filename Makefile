@@ -4,17 +4,32 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed-stamp
+# the exact dependency set the tests passed with (pyproject.toml keeps ranges)
+CONSTRAINTS := constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: install test demo lint bench ui clean browser-deps
+.PHONY: install lock test demo lint bench ui clean browser-deps
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e ".[dev,demo,browser]"
+	$(PIP) install --quiet --upgrade pip -c $(CONSTRAINTS)
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[dev,demo,browser]"
 	touch $(STAMP)
+
+# Re-resolve the dependency set from pyproject.toml's ranges in a fresh venv and freeze it into
+# constraints.txt (its comment header kept); then `make test` checks the new set.
+LOCK_VENV := .venv-lock
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e ".[dev,demo,browser]"
+	grep '^#' $(CONSTRAINTS) > $(CONSTRAINTS).new
+	$(LOCK_VENV)/bin/python -m pip freeze --all --exclude-editable >> $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf $(LOCK_VENV)
 
 # The web-demo browser test drives Debian's chromium; tests/browser_setup.sh installs it when missing.
 test: install
@@ -39,4 +54,4 @@ ui: install
 	$(VENV)/bin/fsseg demo-ui --host 127.0.0.1 --port 7860 $(UI_ARGS)
 
 clean:
-	rm -rf runs outputs .pytest_cache
+	rm -rf runs outputs .pytest_cache $(LOCK_VENV)

@@ -144,9 +144,10 @@ def run_config(ckpt: str, n_classes: int, shots: int, cfg: dict) -> dict:
 def time_rows(rows: List[dict], rounds: int) -> None:
     """ms per query of each model, minimum over ``rounds`` interleaved rounds (one warm-up call
     first): background load on the shared machine then hits every configuration alike. GFLOP per
-    query from torch's ``FlopCounterMode`` (exact)."""
+    query from ``fsseg.flops.count_flops`` (exact)."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
+
+    from fsseg.flops import count_flops
 
     with torch.inference_mode():
         for r in rows:
@@ -163,10 +164,7 @@ def time_rows(rows: List[dict], rounds: int) -> None:
             r["ms_per_query"] = {k: round(v, 2) for k, v in b.items()}
             r["gflop_per_query"] = {}
             for k, fn in r["timing"].items():
-                counter = FlopCounterMode(display=False)
-                with counter:
-                    fn()
-                r["gflop_per_query"][k] = round(counter.get_total_flops() / 1e9, 4)
+                r["gflop_per_query"][k] = round(count_flops(fn) / 1e9, 4)
             del r["timing"]
 
 

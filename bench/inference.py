@@ -23,16 +23,6 @@ from bench.common import (
 NAME = "inference"
 
 
-def count_flops(fn) -> int:
-    """FLOPs of one call of ``fn`` (matmuls, convolutions, attention), counted once per model with
-    ``torch.utils.flop_counter.FlopCounterMode`` (the count does not depend on the precision)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as fc:
-        fn()
-    return int(fc.get_total_flops())
-
-
 def sam_blockwise(sam, x, cfg: dict, device: str, dino=None, dq=None) -> dict:
     """SAM image-encoder latency per image, composed from its parts timed separately: preprocess +
     patch embed, one windowed block, one global-attention block, neck (every block of a kind has the
@@ -40,6 +30,8 @@ def sam_blockwise(sam, x, cfg: dict, device: str, dino=None, dq=None) -> dict:
     machine where one full ViT-H pass takes tens of seconds (minutes under load); ``dino``/``dq``: a DINOv2 pass timed in the same
     window, so the SAM figure can be related to the DINOv2 passes measured elsewhere in the run."""
     import torch
+
+    from fsseg.flops import count_flops
 
     e = sam.encoder
     reps, warm = cfg["reps"], 1
@@ -75,6 +67,8 @@ def worker(spec: dict) -> dict:
     """Fresh process. ``dino``: DINOv2 floor + every FS-DINO variant (they share the DINOv2 passes);
     ``sam``: one SAM image encoder (+ the distillation benchmark, whose teacher it is)."""
     import torch
+
+    from fsseg.flops import count_flops
 
     torch.manual_seed(0)
     cfg = make_config(spec["quick"])

@@ -298,7 +298,7 @@ def write_markdown(cfg: dict, res: dict, path: Path) -> None:
         L.append("`vs floor`: end-to-end latency relative to DINOv2 alone on the same 1+K images. "
                  "`segmenter-only`: adapter + support prompts + decode timed directly (and its share of the floor). "
                  "`params (segmenter)`: everything but the frozen DINOv2. `GFLOP`: FLOPs of the row counted once "
-                 "with FlopCounterMode (dual rows: DINOv2 + (1+K) SAM passes, SAM counted by its parts); GFLOP/s = "
+                 "with `fsseg.flops` (torch's FlopCounterMode plus explicit attention formulas; dual rows: DINOv2 + (1+K) SAM passes, SAM counted by its parts); GFLOP/s = "
                  "GFLOP / latency."
                  + ("" if not inf.get("packed_weights_mb") else
                     " DINOv2's block weights packed into oneDNN's layout on first use (`OneDNNLinear`), kept across "

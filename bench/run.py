@@ -11,7 +11,7 @@ Method
 ------
 * ``bench.machine`` first, in every run: the best GFLOP/s of a 2048^3 matrix product in fp32 and in
   bf16 with the threads the models use. Every inference row carries its FLOPs (counted once per
-  model with ``torch.utils.flop_counter.FlopCounterMode``), achieved GFLOP/s and fraction of the
+  model with ``fsseg.flops.count_flops``), achieved GFLOP/s and fraction of the
   peak of its precision.
 * Every latency is the median of several timed runs after warm-up runs (``bench.common.timeit``, the
   one timing helper; CUDA events + synchronize on a GPU), under ``torch.inference_mode()``

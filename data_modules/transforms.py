@@ -14,6 +14,7 @@ albumentations' global state, worker count or process count.
 
 from __future__ import annotations
 
+import warnings
 from typing import List, Literal, Optional, Sequence, Tuple, Union
 
 import albumentations as A
@@ -42,6 +43,17 @@ def build_test_transform(image_size: int) -> A.Compose:
 IMAGENET_MEAN_255 = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 # HDMNet's RandScale ranges: config/pascal/*.yaml scale_min/max 0.9/1.1, config/coco/*.yaml 0.8/1.25.
 HDMNET_SCALE = {"pascal": (0.9, 1.1), "coco": (0.8, 1.25)}
+
+
+def _warn_unless_opencv4() -> None:
+    """HDMNet ran on OpenCV 4.x; 5.0's ``warpAffine`` interpolates rotated images differently (0.02-0.19
+    grey levels on average, up to 2.8; labels 0-3 pixels), so the chain is HDMNet's draw for draw only
+    under 4.x (``constraints.txt`` pins it for ``make install``)."""
+    if not cv2.__version__.startswith("4.") and not getattr(_warn_unless_opencv4, "said", False):
+        _warn_unless_opencv4.said = True
+        warnings.warn(f"augmentation 'hdmnet' reproduces HDMNet's util/transform.py under OpenCV 4.x; this is "
+                      f"OpenCV {cv2.__version__}, whose warpAffine differs: install opencv-python-headless<5 "
+                      "(`make install` does)", stacklevel=3)
 
 
 class HDMNetAugment:
@@ -74,6 +86,7 @@ class HDMNetAugment:
         self.image_size, self.scale, self.rotate = image_size, tuple(scale), tuple(rotate)
         self.p_rotate, self.blur_kernel, self.p_blur, self.p_flip = p_rotate, blur_kernel, p_blur, p_flip
         self.padding, self.ignore_label = tuple(float(v) for v in padding), ignore_label
+        _warn_unless_opencv4()
 
     def __call__(self, image: np.ndarray, masks: Sequence[np.ndarray], rng: np.random.Generator
                  ) -> Tuple[np.ndarray, List[np.ndarray]]:

@@ -2,9 +2,9 @@
 
 import lightning as L
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from data_modules import SpecializationDataModule
+from fsseg.flops import count_flops
 from fsseg.models import SpecializedSegmenter, build_fsdino
 from fsseg.modules import SpecializeModule
 from fsseg.modules.specialize import soft_distillation_loss
@@ -52,10 +52,7 @@ def test_full_variant_init_and_decoder_is_a_copy():
 
 def _flops(model, x):
     with torch.no_grad():
-        counter = FlopCounterMode(display=False)
-        with counter:
-            model(x)
-    return counter.get_total_flops()
+        return count_flops(lambda: model(x))
 
 
 def test_inference_cost_does_not_depend_on_shots():

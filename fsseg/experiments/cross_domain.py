@@ -69,13 +69,10 @@ def time_rows(rows: List[dict], repeats: int) -> None:
 
 
 def _gflops(fn) -> float:
-    """Load-independent cost: floating-point operations of one call (torch's FlopCounterMode)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """Load-independent cost: floating-point operations of one call (``fsseg.flops``)."""
+    from fsseg.flops import count_flops
 
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    return counter.get_total_flops() / 1e9
+    return count_flops(fn) / 1e9
 
 
 @torch.no_grad()

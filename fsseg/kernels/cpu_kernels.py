@@ -83,31 +83,14 @@ def _load() -> dict:
 
 
 def _define_ops() -> torch.library.Library:
-    """The kernels' op schemas (the compiled library only implements them) and their FLOPs for
-    ``torch.utils.flop_counter``, registered at import so that a FLOP count started before the first
-    kernel call (``make bench``) sees them. The FLOPs are those torch counts for what the kernels
-    replace: attention 2 products of 2 N^2 d per head (as ``scaled_dot_product_attention``), the scaled
-    dot 2 M N C (as ``bmm``)."""
-    from torch.utils.flop_counter import flop_registry, register_flop_formula
-
+    """The kernels' op schemas (the compiled library only implements them), defined at import so that
+    a FLOP count started before the first kernel call (``make bench``) sees them; their FLOP formulas
+    are in ``fsseg/flops.py`` with every other attention path's."""
     lib = torch.library.Library("fsseg_kernels", "DEF")
     lib.define("bf16_attention(Tensor qkv, int num_heads, float scale) -> Tensor")
     lib.define("fp32_attention(Tensor qkv, int num_heads, float scale) -> Tensor")
     lib.define("bf16_scaled_dot(Tensor a, Tensor b, Tensor row_scale, Tensor col_scale) -> Tensor")
     lib.define("instruction_peak(bool bf16, int iterations) -> float")
-    ops = torch.ops.fsseg_kernels
-
-    def attention_flops(qkv_shape, num_heads, *args, out_shape=None, **kw):
-        b, n, width = qkv_shape
-        return 4 * b * num_heads * n * n * (width // (3 * num_heads))
-
-    def scaled_dot_flops(a_shape, b_shape, *args, out_shape=None, **kw):
-        return 2 * a_shape[0] * a_shape[1] * b_shape[1] * a_shape[2]
-
-    for op, formula in ((ops.bf16_attention, attention_flops), (ops.fp32_attention, attention_flops),
-                        (ops.bf16_scaled_dot, scaled_dot_flops)):
-        if op not in flop_registry:
-            register_flop_formula(op)(formula)
     return lib
 
 

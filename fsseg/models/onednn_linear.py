@@ -12,7 +12,6 @@ autocast is on, or the code is being traced/exported, the layer is plain ``F.lin
 """
 from __future__ import annotations
 
-import math
 import platform
 
 import torch
@@ -30,21 +29,6 @@ def onednn_linear_available() -> bool:
 
 
 _AVAILABLE = onednn_linear_available()
-
-
-def _register_flops() -> None:
-    """FLOPs of the fused op for ``torch.utils.flop_counter`` (``make bench`` counts them): 2 M K N, as
-    its formula for ``aten.addmm``; the fused GELU is not counted, as ``aten.gelu`` is not."""
-    from torch.utils.flop_counter import flop_registry, register_flop_formula
-
-    op = torch.ops.mkldnn._linear_pointwise
-    if op not in flop_registry:
-        register_flop_formula(op)(lambda x_shape, *args, out_shape=None, **kw:
-                                  2 * math.prod(x_shape) * out_shape[-1])
-
-
-if _AVAILABLE:
-    _register_flops()
 
 
 def capturing_graph() -> bool:
