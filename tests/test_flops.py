@@ -81,3 +81,31 @@ def test_sam_block_by_hand(window):
     mlp = 2 * grid * grid * dim * 4 * dim * 2
     with torch.no_grad():
         assert count_flops(lambda: block(torch.rand(1, grid, grid, dim))) == windows * per_window + mlp
+
+
+def test_full_size_encoders_by_hand_on_the_meta_device():
+    """The figures ``make bench`` reads its GFLOP/s against, without computing anything: DINOv2-B at
+    518 (1369 patches + class token, 12 blocks, width 768) and SAM ViT-H at 1024 (64x64 tokens, 28
+    windowed blocks of 25 padded 14x14 windows, 4 global blocks, 16 heads of 80, neck 1x1 + 3x3)."""
+    from functools import partial
+
+    from segment_anything.modeling import ImageEncoderViT
+
+    with torch.device("meta"):
+        dino = DINOv2Encoder("dinov2_vitb14", onednn_linears=False, attention_kernel=False).eval()
+        dino_flops = count_flops(lambda: dino(torch.empty(1, 3, 518, 518)))
+        sam = ImageEncoderViT(depth=32, embed_dim=1280, img_size=1024, mlp_ratio=4, num_heads=16, patch_size=16,
+                              qkv_bias=True, use_rel_pos=True, global_attn_indexes=[7, 15, 23, 31], window_size=14,
+                              out_chans=256, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6))
+        sam_flops = count_flops(lambda: sam(torch.empty(1, 3, 1024, 1024)))
+    assert dino_flops == _vit_by_hand(518, 14, 768, 12) == 303_147_436_032
+
+    dim, heads, head_dim, tokens = 1280, 16, 80, 64 * 64
+
+    def attention_layer(n, side):  # qkv, scores + weighted sum, rel-pos (height, width), proj
+        return 2 * n * dim * 3 * dim + 4 * heads * n * n * head_dim + 4 * heads * n * side * head_dim + 2 * n * dim * dim
+
+    mlp = 4 * tokens * dim * 4 * dim
+    by_hand = (2 * 3 * 16 * 16 * dim * tokens + 28 * (25 * attention_layer(196, 14) + mlp)
+               + 4 * (attention_layer(tokens, 64) + mlp) + 2 * tokens * dim * 256 + 2 * tokens * 256 * 256 * 9)
+    assert sam_flops == by_hand == 5_961_082_830_848
