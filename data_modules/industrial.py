@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -31,14 +31,21 @@ from .pool import PooledDataset
 NFOLDS = 4  # industrial.py:40
 
 
-def fold_classes(class_names: List[str], fold: Optional[int]) -> List[str]:
-    """The classes of ``fold`` in id order (industrial.py:182-190); all of them for None."""
+def fold_classes(class_names: List[str], fold: Optional[int]) -> Tuple[List[str], int]:
+    """``(classes of fold in id order, the class count the budget is divided by)``
+    (industrial.py:182-193): ids ``fold + 4v + 1`` for ``v < (len(clsName) + 1) // 4`` (its
+    num_classes counts the background), of which those past the last class do not exist but still
+    count in ``num_classes - 1``, the divisor of K (l.116, l.187); all classes for None."""
     if fold is None:
-        return list(class_names)
+        return list(class_names), len(class_names)
     if not 0 <= fold < NFOLDS:
-        raise ValueError(f"Industrial: fold {fold} is not one of 0..{NFOLDS - 1} (--data.reader_options)")
-    per_fold = (len(class_names) + 1) // NFOLDS  # num_classes counts the background here
-    return [class_names[fold + NFOLDS * v] for v in range(per_fold)]
+        raise ValueError(f"Industrial: fold {fold} is not one of 0..{NFOLDS - 1} (--data.industrial_fold)")
+    per_fold = (len(class_names) + 1) // NFOLDS
+    ids = [fold + NFOLDS * v for v in range(per_fold)]
+    kept = [class_names[i] for i in ids if i < len(class_names)]
+    if not kept:
+        raise ValueError(f"Industrial: fold {fold} holds no class of the {len(class_names)} in clsName")
+    return kept, per_fold
 
 
 def cv2_grey(path: str) -> np.ndarray:
@@ -69,7 +76,7 @@ class Industrial(PooledDataset):
         if not isinstance(data, dict) or not isinstance(data.get("clsName"), list) or not isinstance(data.get("clsDic"), dict):
             raise BadSampleError(meta, "expected the keys clsName (a list) and clsDic (per class, a 'bad' list)")
         names = [str(c) for c in data["clsName"]]
-        kept = fold_classes(names, fold)
+        kept, self.budget_classes = fold_classes(names, fold)
         base = root.rstrip("/")
         order: List[str] = []
         seen = set()

@@ -58,6 +58,8 @@ class PooledDataset(FileFewShotDataset):
         self.reference_order: Optional[List[str]] = None
         # the images the split is drawn over, when the reader keeps only some of them (a fold)
         self.split_keys: Optional[List[str]] = None
+        # the class count the per-class rules divide K by, when not the number of classes read
+        self.budget_classes: Optional[int] = None
 
     def _index(self, class_names: Sequence[str]) -> None:
         if not self.records:

@@ -343,14 +343,16 @@ def _pick(pool: Sequence[str], k: int, what: str) -> List[str]:
 
 
 def select_support_budget(train_keys_by_class: Dict[int, Sequence[str]], budget: int, rule: str = "images",
-                          order: Optional[Sequence[str]] = None) -> Dict[int, List[str]]:
+                          order: Optional[Sequence[str]] = None, budget_classes: Optional[int] = None
+                          ) -> Dict[int, List[str]]:
     """Supports for DistillFSS's budget K: the hierarchical-uniform picks
     (``hierarchical_uniform_indices``) over the training keys, per class (``per_class*`` rules, K
     divided as ``per_class_budget``) or over all of them (``images``: every class gets the same K
     images, each labelled with all its classes). The keys are taken in ``order`` (the reference's
-    frame order, where it does not depend on the file system: Industrial's ``data.json``, Lung's
-    pickle rows) or else **sorted by name**, so the choice never depends on the order the file
-    system lists them in (the reference picks over its data-frame order, which follows ``os.listdir``)."""
+    frame order, where it does not depend on the file system: Industrial's ``data.json``) or else
+    **sorted by name**, so the choice never depends on the order the file
+    system lists them in (the reference picks over its data-frame order, which follows ``os.listdir``).
+    ``budget_classes``: the class count K is divided by, when not ``len(train_keys_by_class)``."""
     rank = {k: i for i, k in enumerate(order)} if order is not None else None
 
     def ordered(keys):
@@ -358,7 +360,7 @@ def select_support_budget(train_keys_by_class: Dict[int, Sequence[str]], budget:
         return sorted(keys, key=rank.__getitem__) if rank is not None else sorted(keys)
 
     classes = list(train_keys_by_class)
-    k = per_class_budget(budget, len(classes), rule)
+    k = per_class_budget(budget, budget_classes or len(classes), rule)
     if rule == "images":
         chosen = _pick(ordered(x for c in classes for x in train_keys_by_class[c]), k, "training set")
         return {c: list(chosen) for c in classes}
@@ -417,9 +419,14 @@ def build_pooled_dataset(dataset: str, root: str, options: Optional[Dict[str, An
     params = list(inspect.signature(readers[dataset].__init__).parameters)[2:]
     unknown = sorted(set(options or {}) - set(params))
     if unknown:
-        raise ValueError(f"--data.reader_options: {unknown} are not options of {dataset!r} "
+        raise ValueError(f"{', '.join('--data.' + u for u in unknown)}: not an option of {dataset!r} "
                          f"(it takes {params or 'none'})")
     return readers[dataset](root, **(options or {}))
+
+
+# the readers' own options, as BudgetSpecializationDataModule arguments, with their defaults
+READER_OPTIONS = {"industrial_fold": ("fold", None), "train_field": ("train_field", "000"),
+                  "test_field": ("test_field", "003"), "remove_black_images": ("remove_black_images", False)}
 
 
 class BudgetSpecializationDataModule(SpecializationDataModule):
@@ -435,8 +442,13 @@ class BudgetSpecializationDataModule(SpecializationDataModule):
         budget: DistillFSS's K (its ``prompt_images``): K images in all for kvasir / nucleus / pothole /
             weedmap / lung, ``K // 4`` per class for isic (its class count includes the background),
             ``K // N`` per class for industrial's N classes.
-        reader_options: the reader's own arguments: weedmap ``train_field`` / ``test_field`` /
-            ``remove_black_images``, industrial ``fold`` (0-3, or null for all classes).
+        industrial_fold: industrial only: the fold (0-3) whose classes are kept, as the reference's runs
+            do (``parameters/distill/Industrial.yaml:16``); None = all classes. (Not ``fold``: the CLI's
+            default data module has a ``fold`` of its own, which would be carried over.)
+        train_field / test_field: weedmap only: the field folders under ``root`` it trains on and
+            tests on (the reference's ``000`` / ``003``, ``parameters/distill/WeedMap.yaml:14-15``).
+        remove_black_images: weedmap only: drop the training tiles with more than 10 black pixels
+            (``weedmap.py:54-65``; off in the reference's runs).
         test_fraction / split_seed: the drawn split, for datasets without one (80/20, seed 42).
         max_test_images: score only the first n test images (sorted by name; smoke runs), None = all.
         scoring_size: ``model`` (default: DistillFSS scores the S x S resized image and nearest-resized
@@ -444,14 +456,24 @@ class BudgetSpecializationDataModule(SpecializationDataModule):
         image_size / repeats / augment / batch_size / num_workers / query_dir: as ``SpecializationDataModule``.
     """
 
-    def __init__(self, dataset: str, root: str, budget: int = 5, reader_options: Optional[Dict[str, Any]] = None,
+    def __init__(self, dataset: str, root: str, budget: int = 5, industrial_fold: Optional[int] = None,
+                 train_field: str = "000", test_field: str = "003", remove_black_images: bool = False,
                  test_fraction: float = 0.2, split_seed: int = 42,
                  max_test_images: Optional[int] = None, image_size: int = 518, query_dir: Optional[str] = None,
                  repeats: int = 8, augment: bool = True, batch_size: int = 4, num_workers: int = 0,
                  scoring_size: Union[Literal["model", "original"], int] = "model") -> None:
         L.LightningDataModule.__init__(self)
         self.save_hyperparameters()
-        ds = build_pooled_dataset(dataset, root, reader_options)
+        given = {"industrial_fold": industrial_fold, "train_field": train_field, "test_field": test_field,
+                 "remove_black_images": remove_black_images}
+        options = {}
+        for arg, value in given.items():
+            option, default = READER_OPTIONS[arg]
+            if value != default:
+                if option not in inspect.signature(pooled_readers().get(dataset, object).__init__).parameters:
+                    raise ValueError(f"--data.{arg} does not apply to {dataset!r}")
+                options[option] = value
+        ds = build_pooled_dataset(dataset, root, options)
         order = getattr(ds, "reference_order", None)
         # split over every image, then keep the reader's (Industrial's fold filters after its split,
         # industrial.py:66-78)
@@ -463,7 +485,8 @@ class BudgetSpecializationDataModule(SpecializationDataModule):
         train_set = set(train)
         by_class = {c: [k for k in ds.samples_by_class[c] if k in train_set] for c in ds.class_ids}
         support = ds.select_supports(by_class, budget) if hasattr(ds, "select_supports") else \
-            select_support_budget(by_class, budget, getattr(ds, "budget_rule", "images"), order)
+            select_support_budget(by_class, budget, getattr(ds, "budget_rule", "images"), order,
+                                  getattr(ds, "budget_classes", None))
         own_class = {k: c for c in ds.class_ids for k in ds.samples_by_class[c]}
         test = test[:max_test_images] if max_test_images else test
         self.dataset_name, self.budget = dataset, budget
@@ -486,5 +509,5 @@ class BudgetSpecializationDataModule(SpecializationDataModule):
 
 
 __all__ = ["SpecializationDataModule", "BudgetSpecializationDataModule", "select_support_budget", "split_train_test",
-           "per_class_budget", "BUDGET_RULES", "hierarchical_uniform_indices", "build_pooled_dataset", "pooled_readers",
+           "per_class_budget", "BUDGET_RULES", "READER_OPTIONS", "hierarchical_uniform_indices", "build_pooled_dataset", "pooled_readers",
            "AugmentedSupportDataset", "LabelledQueryDataset", "class_index_label"]

@@ -43,7 +43,7 @@ class WeedMap(PooledDataset):
                  remove_black_images: bool = False) -> None:
         super().__init__()
         if train_field == test_field:
-            raise ValueError(f"WeedMap: train_field and test_field are both {train_field!r} (--data.reader_options)")
+            raise ValueError(f"WeedMap: train_field and test_field are both {train_field!r} (--data.train_field / --data.test_field)")
         self.channel_paths = {}
         test: List[str] = []
         for field in (train_field, test_field):
@@ -52,7 +52,7 @@ class WeedMap(PooledDataset):
             for d in (*tile_dirs, gt_dir):
                 if not os.path.isdir(d):
                     raise FileNotFoundError(f"WeedMap: {d!r} missing (expected <root>/<field>/tile/{{R,G,B}}/ and "
-                                            f"<root>/<field>/groundtruth/; fields: --data.reader_options)")
+                                            f"<root>/<field>/groundtruth/; fields: --data.train_field / --data.test_field)")
             for f in sorted(os.listdir(tile_dirs[0])):
                 path = os.path.join(tile_dirs[0], f)
                 if not is_image_file(f):
