@@ -18,6 +18,7 @@ file is run).
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -95,9 +96,10 @@ class LungCancer(PooledDataset):
         if budget < 1:
             raise ValueError(f"--data.budget must be at least 1, got {budget}")
         train = [k for k in self.train_order if k in set(train_keys_by_class[0])]
-        positions = hierarchical_uniform_indices(len(train) - 1, budget)
-        if len(train) < budget or len(set(positions)) < budget:
-            raise ValueError(f"training set: a budget of {budget} support(s) but only {len(train)} training image(s)")
+        positions = list(dict.fromkeys(hierarchical_uniform_indices(len(train) - 1, budget)))
+        if len(positions) < budget:
+            warnings.warn(f"{TRAIN_PICKLE}: a budget of {budget} support(s) but only {len(train)} training slice(s); "
+                          f"using {len(positions)}, as DistillFSS does", stacklevel=2)
         by_label = {self.row_label[k]: k for k in train}
         missing = [p for p in positions if p not in by_label]
         if missing:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import lightning as L
@@ -336,9 +337,15 @@ def per_class_budget(budget: int, num_classes: int, rule: str) -> int:
 
 
 def _pick(pool: Sequence[str], k: int, what: str) -> List[str]:
-    idx = hierarchical_uniform_indices(len(pool) - 1, k)
-    if len(pool) < k or len(set(idx)) < k:
-        raise ValueError(f"{what}: a budget of {k} support(s) but only {len(pool)} training image(s)")
+    """The reference's picks; where the pool is shorter than ``k`` they are all of it (the midpoints
+    run out), as ``x.iloc[hierarchical_uniform_sampling(len(x) - 1, k)]`` gives (``isic.py:108``,
+    ``industrial.py:121``), said in a warning. One image asked twice (``[0, 0]``) is used once."""
+    if not pool:
+        raise ValueError(f"{what}: no training image to pick supports from")
+    idx = list(dict.fromkeys(hierarchical_uniform_indices(len(pool) - 1, k)))
+    if len(idx) < k:
+        warnings.warn(f"{what}: a budget of {k} support(s) but only {len(pool)} training image(s); using "
+                      f"{len(idx)}, as DistillFSS does", stacklevel=3)
     return [pool[i] for i in idx]
 
 

@@ -95,8 +95,10 @@ def test_hierarchical_uniform_indices_worked_by_hand():
         per_class_budget(3, 3, "per_class_with_background")
     with pytest.raises(ValueError, match="use --data.budget 4 or more"):
         select_support_budget({0: ["a"], 1: ["b"], 2: ["c"], 3: ["d"]}, 3, "per_class")
-    with pytest.raises(ValueError, match="only 2 training image"):
-        select_support_budget({0: ["a", "b"]}, 3)
+    with pytest.warns(UserWarning, match="only 2 training image"):  # all of them, as the reference's picks run out
+        assert select_support_budget({0: ["a", "b"]}, 3) == {0: ["a", "b"]}
+    with pytest.warns(UserWarning, match="using 1"):  # [0, 0]: the one image, once
+        assert select_support_budget({0: ["a"]}, 2) == {0: ["a"]}
     # "images": the same K images for every class, in the given order
     assert select_support_budget({0: ["b", "a", "c"], 1: []}, 2, "images", order=["c", "b", "a"]) == \
         {0: ["c", "a"], 1: ["c", "a"]}
