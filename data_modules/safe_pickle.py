@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pickletools
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 

@@ -14,7 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from data_modules import ISIC3, BudgetSpecializationDataModule, KvasirSEG, Nucleus, Pothole, SpecializationDataModule
+from data_modules import (
+    ISIC3,
+    BudgetSpecializationDataModule,
+    KvasirSEG,
+    Nucleus,
+    Pothole,
+    SpecializationDataModule,
+)
 from data_modules.masks import BadSampleError
 from data_modules.pool import save_test_csv
 from data_modules.specialize import (
