@@ -473,11 +473,12 @@ class BudgetSpecializationDataModule(SpecializationDataModule):
         self.save_hyperparameters()
         given = {"industrial_fold": industrial_fold, "train_field": train_field, "test_field": test_field,
                  "remove_black_images": remove_black_images}
+        reader = pooled_readers().get(dataset)
         options = {}
         for arg, value in given.items():
             option, default = READER_OPTIONS[arg]
-            if value != default:
-                if option not in inspect.signature(pooled_readers().get(dataset, object).__init__).parameters:
+            if value != default and reader is not None:
+                if option not in inspect.signature(reader.__init__).parameters:
                     raise ValueError(f"--data.{arg} does not apply to {dataset!r}")
                 options[option] = value
         ds = build_pooled_dataset(dataset, root, options)
