@@ -25,8 +25,10 @@ from .episodes import (
 )
 from .folder import FolderDataset, UnlabelledImageFolder
 from .fss import FSS1000
+from .industrial import Industrial
 from .isic3 import ISIC3
 from .kvasir import KvasirSEG
+from .lung import LungCancer
 from .masks import (
     IGNORE_INDEX,
     BadSampleError,
@@ -43,6 +45,7 @@ from .pothole import Pothole
 from .specialize import BudgetSpecializationDataModule, SpecializationDataModule
 from .synthetic import SyntheticFewShot, base_classes, novel_classes
 from .transforms import PairTransform, build_test_transform, build_train_transform
+from .weedmap import WeedMap
 
 __all__ = [
     "BadSampleError", "IGNORE_INDEX", "read_image", "read_mask", "read_binary_mask", "detect_mask_encoding",
@@ -53,4 +56,5 @@ __all__ = [
     "build_train_transform", "build_test_transform", "EpisodicDataModule", "UnlabelledDataModule",
     "SupportQueryFolderDataModule", "SpecializationDataModule", "build_fewshot_dataset", "DATASETS",
     "BudgetSpecializationDataModule", "PooledDataset", "KvasirSEG", "ISIC3", "Nucleus", "Pothole",
+    "WeedMap", "LungCancer", "Industrial",
 ]

@@ -121,3 +121,9 @@ class FileFewShotDataset(FewShotDataset):
 
 def stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
+
+
+def first_dot_id(path: str) -> str:
+    """A file's name up to its first dot: DistillFSS's ids (``kvasir.py:31``, ``pothole.py:25``,
+    ``isic.py:31``), which differ from ``stem`` for names with inner dots."""
+    return os.path.basename(path).split(".")[0]

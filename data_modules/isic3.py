@@ -8,7 +8,8 @@ images are the masks' stems (l.19-31), joined with the class table on the id wit
 removed (l.20, l.32); the class is the arg-max over ``NV, MEL, BKL, BCC, AK, DF, VASC, SCC, UNK``
 + 1, of which 1 = nevus, 2 = melanoma, 3 = seborrheic keratosis are the dataset's classes (l.33,
 l.40; the ISIC-2018 Task 1 images carry only those three: "1:1867 2:519 3:208", l.38); the mask is
-grey >= 128 (l.162-166) labelled with the class (l.168-171). The reference requires ``test.csv``
+grey >= 128 (l.162-166) labelled with the class (l.168-171); the supports are ``K // 4`` per class,
+``num_classes`` counting the background (l.40-41, 106-110). The reference requires ``test.csv``
 (l.54); without it ``data_modules.specialize.split_train_test`` draws the 80/20 split as for the
 other datasets. Images without a row in the class table are dropped (the reference's inner join,
 l.32); an image whose class is not one of the three is an error naming it.
@@ -48,6 +49,7 @@ def read_class_table(path: str) -> dict:
 
 class ISIC3(PooledDataset):
     name = "isic"
+    budget_rule = "per_class_with_background"  # K // 4 per class: id2class counts the background (isic.py:40-41, 106)
 
     def __init__(self, root: str) -> None:
         super().__init__()

@@ -46,10 +46,20 @@ class PooledDataset(FileFewShotDataset):
     """Subclasses fill ``records[key] = (image path, mask path or folder)`` and ``label_of`` and call
     ``_index(class names)``; they implement ``read_foreground(key) -> bool [H,W]``."""
 
+    # how the reference spends the budget K (data_modules.specialize.BUDGET_RULES)
+    budget_rule = "images"
+
     def __init__(self) -> None:
         super().__init__("auto")
         self.label_of: Dict[str, int] = {}
         self.published_test: Optional[List[str]] = None
+        # the reference's frame order where a file fixes it (not os.listdir): the split is drawn and
+        # the supports are picked in this order; None = name-sorted
+        self.reference_order: Optional[List[str]] = None
+        # the images the split is drawn over, when the reader keeps only some of them (a fold)
+        self.split_keys: Optional[List[str]] = None
+        # the class count the per-class rules divide K by, when not the number of classes read
+        self.budget_classes: Optional[int] = None
 
     def _index(self, class_names: Sequence[str]) -> None:
         if not self.records:

@@ -4,7 +4,7 @@ Layout (``root`` = ``pothole-mix``): ``training/<subset>/images/*.jpg|JPG`` with
 ``training/<subset>/masks/<same stem>.png``, and the same under ``testing/`` (the published split;
 a ``validation/`` folder, if present, is not used, as in the reference). One class, ``pothole``:
 every non-black mask pixel is foreground (the colour-coded potholes and cracks alike). Reference:
-DistillFSS ``distillfss/data/pothole.py``: the id is ``<subset>.<stem>`` (l.22-26), the mask path
+DistillFSS ``distillfss/data/pothole.py``: the id is ``<subset>.<name up to its first dot>`` (l.22-26), the mask path
 swaps ``images`` for ``masks`` and the extension for ``.png`` (l.44), foreground is grey > 0
 (l.163-166), train = ``training/`` and test = ``testing/`` (l.60-68).
 """
@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from .base import stem
+from .base import first_dot_id, stem
 from .masks import is_image_file
 from .pool import PooledDataset, grey
 
@@ -40,7 +40,11 @@ class Pothole(PooledDataset):
                 for f in sorted(os.listdir(image_dir)):
                     if not is_image_file(f):
                         continue
-                    key = f"{split}/{subset}.{stem(f)}"  # the reference's id, prefixed by its split
+                    # the reference's id (pothole.py:22-26, the name up to its first dot), prefixed by its split
+                    key = f"{split}/{subset}.{first_dot_id(f)}"
+                    if key in self.records:
+                        raise FileNotFoundError(f"Pothole: two images have the id {key!r} (names cut at their first "
+                                                f"dot, as DistillFSS cuts them) in {image_dir!r}")
                     mask = os.path.join(mask_dir, stem(f) + ".png")
                     if not os.path.isfile(mask):
                         raise FileNotFoundError(f"Pothole: image {os.path.join(image_dir, f)!r} has no mask {mask!r}")

@@ -20,8 +20,10 @@ without it, ``synthetic_classes`` novel synthetic classes (``SyntheticFewShot`` 
 
 from __future__ import annotations
 
+import inspect
 import os
-from typing import Dict, List, Literal, Optional, Sequence, Tuple, Union
+import warnings
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import lightning as L
 import numpy as np
@@ -64,7 +66,18 @@ class AugmentedSupportDataset(Dataset):
     def __init__(self, ds: FewShotDataset, class_ids: Sequence[int], support_keys: Dict[int, List[str]],
                  image_size: int, repeats: int = 8, augment: bool = True) -> None:
         self.ds, self.class_ids = ds, list(class_ids)
-        self.items = [(ci, k, key) for ci, c in enumerate(self.class_ids) for k, key in enumerate(support_keys[c])]
+        items = [(ci, k, key) for ci, c in enumerate(self.class_ids) for k, key in enumerate(support_keys[c])]
+        # an image that supports several classes (WeedMap: the same K images for crop and weed) is
+        # labelled with all of them by class_index_label, so it is trained on once, not once per class
+        labels_all = {key: not (isinstance(ds, FileFewShotDataset) and ds.mask_value(key, self.class_ids[ci]) is None)
+                      for ci, _, key in items}
+        seen: set = set()
+        self.items = []
+        for ci, k, key in items:
+            if labels_all[key] and key in seen:
+                continue
+            seen.add(key)
+            self.items.append((ci, k, key))
         self.repeats = max(1, repeats)
         self.plain = PairTransform(image_size, train=False)
         self.aug = PairTransform(image_size, train=True) if augment else self.plain
@@ -279,8 +292,9 @@ def hierarchical_uniform_indices(last: int, count: int) -> List[int]:
     """Indices into a list of ``last + 1`` items: the two ends, then midpoints of the gaps, level by
     level, the first ``count`` in sorted order. Reproduces DistillFSS's
     ``hierarchical_uniform_sampling(N, M)`` (``distillfss/utils/utils.py:407-430``), with which it
-    picks the supports (``kvasir.py:122``, ``nucleus.py:94``, ``pothole.py:112``, per class in
-    ``isic.py:107-110``). May return fewer than ``count`` when the list is too short."""
+    picks the supports (``kvasir.py:122``, ``nucleus.py:94``, ``pothole.py:112``, ``weedmap.py:79``,
+    ``lung.py:112``, per class in ``isic.py:107-110`` and ``industrial.py:116-123``). May return
+    fewer than ``count`` when the list is too short, none for ``count`` 0."""
     if count == 1:
         return [0]
     chosen = [0, last]
@@ -298,37 +312,77 @@ def hierarchical_uniform_indices(last: int, count: int) -> List[int]:
     return chosen[:count]
 
 
-def budget_per_class(budget: int, class_ids: Sequence[int]) -> Dict[int, int]:
-    """Split a total budget of ``budget`` support images over the classes: ``budget // N`` each,
-    the remainder one more each to the first classes in id order (counts may differ by one)."""
-    n = len(class_ids)
-    if budget < n:
-        raise ValueError(f"a support budget of {budget} image(s) cannot cover {n} classes")
-    return {c: budget // n + (1 if i < budget % n else 0) for i, c in enumerate(sorted(class_ids))}
+# How a reader's DistillFSS counterpart spends the budget K (``PooledDataset.budget_rule``):
+#   images                     K images from the whole training list (kvasir, nucleus, pothole, weedmap, lung)
+#   per_class                  K // N per class, N foreground classes (industrial.py:116)
+#   per_class_with_background  K // (N + 1) per class: its num_classes counts the background (isic.py:40-41, 106)
+BUDGET_RULES = ("images", "per_class", "per_class_with_background")
 
 
-def select_support_budget(train_keys_by_class: Dict[int, Sequence[str]], budget: int) -> Dict[int, List[str]]:
-    """Supports for a total budget: per class (``budget_per_class``) the hierarchical-uniform picks
-    (``hierarchical_uniform_indices``) over that class's training keys **sorted by name**, so the
-    choice depends on the names only, never on the order the file system lists them in (the
-    reference picks over its data-frame order, which follows ``os.listdir``)."""
-    out = {}
-    for c, k in budget_per_class(budget, list(train_keys_by_class)).items():
-        pool = sorted(set(train_keys_by_class[c]))
-        idx = hierarchical_uniform_indices(len(pool) - 1, k)
-        if len(pool) < k or len(set(idx)) < k:
-            raise ValueError(f"class {c}: a budget of {k} support(s) but only {len(pool)} training image(s)")
-        out[c] = [pool[i] for i in idx]
-    return out
+def per_class_budget(budget: int, num_classes: int, rule: str) -> int:
+    """Supports per class under ``rule`` (see ``BUDGET_RULES``); a budget that gives 0 per class is
+    refused (the reference would sample none and fail on an empty support frame)."""
+    if rule not in BUDGET_RULES:
+        raise ValueError(f"unknown budget rule {rule!r}; one of {BUDGET_RULES}")
+    if budget < 1:
+        raise ValueError(f"--data.budget must be at least 1, got {budget}")
+    if rule == "images":
+        return budget
+    divisor = num_classes + 1 if rule == "per_class_with_background" else num_classes
+    if budget < divisor:
+        counted = f"{num_classes} classes + background" if rule == "per_class_with_background" else f"{num_classes} classes"
+        raise ValueError(f"--data.budget {budget} gives {budget} // {divisor} ({counted}) = 0 supports per class, "
+                         f"as DistillFSS divides it; use --data.budget {divisor} or more")
+    return budget // divisor
+
+
+def _pick(pool: Sequence[str], k: int, what: str) -> List[str]:
+    """The reference's picks; where the pool is shorter than ``k`` they are all of it (the midpoints
+    run out), as ``x.iloc[hierarchical_uniform_sampling(len(x) - 1, k)]`` gives (``isic.py:108``,
+    ``industrial.py:121``), said in a warning. One image asked twice (``[0, 0]``) is used once."""
+    if not pool:
+        raise ValueError(f"{what}: no training image to pick supports from")
+    idx = list(dict.fromkeys(hierarchical_uniform_indices(len(pool) - 1, k)))
+    if len(idx) < k:
+        warnings.warn(f"{what}: a budget of {k} support(s) but only {len(pool)} training image(s); using "
+                      f"{len(idx)}, as DistillFSS does", stacklevel=3)
+    return [pool[i] for i in idx]
+
+
+def select_support_budget(train_keys_by_class: Dict[int, Sequence[str]], budget: int, rule: str = "images",
+                          order: Optional[Sequence[str]] = None, budget_classes: Optional[int] = None
+                          ) -> Dict[int, List[str]]:
+    """Supports for DistillFSS's budget K: the hierarchical-uniform picks
+    (``hierarchical_uniform_indices``) over the training keys, per class (``per_class*`` rules, K
+    divided as ``per_class_budget``) or over all of them (``images``: every class gets the same K
+    images, each labelled with all its classes). The keys are taken in ``order`` (the reference's
+    frame order, where it does not depend on the file system: Industrial's ``data.json``) or else
+    **sorted by name**, so the choice never depends on the order the file
+    system lists them in (the reference picks over its data-frame order, which follows ``os.listdir``).
+    ``budget_classes``: the class count K is divided by, when not ``len(train_keys_by_class)``."""
+    rank = {k: i for i, k in enumerate(order)} if order is not None else None
+
+    def ordered(keys):
+        keys = set(keys)
+        return sorted(keys, key=rank.__getitem__) if rank is not None else sorted(keys)
+
+    classes = list(train_keys_by_class)
+    k = per_class_budget(budget, budget_classes or len(classes), rule)
+    if rule == "images":
+        chosen = _pick(ordered(x for c in classes for x in train_keys_by_class[c]), k, "training set")
+        return {c: list(chosen) for c in classes}
+    return {c: _pick(ordered(train_keys_by_class[c]), k, f"class {c}") for c in classes}
 
 
 def split_train_test(keys: Sequence[str], test_fraction: float = 0.2, seed: int = 42,
-                     published_test: Optional[Sequence[str]] = None) -> Tuple[List[str], List[str]]:
+                     published_test: Optional[Sequence[str]] = None,
+                     order: Optional[Sequence[str]] = None) -> Tuple[List[str], List[str]]:
     """``(train keys, test keys)``, both sorted. The dataset's own split (``published_test``) when it
-    has one; else ``ceil(test_fraction * n)`` test keys drawn by ``RandomState(seed).permutation`` of
-    the name-sorted keys: the draw of scikit-learn's ``train_test_split(test_size=0.2,
-    random_state=42)`` that DistillFSS uses (``kvasir.py:65``, ``nucleus.py:43``), applied to the
-    sorted list instead of ``os.listdir`` order so it does not depend on the file system."""
+    has one; else ``ceil(test_fraction * n)`` test keys drawn by ``RandomState(seed).permutation``:
+    the draw of scikit-learn's ``train_test_split(test_size=0.2, random_state=42)`` that DistillFSS
+    uses (``kvasir.py:65``, ``nucleus.py:43``, ``industrial.py:71-73``), applied to ``order`` (the
+    reference's frame order where it is fixed by a file, Industrial's ``data.json``) or else to the
+    name-sorted keys, so it does not depend on the file system."""
     keys = sorted(set(keys))
     if published_test is not None:
         test = set(published_test)
@@ -341,33 +395,67 @@ def split_train_test(keys: Sequence[str], test_fraction: float = 0.2, seed: int 
     n_test = int(np.ceil(test_fraction * len(keys)))
     if not 0 < n_test < len(keys):
         raise ValueError(f"cannot split {len(keys)} image(s) {1 - test_fraction:.0%}/{test_fraction:.0%}")
+    if order is not None:
+        if sorted(order) != keys:
+            raise ValueError("split order must list every key exactly once")
+        keys = list(order)
     perm = np.random.RandomState(seed).permutation(len(keys))
     return sorted(keys[i] for i in perm[n_test:]), sorted(keys[i] for i in perm[:n_test])
 
 
-def build_pooled_dataset(dataset: str, root: str) -> FewShotDataset:
-    """A DistillFSS target dataset by name, read from ``root`` in its published layout."""
+def pooled_readers() -> Dict[str, type]:
+    """DistillFSS's seven target datasets (``distillfss/data/__init__.py:25-40``) by ``--data.dataset``."""
+    from .industrial import Industrial
     from .isic3 import ISIC3
     from .kvasir import KvasirSEG
+    from .lung import LungCancer
     from .nucleus import Nucleus
     from .pothole import Pothole
+    from .weedmap import WeedMap
 
-    readers = {"kvasir": KvasirSEG, "isic": ISIC3, "nucleus": Nucleus, "pothole": Pothole}
+    return {"kvasir": KvasirSEG, "isic": ISIC3, "nucleus": Nucleus, "pothole": Pothole, "weedmap": WeedMap,
+            "lung": LungCancer, "industrial": Industrial}
+
+
+def build_pooled_dataset(dataset: str, root: str, options: Optional[Dict[str, Any]] = None) -> FewShotDataset:
+    """A DistillFSS target dataset by name, read from ``root`` in its published layout; ``options``
+    are the reader's own arguments (WeedMap's fields, Industrial's fold)."""
+    readers = pooled_readers()
     if dataset not in readers:
         raise ValueError(f"unknown DistillFSS dataset {dataset!r}; choose one of {sorted(readers)}")
-    return readers[dataset](root)
+    params = list(inspect.signature(readers[dataset].__init__).parameters)[2:]
+    unknown = sorted(set(options or {}) - set(params))
+    if unknown:
+        raise ValueError(f"{', '.join('--data.' + u for u in unknown)}: not an option of {dataset!r} "
+                         f"(it takes {params or 'none'})")
+    return readers[dataset](root, **(options or {}))
+
+
+# the readers' own options, as BudgetSpecializationDataModule arguments, with their defaults
+READER_OPTIONS = {"industrial_fold": ("fold", None), "train_field": ("train_field", "000"),
+                  "test_field": ("test_field", "003"), "remove_black_images": ("remove_black_images", False)}
 
 
 class BudgetSpecializationDataModule(SpecializationDataModule):
-    """DistillFSS's protocol for ``SpecializeModule``: a support set of ``budget`` images in total
-    chosen from the training part (``select_support_budget``), the test part (the dataset's own, or
-    ``split_train_test``'s seeded draw) scored once per image with the specialised model (and, with
-    ``eval_teacher``, the episodic teacher conditioned on all the supports).
+    """DistillFSS's protocol for ``SpecializeModule``: a support set chosen from the training part by
+    DistillFSS's budget K (``select_support_budget`` with the dataset's rule), the test part (the
+    dataset's own, or ``split_train_test``'s seeded draw) scored once per image with the specialised
+    model (and, with ``eval_teacher``, the episodic teacher conditioned on all the supports).
 
     Args:
-        dataset: ``kvasir`` | ``isic`` | ``nucleus`` | ``pothole`` (readers in ``data_modules``).
+        dataset: ``kvasir`` | ``isic`` | ``nucleus`` | ``pothole`` | ``weedmap`` | ``lung`` | ``industrial``
+            (readers in ``data_modules``).
         root: the dataset folder in its published layout (see each reader / docs/protocols/distillfss.md).
-        budget: total number of support images K (DistillFSS uses 5 / 10 / 25 / 50).
+        budget: DistillFSS's K (its ``prompt_images``): K images in all for kvasir / nucleus / pothole /
+            weedmap / lung, ``K // 4`` per class for isic (its class count includes the background),
+            ``K // N`` per class for industrial's N classes.
+        industrial_fold: industrial only: the fold (0-3) whose classes are kept, as the reference's runs
+            do (``parameters/distill/Industrial.yaml:16``); None = all classes. (Not ``fold``: the CLI's
+            default data module has a ``fold`` of its own, which would be carried over.)
+        train_field / test_field: weedmap only: the field folders under ``root`` it trains on and
+            tests on (the reference's ``000`` / ``003``, ``parameters/distill/WeedMap.yaml:14-15``).
+        remove_black_images: weedmap only: drop the training tiles with more than 10 black pixels
+            (``weedmap.py:54-65``; off in the reference's runs).
         test_fraction / split_seed: the drawn split, for datasets without one (80/20, seed 42).
         max_test_images: score only the first n test images (sorted by name; smoke runs), None = all.
         scoring_size: ``model`` (default: DistillFSS scores the S x S resized image and nearest-resized
@@ -375,19 +463,41 @@ class BudgetSpecializationDataModule(SpecializationDataModule):
         image_size / repeats / augment / batch_size / num_workers / query_dir: as ``SpecializationDataModule``.
     """
 
-    def __init__(self, dataset: str, root: str, budget: int = 5, test_fraction: float = 0.2, split_seed: int = 42,
+    def __init__(self, dataset: str, root: str, budget: int = 5, industrial_fold: Optional[int] = None,
+                 train_field: str = "000", test_field: str = "003", remove_black_images: bool = False,
+                 test_fraction: float = 0.2, split_seed: int = 42,
                  max_test_images: Optional[int] = None, image_size: int = 518, query_dir: Optional[str] = None,
                  repeats: int = 8, augment: bool = True, batch_size: int = 4, num_workers: int = 0,
                  scoring_size: Union[Literal["model", "original"], int] = "model") -> None:
         L.LightningDataModule.__init__(self)
         self.save_hyperparameters()
-        ds = build_pooled_dataset(dataset, root)
-        train, test = split_train_test(ds.all_keys(), test_fraction, split_seed, getattr(ds, "published_test", None))
+        given = {"industrial_fold": industrial_fold, "train_field": train_field, "test_field": test_field,
+                 "remove_black_images": remove_black_images}
+        reader = pooled_readers().get(dataset)
+        options = {}
+        for arg, value in given.items():
+            option, default = READER_OPTIONS[arg]
+            if value != default and reader is not None:
+                if option not in inspect.signature(reader.__init__).parameters:
+                    raise ValueError(f"--data.{arg} does not apply to {dataset!r}")
+                options[option] = value
+        ds = build_pooled_dataset(dataset, root, options)
+        order = getattr(ds, "reference_order", None)
+        # split over every image, then keep the reader's (Industrial's fold filters after its split,
+        # industrial.py:66-78)
+        universe = getattr(ds, "split_keys", None) or ds.all_keys()
+        train, test = split_train_test(universe, test_fraction, split_seed, getattr(ds, "published_test", None),
+                                       order=order)
+        kept = set(ds.all_keys())
+        train, test = [k for k in train if k in kept], [k for k in test if k in kept]
         train_set = set(train)
         by_class = {c: [k for k in ds.samples_by_class[c] if k in train_set] for c in ds.class_ids}
-        support = select_support_budget(by_class, budget)
+        support = ds.select_supports(by_class, budget) if hasattr(ds, "select_supports") else \
+            select_support_budget(by_class, budget, getattr(ds, "budget_rule", "images"), order,
+                                  getattr(ds, "budget_classes", None))
         own_class = {k: c for c in ds.class_ids for k in ds.samples_by_class[c]}
         test = test[:max_test_images] if max_test_images else test
+        self.dataset_name, self.budget = dataset, budget
         self.dataset, self.class_ids, self.support_keys = ds, list(ds.class_ids), support
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
         self.repeats, self.augment, self.query_dir = repeats, augment, query_dir
@@ -397,6 +507,15 @@ class BudgetSpecializationDataModule(SpecializationDataModule):
         self.train_keys, self.test_keys = train, test
         self._support_set = None
 
+    def selection_json(self) -> Dict[str, Any]:
+        """The selected supports per class and the train / test ids (``fsseg episodes``)."""
+        names = self.class_names
+        return {"benchmark": self.dataset_name, "protocol": "distillfss-budget", "budget": self.budget,
+                "budget_rule": getattr(self.dataset, "budget_rule", "images"), "class_names": names,
+                "supports": {names[i]: list(self.support_keys[c]) for i, c in enumerate(self.class_ids)},
+                "train": list(self.train_keys), "test": list(self.test_keys)}
+
 
 __all__ = ["SpecializationDataModule", "BudgetSpecializationDataModule", "select_support_budget", "split_train_test",
-           "budget_per_class", "hierarchical_uniform_indices", "build_pooled_dataset", "AugmentedSupportDataset", "LabelledQueryDataset", "class_index_label"]
+           "per_class_budget", "BUDGET_RULES", "READER_OPTIONS", "hierarchical_uniform_indices", "build_pooled_dataset", "pooled_readers",
+           "AugmentedSupportDataset", "LabelledQueryDataset", "class_index_label"]

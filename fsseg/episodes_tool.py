@@ -6,6 +6,9 @@
 config with a ``data:`` section works too). Only the split lists (and FSS-1000's class folders) are
 read, no image is opened, so lists can be written before the images are downloaded. The file is in
 the schema of the reference episode files and ``data.episodes_file: FILE.json`` evaluates on it.
+For ``BudgetSpecializationDataModule`` (DistillFSS's protocol) it writes the selected supports per
+class and the train / test ids instead (``selection_json``; ``--split`` is not used: every test image
+is scored once).
 """
 
 from __future__ import annotations
@@ -40,6 +43,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--output", required=True, help="JSON file to write")
     args = parser.parse_args(argv)
     dm = build_datamodule(args.data)
+    if hasattr(dm, "selection_json"):  # DistillFSS's budget protocol: supports + splits, not episodes
+        data = dm.selection_json()
+        with open(args.output, "w") as f:
+            json.dump(data, f, indent=1)
+        n_sup = len({k for v in data["supports"].values() for k in v})
+        print(f"{args.output}: {n_sup} support image(s) for {len(data['class_names'])} class(es), "
+              f"{len(data['train'])} train / {len(data['test'])} test ({data['benchmark']}, budget {data['budget']})",
+              file=sys.stderr)
+        return 0
+    if not hasattr(dm, "episodes_json"):
+        raise SystemExit(f"{args.data}: {type(dm).__name__} has no episode list to write")
     data = dm.episodes_json(args.split)
     with open(args.output, "w") as f:
         json.dump(data, f, indent=1)

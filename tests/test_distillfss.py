@@ -14,12 +14,19 @@ import pytest
 import torch
 from PIL import Image
 
-from data_modules import ISIC3, BudgetSpecializationDataModule, KvasirSEG, Nucleus, Pothole
+from data_modules import (
+    ISIC3,
+    BudgetSpecializationDataModule,
+    KvasirSEG,
+    Nucleus,
+    Pothole,
+    SpecializationDataModule,
+)
 from data_modules.masks import BadSampleError
 from data_modules.pool import save_test_csv
 from data_modules.specialize import (
-    budget_per_class,
     hierarchical_uniform_indices,
+    per_class_budget,
     select_support_budget,
     split_train_test,
 )
@@ -85,12 +92,23 @@ def test_hierarchical_uniform_indices_worked_by_hand():
     assert hierarchical_uniform_indices(10, 4) == [0, 2, 5, 10]  # stops adding once M is reached
     assert hierarchical_uniform_indices(9, 5) == [0, 2, 4, 6, 9]
     assert hierarchical_uniform_indices(2, 5) == [0, 1, 2]  # too short a list: fewer
-    assert budget_per_class(10, [0, 1, 2]) == {0: 4, 1: 3, 2: 3}
-    assert budget_per_class(5, [2, 0, 1]) == {0: 2, 1: 2, 2: 1}
-    with pytest.raises(ValueError, match="cannot cover 3 classes"):
-        budget_per_class(2, [0, 1, 2])
-    with pytest.raises(ValueError, match="only 2 training image"):
-        select_support_budget({0: ["a", "b"]}, 3)
+    assert hierarchical_uniform_indices(10, 0) == []  # utils.py:430, [0, N][:0]
+    # DistillFSS's budget rules: ISIC K // 4 (isic.py:40-41, 106: num_classes counts the background),
+    # Industrial K // N (industrial.py:116), the others K images in all
+    assert per_class_budget(9, 3, "per_class_with_background") == 2
+    assert per_class_budget(60, 3, "per_class_with_background") == 15
+    assert per_class_budget(10, 4, "per_class") == 2 and per_class_budget(25, 1, "images") == 25
+    with pytest.raises(ValueError, match=r"--data.budget 3 gives 3 // 4 \(3 classes \+ background\) = 0"):
+        per_class_budget(3, 3, "per_class_with_background")
+    with pytest.raises(ValueError, match="use --data.budget 4 or more"):
+        select_support_budget({0: ["a"], 1: ["b"], 2: ["c"], 3: ["d"]}, 3, "per_class")
+    with pytest.warns(UserWarning, match="only 2 training image"):  # all of them, as the reference's picks run out
+        assert select_support_budget({0: ["a", "b"]}, 3) == {0: ["a", "b"]}
+    with pytest.warns(UserWarning, match="using 1"):  # [0, 0]: the one image, once
+        assert select_support_budget({0: ["a"]}, 2) == {0: ["a"]}
+    # "images": the same K images for every class, in the given order
+    assert select_support_budget({0: ["b", "a", "c"], 1: []}, 2, "images", order=["c", "b", "a"]) == \
+        {0: ["c", "a"], 1: ["c", "a"]}
 
 
 def test_split_is_sklearns_draw_on_sorted_names():
@@ -150,12 +168,18 @@ def test_isic_reader_three_classes(tmp_path):
                                    2: ["ISIC_0000007", "ISIC_0000008"]}
     _, masks = ds.load("ISIC_0000005", [0, 1, 2])
     assert masks[0].sum() == 0 and masks[1].sum() == 80 and masks[2].sum() == 0
-    # a budget of 5 over 3 classes: 2 + 2 + 1 supports, test images (the published ones) never supports
-    dm = BudgetSpecializationDataModule("isic", str(root), budget=5, image_size=56)
-    assert {c: len(v) for c, v in dm.support_keys.items()} == {0: 2, 1: 2, 2: 1}
-    assert dm.support_keys[0] == ["ISIC_0000000", "ISIC_0000002"] and dm.test_keys == ["ISIC_0000003", "ISIC_0000006"]
+    # DistillFSS's K = 9 over 3 classes + background: 9 // 4 = 2 per class (6 in all, isic.py:106),
+    # picked in the training ids (0, 1, 2 | 4, 5 | 7, 8): test images (the published ones) never supports
+    dm = BudgetSpecializationDataModule("isic", str(root), budget=9, image_size=56)
+    assert dm.support_keys == {0: ["ISIC_0000000", "ISIC_0000002"], 1: ["ISIC_0000004", "ISIC_0000005"],
+                               2: ["ISIC_0000007", "ISIC_0000008"]}
+    assert dm.test_keys == ["ISIC_0000003", "ISIC_0000006"]
+    assert BudgetSpecializationDataModule("isic", str(root), budget=7, image_size=56).support_keys == \
+        {0: ["ISIC_0000000"], 1: ["ISIC_0000004"], 2: ["ISIC_0000007"]}  # 7 // 4 = 1
+    with pytest.raises(ValueError, match="gives 3 // 4"):  # the reference samples none and fails
+        BudgetSpecializationDataModule("isic", str(root), budget=3, image_size=56)
     sup = dm.support_set()
-    assert isinstance(sup["support"], list) and [tuple(s.shape) for s in sup["support"]] == [(2, 3, 56, 56), (2, 3, 56, 56), (1, 3, 56, 56)]
+    assert tuple(sup["support"].shape) == (3, 2, 3, 56, 56)
     q = [dm._query_loader().dataset[i] for i in range(2)]
     assert [int(x["query_mask"].max()) for x in q] == [1, 2]  # nevus -> 1, melanoma -> 2
     table = (root / "ISIC_2019_Training_GroundTruth.csv").read_text().replace("ISIC_0000008,0.0,0.0,0.0,0.0,1.0",
@@ -231,11 +255,16 @@ def test_dataset_foreground_iou_is_pooled_not_per_image():
     assert few.compute()["miou"] == pytest.approx(res["fg_iou"])
 
 
-def test_ragged_budget_specialises_and_logs_dataset_iou(tmp_path):
+def test_ragged_supports_specialise_and_log_dataset_iou(tmp_path):
     root = isic_tree(tmp_path / "ISIC")
-    # scored at the masks' own size (20x24), the labels path of both metrics
-    dm = BudgetSpecializationDataModule("isic", str(root), budget=5, image_size=56, repeats=1, batch_size=4,
-                                        scoring_size="original")
+    ds = ISIC3(str(root))
+    # 2 / 2 / 1 shots, scored at the masks' own size (20x24), the labels path of both metrics
+    dm = SpecializationDataModule.from_dataset(
+        ds, {0: ["ISIC_0000000", "ISIC_0000002"], 1: ["ISIC_0000004", "ISIC_0000005"], 2: ["ISIC_0000007"]},
+        [("ISIC_0000003", 0), ("ISIC_0000006", 1), ("ISIC_0000008", 2)], image_size=56, repeats=1, batch_size=4,
+        scoring_size="original")
+    sup = dm.support_set()
+    assert isinstance(sup["support"], list) and [tuple(s.shape) for s in sup["support"]] == [(2, 3, 56, 56), (2, 3, 56, 56), (1, 3, 56, 56)]
     L.seed_everything(0)
     module = SpecializeModule(**TINY, eval_teacher=True)
     trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
