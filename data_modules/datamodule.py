@@ -289,7 +289,9 @@ class EpisodicDataModule(L.LightningDataModule):
         self.setup("fit")
         ds = self.datasets["train"]
         rank, world = _rank_world(getattr(self, "trainer", None))
-        return self._loader(ds, self.batch_size, sampler=TrainEpisodeSampler(len(ds), world, rank))
+        sampler = TrainEpisodeSampler(len(ds), world, rank)
+        ds.draws_per_epoch = sampler.draws_per_epoch
+        return self._loader(ds, self.batch_size, sampler=sampler)
 
     def episode_dataloader(self, split: str, rank: Optional[int] = None, world_size: Optional[int] = None) -> DataLoader:
         """Fixed-list loader for ``split`` ('val'|'test'), this rank's strided share of the list."""

@@ -33,7 +33,10 @@ _state: dict = {}  # "ok": bool, "reason": str
 
 
 def _build_dir() -> Path:
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(_CFLAGS).encode()).hexdigest()[:12]
+    # The source's path is in the key: torch's builder writes it into build.ninja, so two checkouts
+    # sharing one folder would each see the other's build as stale and rebuild it, in turn.
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(_CFLAGS).encode()
+                            + str(SOURCE.resolve()).encode()).hexdigest()[:12]
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fsseg" / "kernels"
     return root / f"torch{torch.__version__.replace('+', '_')}-{digest}"
 

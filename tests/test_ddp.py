@@ -1,0 +1,71 @@
+"""Multi-process training as on a node of several GPUs, emulated with DDP on 2 CPU processes (gloo):
+every rank gets the same number of batches, a skipped non-finite step is skipped by all ranks."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from data_modules.episodes import TrainEpisodeSampler
+from tests.cli_utils import CONFIGS, TINY_FEWSHOT, csv_logger, read_metrics, run_fsseg
+
+DDP2 = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+        "--trainer.enable_progress_bar", "false", "--trainer.num_sanity_val_steps", "0"]
+
+
+def test_ddp_fit_with_fewer_episodes_than_an_even_split_finishes(tmp_path):
+    """3 training episodes, batch 1, 2 ranks: rank 0 had 2 batches, rank 1 had 1 and the run waited
+    forever in rank 0's second gradient all-reduce. Now both ranks take 2 steps per epoch."""
+    run_fsseg(["fit", *TINY_FEWSHOT, "--data.init_args.dataset", "synthetic", "--data.init_args.batch_size", "1",
+               "--data.init_args.train_episodes_per_epoch", "3", "--data.init_args.val_episodes", "3",
+               "--trainer.max_epochs", "2", *DDP2, "--trainer.default_root_dir", str(tmp_path),
+               *csv_logger(tmp_path)], cwd=tmp_path, timeout=240)
+    steps = {int(r["step"]) for r in read_metrics(tmp_path) if r.get("train/loss")}
+    assert max(steps) == 3  # 2 epochs x 2 steps, counted from 0
+
+
+def test_train_sampler_gives_every_rank_the_same_number_of_draws():
+    for length in (1, 3, 7, 8, 1001):
+        one = list(TrainEpisodeSampler(length, 1, 0))
+        assert one == list(range(length))  # the 1-process list is unchanged
+        for world in range(2, 9):
+            for epoch in (0, 3):
+                shares = []
+                for rank in range(world):
+                    s = TrainEpisodeSampler(length, world, rank)
+                    s.set_epoch(epoch)
+                    shares.append(list(s))
+                    assert len(s) == len(shares[-1])
+                assert {len(x) for x in shares} == {math.ceil(length / world)}
+                ids = [i for x in shares for i in x]
+                assert len(set(ids)) == len(ids)  # extra draws are new draw ids, no repeats
+
+
+def _one_pass_configs():
+    for path in sorted(CONFIGS.rglob("*.yaml")):
+        cfg = yaml.safe_load(path.read_text()) or {}
+        data = (cfg.get("data") or {}) if isinstance(cfg.get("data"), dict) else {}
+        args = data.get("init_args") or {}
+        if "train_episodes_per_epoch" in args and args["train_episodes_per_epoch"] is None:
+            yield path, int(args["batch_size"])
+
+
+def test_one_pass_configs_give_every_rank_the_same_number_of_batches():
+    """Every shipped config with ``train_episodes_per_epoch: null`` (an epoch = one pass over the
+    training list, whose length depends on the data): the loader gives each of W = 2..8 ranks the
+    same number of batches for every epoch length up to 3000."""
+    from torch.utils.data import DataLoader
+
+    configs = list(_one_pass_configs())
+    assert len(configs) >= 30  # the hsnet and hdmnet recipes
+    for batch_size in sorted({b for _, b in configs}):
+        for world in range(2, 9):
+            for length in range(1, 3001):
+                counts = {len(DataLoader(range(length), batch_size=batch_size,
+                                         sampler=TrainEpisodeSampler(length, world, rank)))
+                          for rank in range(world)}
+                assert len(counts) == 1, (batch_size, world, length, counts)
+
