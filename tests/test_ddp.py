@@ -69,3 +69,20 @@ def test_one_pass_configs_give_every_rank_the_same_number_of_batches():
                           for rank in range(world)}
                 assert len(counts) == 1, (batch_size, world, length, counts)
 
+
+def test_ddp_nonfinite_loss_on_one_rank_is_skipped_on_both(tmp_path):
+    """``nonfinite: skip`` with a NaN loss on rank 1 only: both ranks skip that step (rank 0 alone
+    used to wait in the gradient all-reduce for ever) and the run finishes."""
+    import json
+
+    cb = (f'[{{"class_path": "tests.fault_injection.NaNQueryOnRank", "init_args": '
+          f'{{"at": 1, "rank": 1, "record_dir": "{tmp_path}"}}}}]')
+    run_fsseg(["fit", *TINY_FEWSHOT, "--model.init_args.variant", "compact", "--model.init_args.nonfinite", "skip",
+               "--data.init_args.dataset", "synthetic", "--data.init_args.batch_size", "1",
+               "--data.init_args.train_episodes_per_epoch", "6", "--data.init_args.val_episodes", "2",
+               "--trainer.max_epochs", "1", *DDP2, "--trainer.default_root_dir", str(tmp_path),
+               "--trainer.callbacks", cb], cwd=tmp_path, timeout=240)
+    records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["skipped"] for r in records] == [1, 1]
+    assert [r["unchanged"] for r in records] == [True, True]  # the skipped step moved no weight
+    assert records[0]["global_step"] == records[1]["global_step"]

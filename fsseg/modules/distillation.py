@@ -30,14 +30,14 @@ import torch.nn.functional as F
 from fsseg.cache import TensorDiskCache
 from fsseg.models import BottleneckAdapter, DINOv2Encoder, SAMImageEncoder
 from fsseg.models.build import load_adapter_state, resolve_adapter_settings
-from fsseg.modules.common import LeanCheckpointMixin, NonFiniteLossGuard, adopt_legacy_hparams
+from fsseg.modules.common import GuardedStepMixin, LeanCheckpointMixin, NonFiniteLossGuard, adopt_legacy_hparams
 from fsseg.precision import autocast, dtype_key, hold_frozen_in, resolve_precision
 
 # what a checkpoint written before these hyper-parameters existed was trained with
 LEGACY_HPARAMS = {"teacher_preprocess": "squash", "pos_interpolation": "timm", "gkd_attention": "shared"}
 
 
-class DistillationModule(LeanCheckpointMixin, L.LightningModule):
+class DistillationModule(GuardedStepMixin, LeanCheckpointMixin, L.LightningModule):
     """Adapter distillation with an MSE (or GKD query-based soft distillation) objective.
 
     Args:
@@ -236,7 +236,7 @@ class DistillationModule(LeanCheckpointMixin, L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int):
         loss = self._step(batch)
         if not self.guard.check(loss, self, batch):
-            return None
+            return self.guard.skipped_step(self)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
         self.log("train/resolution", float(self.resolution), batch_size=batch["image"].shape[0])
         return loss
