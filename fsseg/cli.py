@@ -139,6 +139,10 @@ def _lightning_cli_class():
             parser.add_argument("--precision", type=Optional[str], default=None,
                                 help="32 | bf16-mixed | 16-mixed (GPU) | auto (bf16 where the hardware multiplies it "
                                      "natively, else 32); sets trainer.precision (fsseg.precision)")
+            parser.add_argument("--sigterm_grace_s", type=float, default=30.0,
+                                help="fit: seconds a SIGTERM leaves Lightning to stop the run cleanly before fsseg "
+                                     "ends it (and the DDP ranks it launched) with exit code 143, even when it is "
+                                     "stuck in native code such as a collective (fsseg.termination).")
             parser.add_argument("--skip_bad_queries", type=bool, default=False,
                                 help="predict: skip query images that cannot be read (counted and listed in "
                                      "summary.json) instead of stopping.")
@@ -274,6 +278,9 @@ def _lightning_cli_class():
                     logger._wandb_init.setdefault("job_type", self.subcommand)
 
         def before_fit(self) -> None:
+            from fsseg.termination import exit_on_sigterm
+
+            exit_on_sigterm(self.config[self.subcommand].get("sigterm_grace_s", 30.0))
             self._group_wandb_runs()
 
         def after_fit(self) -> None:

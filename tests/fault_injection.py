@@ -49,3 +49,19 @@ class NaNQueryOnRank(L.Callback):
         with open(os.path.join(self.record_dir, f"rank{trainer.global_rank}.json"), "w") as f:
             json.dump({"skipped": pl_module.guard.skipped, "global_step": trainer.global_step,
                        "unchanged": self.unchanged}, f)
+
+
+class StallAtStep(L.Callback):
+    """At training batch ``at``, write ``marker`` and wait for ever in a native read that retries
+    after every signal (as a rank waiting in a collective whose peers are gone): Lightning's SIGTERM
+    handler runs, sets its flag, and the run still never reaches a batch boundary."""
+
+    def __init__(self, at: int, marker: str) -> None:
+        self.at, self.marker = at, marker
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.at:
+            never, _ = os.pipe()
+            with open(self.marker, "w") as f:
+                f.write(str(os.getpid()))
+            os.read(never, 1)

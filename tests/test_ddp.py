@@ -86,3 +86,45 @@ def test_ddp_nonfinite_loss_on_one_rank_is_skipped_on_both(tmp_path):
     assert [r["skipped"] for r in records] == [1, 1]
     assert [r["unchanged"] for r in records] == [True, True]  # the skipped step moved no weight
     assert records[0]["global_step"] == records[1]["global_step"]
+
+
+def test_sigterm_ends_a_fit_stuck_in_native_code(tmp_path):
+    """A cluster's time limit sends SIGTERM: a run stuck where Lightning's handler cannot stop it
+    exits with 143 after ``--sigterm_grace_s`` (it used to ignore SIGTERM; only SIGKILL ended it)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.cli_utils import REPO
+
+    marker = tmp_path / "stalled"
+    cb = (f'[{{"class_path": "tests.fault_injection.StallAtStep", "init_args": '
+          f'{{"at": 1, "marker": "{marker}"}}}}]')
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", WANDB_MODE="offline")
+    proc = subprocess.Popen([sys.executable, "-m", "fsseg.cli", "fit", *TINY_FEWSHOT, "--model.init_args.variant",
+                             "compact", "--data.init_args.dataset", "synthetic", "--data.init_args.batch_size", "1",
+                             "--data.init_args.train_episodes_per_epoch", "4", "--trainer.max_epochs", "1",
+                             "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+                             "--trainer.default_root_dir", str(tmp_path), "--sigterm_grace_s", "2",
+                             "--trainer.callbacks", cb], cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert marker.exists(), proc.stderr.read()[-3000:] if proc.poll() is not None else "never reached step 1"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            rc = None
+        assert rc == 143, f"exit code {rc} 30 s after SIGTERM"
+        err = proc.stderr.read()
+        assert "killing its child processes and exiting" in err, err[-4000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
