@@ -22,7 +22,7 @@ from fsseg.models.build import canonical_variant, resolve_adapter_settings
 from fsseg.models.fsdino import ImageFeatures
 from fsseg.modules.common import GuardedStepMixin, LeanCheckpointMixin, NonFiniteLossGuard, adopt_legacy_hparams
 from fsseg.modules.predict import SupportSetPredictionMixin
-from fsseg.precision import dtype_key
+from fsseg.precision import dtype_key, run_device
 
 
 class FewShotModule(SupportSetPredictionMixin, GuardedStepMixin, LeanCheckpointMixin, L.LightningModule):
@@ -137,7 +137,7 @@ class FewShotModule(SupportSetPredictionMixin, GuardedStepMixin, LeanCheckpointM
             self.test_metric = FewShotIoU(int(n), num_seeds=seeds).to(self.device)
         # The trainer's precision (fsseg.precision: 32 / bf16-mixed / 16-mixed) decides the frozen
         # parts' dtype; Lightning's autocast runs the rest.
-        self.model.set_precision(getattr(self.trainer, "precision", "32"))
+        self.model.set_precision(getattr(self.trainer, "precision", "32"), run_device(self))
         # The metric's class-id space follows the benchmark the data module serves.
         n = getattr(getattr(self.trainer, "datamodule", None), "num_classes", None)
         if n and n != self.val_metric.num_classes:
