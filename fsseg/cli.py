@@ -139,6 +139,9 @@ def _lightning_cli_class():
             parser.add_argument("--precision", type=Optional[str], default=None,
                                 help="32 | bf16-mixed | 16-mixed (GPU) | auto (bf16 where the hardware multiplies it "
                                      "natively, else 32); sets trainer.precision (fsseg.precision)")
+            parser.add_argument("--float32_matmul", type=str, default="auto",
+                                help="fp32 matmuls: auto (TF32 on a CUDA GPU, full fp32 elsewhere) | highest (full "
+                                     "fp32 on the GPU too) | high | medium (torch.set_float32_matmul_precision)")
             parser.add_argument("--sigterm_grace_s", type=float, default=30.0,
                                 help="fit: seconds a SIGTERM leaves Lightning to stop the run cleanly before fsseg "
                                      "ends it (and the DDP ranks it launched) with exit code 143, even when it is "
@@ -181,6 +184,14 @@ def _lightning_cli_class():
 
             if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
                 trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+            from fsseg.precision import set_float32_matmul
+
+            sub = self.config.get("subcommand")
+            setting = (self.config[sub] if sub else self.config).get("float32_matmul") or "auto"
+            try:
+                set_float32_matmul(setting, trainer.strategy.root_device)
+            except ValueError as e:
+                raise UsageError(f"--float32_matmul: {e}") from None
             return trainer
 
         def _prepare_subcommand_parser(self, klass, subcommand, **kwargs):

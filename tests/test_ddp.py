@@ -128,3 +128,42 @@ def test_sigterm_ends_a_fit_stuck_in_native_code(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_gpu_defaults_for_loaders_and_fp32_matmuls():
+    """On a CUDA trainer (emulated: what the loaders read of it) batches are pinned, workers persist
+    whenever there are workers, and fp32 matmuls use TF32; each is overridable."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from data_modules import EpisodicDataModule, UnlabelledDataModule
+    from data_modules.datamodule import loader_transport
+    from fsseg.precision import set_float32_matmul
+
+    cuda = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)), global_rank=0, world_size=1)
+    cpu = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")), global_rank=0, world_size=1)
+    assert loader_transport(cuda, 4) == {"pin_memory": True, "persistent_workers": True}
+    assert loader_transport(cpu, 0) == {"pin_memory": False, "persistent_workers": False}
+    assert loader_transport(cuda, 0, pin_memory=False, persistent_workers=True) == \
+        {"pin_memory": False, "persistent_workers": False}  # no workers to keep
+    dm = EpisodicDataModule(dataset="synthetic", image_size=56, num_workers=2, train_episodes_per_epoch=4,
+                            val_episodes=2)
+    dm.trainer = cuda
+    train, val = dm.train_dataloader(), dm.val_dataloader()
+    assert train.pin_memory and train.persistent_workers and val.pin_memory and val.persistent_workers
+    udm = UnlabelledDataModule(image_size=32, synthetic_images=4, num_workers=1, pin_memory=False)
+    udm.trainer = cuda
+    loader = udm.train_dataloader()
+    assert not loader.pin_memory and loader.persistent_workers
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert set_float32_matmul("auto", "cpu") == "highest" == torch.get_float32_matmul_precision()
+        assert set_float32_matmul("auto", "cuda:0") == "high" == torch.get_float32_matmul_precision()
+        assert set_float32_matmul("highest", "cuda") == "highest" == torch.get_float32_matmul_precision()
+        with pytest.raises(ValueError, match="not one of"):
+            set_float32_matmul("tf32", "cuda")
+    finally:
+        torch.set_float32_matmul_precision(before)
