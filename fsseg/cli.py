@@ -142,6 +142,10 @@ def _lightning_cli_class():
             parser.add_argument("--float32_matmul", type=str, default="auto",
                                 help="fp32 matmuls: auto (TF32 on a CUDA GPU, full fp32 elsewhere) | highest (full "
                                      "fp32 on the GPU too) | high | medium (torch.set_float32_matmul_precision)")
+            parser.add_argument("--cpu_kernels", type=bool, default=True,
+                                help="use fsseg's compiled CPU kernels where they run (AVX512-BF16 x86); false: "
+                                     "torch's ops only, nothing compiled (fsseg.kernels; FSSEG_CPU_KERNELS=0 for "
+                                     "the other tools)")
             parser.add_argument("--sigterm_grace_s", type=float, default=30.0,
                                 help="fit: seconds a SIGTERM leaves Lightning to stop the run cleanly before fsseg "
                                      "ends it (and the DDP ranks it launched) with exit code 143, even when it is "
@@ -248,6 +252,10 @@ def _lightning_cli_class():
         def before_instantiate_classes(self) -> None:
             sub = self.config.get("subcommand")
             self._resolve_precision(sub)
+            if not (self.config[sub] if sub else self.config).get("cpu_kernels", True):
+                from fsseg.kernels import set_cpu_kernels_enabled
+
+                set_cpu_kernels_enabled(False)
             if sub != "predict":
                 return
             cfg = self.config[sub]
