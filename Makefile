@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test demo lint bench ui clean browser-deps
+.PHONY: install test demo lint bench ui clean browser-deps selfcheck
 
 install: $(STAMP)
 
@@ -33,6 +33,12 @@ bench: install
 	$(PY) -m bench.run
 	@if [ -f outputs/demo/fewshot/checkpoints/best.ckpt ]; then $(PY) -m bench.distillfss; \
 	else echo "bench.distillfss skipped: run 'make demo' first (it needs the trained demo model)"; fi
+
+# fit/test/predict of the small model on the CPU, DDP on 2 gloo processes, and on every CUDA GPU in 32,
+# bf16-mixed and 16-mixed (SELFCHECK_ARGS=--full-size: the full-size FS-DINO step and inference, GPU)
+SELFCHECK_ARGS ?=
+selfcheck: install
+	$(PY) -m fsseg.cli selfcheck $(SELFCHECK_ARGS)
 
 UI_ARGS ?= --small
 ui: install

@@ -52,6 +52,8 @@ TOOLS: dict = {
     "davis": "fsseg.video:main",
     "davis-eval": "fsseg.davis_eval:main",
     "prepare": "fsseg.prepare:main",
+    "selfcheck": ("fsseg.selfcheck:main", "fit/test/predict on this machine's CPU and GPUs (32, bf16, fp16, DDP): "
+                                          "PASS/FAIL per check"),
 }
 
 DEBUG_ENV = "FSSEG_DEBUG"
