@@ -9,8 +9,15 @@ They need AVX512-BF16; ``cpu_kernels_status()`` says whether they run here and, 
 ``--cpu_kernels false`` (any LightningCLI command), ``set_cpu_kernels_enabled(False)`` or
 ``FSSEG_CPU_KERNELS=0`` turns them off.
 """
-from .cpu_kernels import (HEAD_DIMS, bf16_attention, bf16_scaled_dot, cpu_kernels_enabled, cpu_kernels_status,
-                          fp32_attention, set_cpu_kernels_enabled)
+from .cpu_kernels import (
+    HEAD_DIMS,
+    bf16_attention,
+    bf16_scaled_dot,
+    cpu_kernels_enabled,
+    cpu_kernels_status,
+    fp32_attention,
+    set_cpu_kernels_enabled,
+)
 
 __all__ = ["bf16_attention", "fp32_attention", "bf16_scaled_dot", "cpu_kernels_status", "HEAD_DIMS",
            "set_cpu_kernels_enabled", "cpu_kernels_enabled"]

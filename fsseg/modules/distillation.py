@@ -30,9 +30,20 @@ import torch.nn.functional as F
 from fsseg.cache import TensorDiskCache
 from fsseg.models import BottleneckAdapter, DINOv2Encoder, SAMImageEncoder
 from fsseg.models.build import load_adapter_state, resolve_adapter_settings
-from fsseg.modules.common import GuardedStepMixin, LeanCheckpointMixin, NonFiniteLossGuard, adopt_legacy_hparams
-from fsseg.precision import (dtype_key, hold_frozen_in, precision_region, resolve_precision, run_device,
-                             teacher_precision)
+from fsseg.modules.common import (
+    GuardedStepMixin,
+    LeanCheckpointMixin,
+    NonFiniteLossGuard,
+    adopt_legacy_hparams,
+)
+from fsseg.precision import (
+    dtype_key,
+    hold_frozen_in,
+    precision_region,
+    resolve_precision,
+    run_device,
+    teacher_precision,
+)
 
 # what a checkpoint written before these hyper-parameters existed was trained with
 LEGACY_HPARAMS = {"teacher_preprocess": "squash", "pos_interpolation": "timm", "gkd_attention": "shared"}

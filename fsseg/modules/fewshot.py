@@ -20,7 +20,12 @@ from fsseg.metrics import FewShotIoU, update_scored
 from fsseg.models import build_fsdino
 from fsseg.models.build import canonical_variant, resolve_adapter_settings
 from fsseg.models.fsdino import ImageFeatures
-from fsseg.modules.common import GuardedStepMixin, LeanCheckpointMixin, NonFiniteLossGuard, adopt_legacy_hparams
+from fsseg.modules.common import (
+    GuardedStepMixin,
+    LeanCheckpointMixin,
+    NonFiniteLossGuard,
+    adopt_legacy_hparams,
+)
 from fsseg.modules.predict import SupportSetPredictionMixin
 from fsseg.precision import dtype_key, run_device
 

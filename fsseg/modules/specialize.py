@@ -29,7 +29,12 @@ from fsseg.metrics import DatasetForegroundIoU, FewShotIoU, update_dataset_score
 from fsseg.models import build_fsdino
 from fsseg.models.fsdino import FSDINO, ImageFeatures
 from fsseg.models.specialized import SpecializedSegmenter, per_class_supports
-from fsseg.modules.common import GuardedStepMixin, LeanCheckpointMixin, NonFiniteLossGuard, adopt_legacy_hparams
+from fsseg.modules.common import (
+    GuardedStepMixin,
+    LeanCheckpointMixin,
+    NonFiniteLossGuard,
+    adopt_legacy_hparams,
+)
 
 
 def _argmax(logits: torch.Tensor) -> torch.Tensor:
