@@ -65,3 +65,21 @@ class StallAtStep(L.Callback):
             with open(self.marker, "w") as f:
                 f.write(str(os.getpid()))
             os.read(never, 1)
+
+
+class RecordRankState(L.Callback):
+    """Each DDP rank writes ``rank<r>.json`` to ``record_dir`` at the end of training: the student
+    resolution of every training epoch and how many images its teacher encoded."""
+
+    def __init__(self, record_dir: str) -> None:
+        self.record_dir = record_dir
+        self.resolutions: list = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.resolutions.append(int(pl_module.resolution))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import json
+
+        with open(os.path.join(self.record_dir, f"rank{trainer.global_rank}.json"), "w") as f:
+            json.dump({"resolutions": self.resolutions, "teacher_calls": pl_module.teacher_calls}, f)

@@ -4,7 +4,6 @@ every rank gets the same number of batches, a skipped non-finite step is skipped
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import yaml
@@ -167,3 +166,26 @@ def test_gpu_defaults_for_loaders_and_fp32_matmuls():
             set_float32_matmul("tf32", "cuda")
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def test_curriculum_on_two_ranks_switches_both_and_shares_the_teacher_cache(tmp_path):
+    """Stage 1's curriculum (126 -> 252 -> 518 at test sizes 28 -> 42 -> 56) in one run on 2 gloo
+    ranks: both switch resolution at the same epochs, the run finishes, and the teacher cache filled
+    by both ranks at once serves every later epoch (each image encoded by the teacher once in all)."""
+    import json
+
+    from tests.cli_utils import TINY_DISTILL
+
+    cache = tmp_path / "cache"
+    cbs = (f'[{{"class_path": "callbacks.ResolutionCurriculum", "init_args": {{"resolutions": [28, 42, 56], '
+           f'"epochs_per_stage": 1}}}}, {{"class_path": "callbacks.TeacherEmbeddingCache", "init_args": '
+           f'{{"cache_dir": "{cache}"}}}}, {{"class_path": "tests.fault_injection.RecordRankState", '
+           f'"init_args": {{"record_dir": "{tmp_path}"}}}}]')
+    run_fsseg(["fit", "--config", str(CONFIGS / "distill_curriculum.yaml"), *TINY_DISTILL,
+               "--data.init_args.synthetic_images", "16", "--data.init_args.val_fraction", "0.25",
+               "--trainer.max_epochs", "3", *DDP2, "--trainer.default_root_dir", str(tmp_path),
+               "--trainer.logger", "false", "--trainer.callbacks", cbs], cwd=tmp_path, timeout=300)
+    records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["resolutions"] for r in records] == [[28, 42, 56]] * 2
+    assert all(r["teacher_calls"] > 0 for r in records)  # both ranks filled the cache
+    assert sum(r["teacher_calls"] for r in records) == 16  # 12 training + 4 validation images, once each
