@@ -44,6 +44,14 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def _forget_wakeup_fd() -> None:
+    """In a forked child: a SIGTERM sent to it (a loader worker stopped at shutdown) is not ours."""
+    try:
+        signal.set_wakeup_fd(-1)
+    except (ValueError, OSError):
+        pass
+
+
 def exit_on_sigterm(grace_s: float = 30.0) -> bool:
     """Install the watcher (once per process, main thread only; returns whether it is installed)."""
     global _installed
@@ -75,6 +83,8 @@ def exit_on_sigterm(grace_s: float = 30.0) -> bool:
                 pass
         os._exit(128 + signal.SIGTERM)
 
+    if hasattr(os, "register_at_fork"):  # a forked child (a loader worker) must not write to our socket
+        os.register_at_fork(after_in_child=_forget_wakeup_fd)
     threading.Thread(target=watch, name="fsseg-sigterm-watch", daemon=True).start()
     _installed = True
     return True

@@ -189,3 +189,34 @@ def test_curriculum_on_two_ranks_switches_both_and_shares_the_teacher_cache(tmp_
     assert [r["resolutions"] for r in records] == [[28, 42, 56]] * 2
     assert all(r["teacher_calls"] > 0 for r in records)  # both ranks filled the cache
     assert sum(r["teacher_calls"] for r in records) == 16  # 12 training + 4 validation images, once each
+
+
+def test_sigterm_watch_ignores_a_signal_sent_to_a_forked_child():
+    """A loader worker is a forked child; one stopped with SIGTERM must not end the training
+    process (the child writes nothing to the parent's wakeup socket)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.cli_utils import REPO
+
+    code = textwrap.dedent("""
+        import os, signal, sys, time
+        from fsseg.termination import exit_on_sigterm
+        signal.signal(signal.SIGTERM, lambda s, f: None)  # as Lightning's handler (inherited by the child)
+        assert exit_on_sigterm(0.5)
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(30)
+            os._exit(0)
+        time.sleep(0.2)
+        os.kill(pid, signal.SIGTERM)
+        time.sleep(2)  # the child's handler ran; the parent is still here after the grace
+        os.kill(pid, signal.SIGKILL)
+        print("alive")
+    """)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "alive", (proc.returncode, proc.stderr[-2000:])
