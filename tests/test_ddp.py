@@ -195,7 +195,6 @@ def test_sigterm_watch_ignores_a_signal_sent_to_a_forked_child():
     """A loader worker is a forked child; one stopped with SIGTERM must not end the training
     process (the child writes nothing to the parent's wakeup socket)."""
     import os
-    import signal
     import subprocess
     import sys
     import textwrap
