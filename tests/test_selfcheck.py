@@ -28,3 +28,40 @@ def test_selfcheck_on_this_cpu(tmp_path, capsys):
     assert sum(ln.startswith("PASS") for ln in lines) >= 4
     if not torch.cuda.is_available():
         assert any(ln.startswith("SKIP") and "full-size" in ln for ln in lines)
+
+
+def test_gpu_part_compares_each_precision_with_the_cpu_run(monkeypatch, tmp_path):
+    """The GPU checks' bookkeeping (their runs replaced by recorded results): a GPU test within the
+    stated tolerance passes, one outside fails, DDP runs with 2 or more GPUs."""
+    from fsseg import selfcheck as sc
+
+    reference = sc.Run(ok=True, metrics={"test/miou": 40.0, "test/fbiou": 60.0, "test/loss": 1.0}, ckpt="cpu.ckpt")
+    shifted = {"32": 0.1, "bf16-mixed": 1.5, "16-mixed": 3.0}  # 16-mixed beyond its 1.0 points
+    calls = []
+
+    def fake_fit(work, name, accelerator, devices, precision, timeout):
+        calls.append(("fit", accelerator, devices, precision))
+        return sc.Run(ok=True, metrics={"test/miou": 41.0, "test/fbiou": 61.0, "train/loss": 0.5, "test/loss": 1.0},
+                      throughput={"episodes_per_s": 100.0, "compute_s": 1.0, "data_wait_s": 0.25,
+                                  "peak_gpu_bytes": 2**30}, ckpt=f"{name}.ckpt")
+
+    def fake_test(work, name, ckpt, accelerator, devices, precision, timeout):
+        calls.append(("test", ckpt, accelerator, devices, precision))
+        d = shifted.get(precision, 0.0) if ckpt == "cpu.ckpt" else 0.0
+        base = reference.metrics if ckpt == "cpu.ckpt" else {"test/miou": 41.0, "test/fbiou": 61.0}
+        return sc.Run(ok=True, metrics={"test/miou": base["test/miou"] + d, "test/fbiou": base["test/fbiou"],
+                                        "test/loss": 1.001})
+
+    monkeypatch.setattr(sc, "run_fit", fake_fit)
+    monkeypatch.setattr(sc, "run_test", fake_test)
+    monkeypatch.setattr(sc, "run_predict", lambda work, name, ckpt, acc, timeout: sc.Check(f"predict on {acc}", "PASS"))
+    checks = []
+    sc.gpu_checks(tmp_path, 60, checks.append, reference, gpus=2)
+    status = {c.name: c.status for c in checks}
+    assert status["CPU checkpoint tested on the GPU at 32 vs on the CPU at 32"] == "PASS"
+    assert status["CPU checkpoint tested on the GPU at bf16-mixed vs on the CPU at 32"] == "PASS"
+    assert status["CPU checkpoint tested on the GPU at 16-mixed vs on the CPU at 32"] == "FAIL"
+    assert status["DDP checkpoint: test on 1 GPU = on 2 GPUs"] == "PASS"
+    assert ("fit", "cuda", 2, "bf16-mixed") in calls and status["predict on cuda"] == "PASS"
+    fit32 = next(c for c in checks if c.name == "fit+test on 1 GPU, 32")
+    assert "100.0 episodes/s" in fit32.detail and "loader wait 20%" in fit32.detail and "1024 MiB" in fit32.detail
