@@ -219,3 +219,24 @@ def test_sigterm_watch_ignores_a_signal_sent_to_a_forked_child():
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "alive", (proc.returncode, proc.stderr[-2000:])
+
+
+def test_cli_applies_float32_matmul_and_the_kernel_switch(tmp_path):
+    """``--float32_matmul`` is applied when the trainer is built (``auto`` on this CPU leaves torch's
+    default), and ``--cpu_kernels false`` turns fsseg's CPU kernels off."""
+    import torch
+
+    from fsseg.cli import run_cli
+    from fsseg.kernels import cpu_kernels, cpu_kernels_enabled
+
+    before, enabled = torch.get_float32_matmul_precision(), list(cpu_kernels._enabled)
+    try:
+        torch.set_float32_matmul_precision("highest")
+        run_cli([*TINY_FEWSHOT, "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path)], run=False)
+        assert torch.get_float32_matmul_precision() == "highest" and cpu_kernels_enabled()
+        run_cli([*TINY_FEWSHOT, "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path),
+                 "--float32_matmul", "medium", "--cpu_kernels", "false"], run=False)
+        assert torch.get_float32_matmul_precision() == "medium" and not cpu_kernels_enabled()
+    finally:
+        torch.set_float32_matmul_precision(before)
+        cpu_kernels._enabled[:] = enabled
