@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 CONSTRAINTS := constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: install lock test demo lint bench ui clean browser-deps
+.PHONY: install lock test demo lint bench ui clean browser-deps selfcheck
 
 install: $(STAMP)
 
@@ -48,6 +48,12 @@ bench: install
 	$(PY) -m bench.run
 	@if [ -f outputs/demo/fewshot/checkpoints/best.ckpt ]; then $(PY) -m bench.distillfss; \
 	else echo "bench.distillfss skipped: run 'make demo' first (it needs the trained demo model)"; fi
+
+# fit/test/predict of the small model on the CPU, DDP on 2 gloo processes, and on every CUDA GPU in 32,
+# bf16-mixed and 16-mixed (SELFCHECK_ARGS=--full-size: the full-size FS-DINO step and inference, GPU)
+SELFCHECK_ARGS ?=
+selfcheck: install
+	$(PY) -m fsseg.cli selfcheck $(SELFCHECK_ARGS)
 
 UI_ARGS ?= --small
 ui: install

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 
 from fsseg.cache import TensorDiskCache
+from fsseg.precision import run_device
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -50,6 +51,6 @@ class FrozenFeatureCache(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if trainer is not None:  # the namespace names the frozen parts' dtype
-            pl_module.model.set_precision(trainer.precision)
+            pl_module.model.set_precision(trainer.precision, run_device(pl_module))
         ns = pl_module.feature_namespace() + f"|{self.dtype}"
         pl_module.feature_cache_store = TensorDiskCache(self.cache_dir, ns, dtype=_DTYPES[self.dtype])

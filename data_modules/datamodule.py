@@ -46,6 +46,17 @@ def _rank_world(trainer) -> Tuple[int, int]:
     return 0, 1
 
 
+def loader_transport(trainer, num_workers: int, pin_memory: Optional[bool] = None,
+                     persistent_workers: Optional[bool] = None) -> dict:
+    """A DataLoader's ``pin_memory`` and ``persistent_workers``: as given, or by default page-locked
+    batches when the trainer runs on a CUDA GPU (asynchronous host-to-GPU copies) and workers kept
+    across epochs and validations whenever there are workers (not restarted, re-importing torch and
+    re-reading the split lists, every epoch)."""
+    on_cuda = trainer is not None and trainer.strategy.root_device.type == "cuda"
+    keep = num_workers > 0 if persistent_workers is None else persistent_workers and num_workers > 0
+    return {"pin_memory": on_cuda if pin_memory is None else pin_memory, "persistent_workers": keep}
+
+
 def holdout_split(ds: FewShotDataset, split: str, fraction: float, seed: int = 0) -> FewShotDataset:
     """Keep, per class, a seeded ``fraction`` of the images for val/test and the rest for train
     (an image is in one side only, whatever class it is drawn for)."""
@@ -148,6 +159,10 @@ class EpisodicDataModule(L.LightningDataModule):
             (HDMNet; docs/protocols/scoring.md).
         augmentation: training augmentation recipe: ``fsseg`` or ``hdmnet``.
         augmentation_scale: HDMNet's scale range (default [0.9, 1.1], COCO [0.8, 1.25]).
+        pin_memory: page-locked batches (the copy to the GPU overlaps compute); null: on when the
+            trainer runs on a CUDA GPU.
+        persistent_workers: keep the loader workers between epochs and validations; null: on when
+            ``num_workers`` > 0.
     """
 
     def __init__(
@@ -183,6 +198,8 @@ class EpisodicDataModule(L.LightningDataModule):
         augmentation_scale: Optional[Tuple[float, float]] = None,
         holdout_fraction: float = 0.0,
         classes: Optional[Union[str, List[str]]] = None,
+        pin_memory: Optional[bool] = None,
+        persistent_workers: Optional[bool] = None,
     ) -> None:
         super().__init__()
         if not 0 <= holdout_fraction < 1:
@@ -209,6 +226,7 @@ class EpisodicDataModule(L.LightningDataModule):
         self.episodes_file, self.val_on_test = episodes_file, val_on_test
         self.val_seed = seed + 1 if val_seed is None else val_seed
         self.holdout_fraction, self.classes = holdout_fraction, classes
+        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.datasets: Dict[str, EpisodeDataset] = {}
         self._file_seeds: Optional[List[int]] = None
         # Scoring size / training recipe: passed to every EpisodeDataset by ``_recipe``.
@@ -283,13 +301,16 @@ class EpisodicDataModule(L.LightningDataModule):
     def _loader(self, ds: Dataset, batch_size: int, shuffle: bool = False, sampler=None) -> DataLoader:
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
                           num_workers=self.num_workers, collate_fn=collate_dicts,
-                          persistent_workers=False, pin_memory=False)
+                          **loader_transport(getattr(self, "trainer", None), self.num_workers, self.pin_memory,
+                                             self.persistent_workers))
 
     def train_dataloader(self) -> DataLoader:
         self.setup("fit")
         ds = self.datasets["train"]
         rank, world = _rank_world(getattr(self, "trainer", None))
-        return self._loader(ds, self.batch_size, sampler=TrainEpisodeSampler(len(ds), world, rank))
+        sampler = TrainEpisodeSampler(len(ds), world, rank)
+        ds.draws_per_epoch = sampler.draws_per_epoch
+        return self._loader(ds, self.batch_size, sampler=sampler)
 
     def episode_dataloader(self, split: str, rank: Optional[int] = None, world_size: Optional[int] = None) -> DataLoader:
         """Fixed-list loader for ``split`` ('val'|'test'), this rank's strided share of the list."""
@@ -375,12 +396,15 @@ class UnlabelledDataModule(L.LightningDataModule):
         shuffle: shuffle the training images each epoch.
         teacher_view: ``longest_side``: also serve each image as SAM's predictor sees it (longest side
             resized, padded; the distillation target); ``none``: the square-resized image only.
+        pin_memory: page-locked batches; null: on when the trainer runs on a CUDA GPU.
+        persistent_workers: keep the loader workers between epochs; null: on when ``num_workers`` > 0.
     """
 
     def __init__(self, root: Optional[str] = None, image_size: int = 1024, batch_size: int = 4,
                  num_workers: int = 0, val_fraction: float = 0.1, seed: int = 0,
                  synthetic_images: int = 64, shuffle: bool = True,
-                 teacher_view: Literal["none", "longest_side"] = "longest_side") -> None:
+                 teacher_view: Literal["none", "longest_side"] = "longest_side",
+                 pin_memory: Optional[bool] = None, persistent_workers: Optional[bool] = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.root, self.image_size, self.batch_size = root, image_size, batch_size
@@ -415,7 +439,9 @@ class UnlabelledDataModule(L.LightningDataModule):
         else:
             sampler = StridedDistributedSampler(ds, world, rank)
         return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=collate_dicts)
+                          collate_fn=collate_dicts,
+                          **loader_transport(getattr(self, "trainer", None), self.num_workers,
+                                             self.hparams.pin_memory, self.hparams.persistent_workers))
 
     def train_dataloader(self):
         self.setup()

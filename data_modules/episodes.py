@@ -8,7 +8,8 @@ A class is eligible only if it has at least K+1 samples (the query plus K differ
 
 * Training: ``sample_episode`` draws a random episode. In ``EpisodeDataset(train=True)`` the item
   index is a *draw id* and the episode and its augmentation are seeded by ``(seed, draw id)`` only.
-  ``TrainEpisodeSampler`` hands out draw ids ``epoch * length + i`` (strided across DDP ranks), so
+  ``TrainEpisodeSampler`` hands out draw ids ``epoch * length + i`` (strided across DDP ranks; under
+  DDP ``length`` is rounded up to a multiple of the world size so the ranks step together), so
   every epoch, rank and worker draws different episodes, and a run resumed from a checkpoint sees
   exactly the episodes an uninterrupted run would (no dependence on global RNG state).
 * Val/test: ``fixed_episode_list`` materialises the list once from ``np.random.default_rng(seed)``
@@ -132,22 +133,27 @@ class StridedDistributedSampler(DistributedSampler):
 
 
 class TrainEpisodeSampler(DistributedSampler):
-    """Draw ids for random training episodes: epoch ``e`` on rank ``r`` of ``W`` gets
-    ``e*length + r, e*length + r + W, ...``. Lightning calls ``set_epoch``; being a
-    ``DistributedSampler`` subclass, Lightning leaves it in place under DDP."""
+    """Draw ids for random training episodes. An epoch has ``draws_per_epoch`` draws: ``length``
+    rounded up to a multiple of the world size W, so every rank takes the same number of steps (a rank
+    with a batch fewer leaves the others waiting in the gradient all-reduce for ever). Epoch ``e`` on
+    rank ``r`` gets ``e*D + r, e*D + r + W, ...`` (D = ``draws_per_epoch``); the ``D - length < W``
+    extra draws are ordinary draw ids, seeded like the rest, and with one process D = ``length``.
+    Lightning calls ``set_epoch``; being a ``DistributedSampler`` subclass, Lightning leaves it in
+    place under DDP."""
 
     def __init__(self, length: int, num_replicas: int = 1, rank: int = 0) -> None:
         self.length, self.num_replicas, self.rank, self.epoch = length, num_replicas, rank, 0
+        self.draws_per_epoch = -(-length // num_replicas) * num_replicas
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
-        start = self.epoch * self.length
-        return iter(range(start + self.rank, start + self.length, self.num_replicas))
+        start = self.epoch * self.draws_per_epoch
+        return iter(range(start + self.rank, start + self.draws_per_epoch, self.num_replicas))
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.length, self.num_replicas))
+        return self.draws_per_epoch // self.num_replicas
 
 
 def rank_slice(items: Sequence, rank: int, world_size: int) -> list:
@@ -195,6 +201,9 @@ class EpisodeDataset(Dataset):
         self.train_draw = train_draw
         self.episodes = episodes
         self.length = length
+        # the sampler's epoch stride (``TrainEpisodeSampler.draws_per_epoch``): ``length`` rounded up
+        # to a multiple of the DDP world size; the loader sets it
+        self.draws_per_epoch = length
         self.train = train
         self.transform = PairTransform(image_size, train=train and augment, augmentation=augmentation,
                                        hdmnet_scale=hdmnet_scale)
@@ -217,7 +226,7 @@ class EpisodeDataset(Dataset):
         if self.episodes is not None:
             return self.episodes[index]
         if self.train_draw is not None:
-            return self.train_draw(index)
+            return self.train_draw(index, self.draws_per_epoch)
         rng = np.random.default_rng([self.seed, index])
         return sample_episode(self.dataset, rng, self.shots, self.n_way, self._eligible)
 

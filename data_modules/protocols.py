@@ -60,8 +60,10 @@ class TrainDraw:
         self.eligible = set(eligible)
         self._order: Dict[int, np.ndarray] = {}
 
-    def __call__(self, draw_id: int) -> Episode:
-        epoch, i = divmod(int(draw_id), self.length)
+    def __call__(self, draw_id: int, draws_per_epoch: Optional[int] = None) -> Episode:
+        # draws_per_epoch: the sampler's epoch stride, >= length (DDP rounds it up to a multiple of
+        # the world size); the extra positions wrap to the start of the pass's order
+        epoch, i = divmod(int(draw_id), draws_per_epoch or self.length)
         if epoch not in self._order:
             self._order = {epoch: np.random.default_rng([self.seed, epoch, 0x7E]).permutation(len(self.queries))}
         query, classes = self.queries[int(self._order[epoch][i % len(self.queries)])]
@@ -231,7 +233,7 @@ class HsnetProtocol(EpisodeProtocol):
 
 
 class _CocoHsnetDraw(TrainDraw):
-    def __call__(self, draw_id: int) -> Episode:
+    def __call__(self, draw_id: int, draws_per_epoch: Optional[int] = None) -> Episode:
         rng = np.random.default_rng([self.seed, int(draw_id)])
         classes = sorted(self.eligible)
         c = classes[int(rng.integers(len(classes)))]

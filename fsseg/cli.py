@@ -52,6 +52,8 @@ TOOLS: dict = {
     "davis": "fsseg.video:main",
     "davis-eval": "fsseg.davis_eval:main",
     "prepare": "fsseg.prepare:main",
+    "selfcheck": ("fsseg.selfcheck:main", "fit/test/predict on this machine's CPU and GPUs (32, bf16, fp16, DDP): "
+                                          "PASS/FAIL per check"),
 }
 
 DEBUG_ENV = "FSSEG_DEBUG"
@@ -139,6 +141,17 @@ def _lightning_cli_class():
             parser.add_argument("--precision", type=Optional[str], default=None,
                                 help="32 | bf16-mixed | 16-mixed (GPU) | auto (bf16 where the hardware multiplies it "
                                      "natively, else 32); sets trainer.precision (fsseg.precision)")
+            parser.add_argument("--float32_matmul", type=str, default="auto",
+                                help="fp32 matmuls: auto (TF32 on a CUDA GPU, full fp32 elsewhere) | highest (full "
+                                     "fp32 on the GPU too) | high | medium (torch.set_float32_matmul_precision)")
+            parser.add_argument("--cpu_kernels", type=bool, default=True,
+                                help="use fsseg's compiled CPU kernels where they run (AVX512-BF16 x86); false: "
+                                     "torch's ops only, nothing compiled (fsseg.kernels; FSSEG_CPU_KERNELS=0 for "
+                                     "the other tools)")
+            parser.add_argument("--sigterm_grace_s", type=float, default=30.0,
+                                help="fit: seconds a SIGTERM leaves Lightning to stop the run cleanly before fsseg "
+                                     "ends it (and the DDP ranks it launched) with exit code 143, even when it is "
+                                     "stuck in native code such as a collective (fsseg.termination).")
             parser.add_argument("--skip_bad_queries", type=bool, default=False,
                                 help="predict: skip query images that cannot be read (counted and listed in "
                                      "summary.json) instead of stopping.")
@@ -177,6 +190,14 @@ def _lightning_cli_class():
 
             if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
                 trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+            from fsseg.precision import set_float32_matmul
+
+            sub = self.config.get("subcommand")
+            setting = (self.config[sub] if sub else self.config).get("float32_matmul") or "auto"
+            try:
+                set_float32_matmul(setting, trainer.strategy.root_device)
+            except ValueError as e:
+                raise UsageError(f"--float32_matmul: {e}") from None
             return trainer
 
         def _prepare_subcommand_parser(self, klass, subcommand, **kwargs):
@@ -233,6 +254,10 @@ def _lightning_cli_class():
         def before_instantiate_classes(self) -> None:
             sub = self.config.get("subcommand")
             self._resolve_precision(sub)
+            if not (self.config[sub] if sub else self.config).get("cpu_kernels", True):
+                from fsseg.kernels import set_cpu_kernels_enabled
+
+                set_cpu_kernels_enabled(False)
             if sub != "predict":
                 return
             cfg = self.config[sub]
@@ -274,6 +299,9 @@ def _lightning_cli_class():
                     logger._wandb_init.setdefault("job_type", self.subcommand)
 
         def before_fit(self) -> None:
+            from fsseg.termination import exit_on_sigterm
+
+            exit_on_sigterm(self.config[self.subcommand].get("sigterm_grace_s", 30.0))
             self._group_wandb_runs()
 
         def after_fit(self) -> None:

@@ -113,6 +113,35 @@ def load_module(ckpt_path: Optional[str], small: bool, dinov2_checkpoint: Option
     return FewShotModule(**SMALL_MODEL).eval()
 
 
+def inference_device(name: str = "auto"):
+    """``auto``: the first visible CUDA GPU, else the CPU; ``cpu``, ``cuda``, ``cuda:N``: that device,
+    with a one-line error (naming ``--device``) when it is not there."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ValueError(f"--device {name}: {count} CUDA GPU(s) visible on this machine; use --device cpu "
+                             "or auto")
+    elif device.type not in ("cpu", "meta"):
+        raise ValueError(f"--device {name!r}: fsseg runs on cpu or cuda")
+    return device
+
+
+def place_module(module, device, precision: str = "32"):
+    """``module`` (a ``FewShotModule``) moved to ``device``, then its precision applied for that device
+    (``fsseg.precision``: 16-mixed is a GPU precision, so the weights move first)."""
+    module.to(device)
+    module.model.set_precision(precision, device)
+    return module
+
+
 def onnx_export(wrapper: nn.Module, query: torch.Tensor, path: Path, opset: int) -> str:
     """TorchDynamo exporter first (batch dimension dynamic), the TorchScript one as a fallback."""
     import torch

@@ -5,10 +5,15 @@
 ``bf16-mixed``            CPU and GPU: matmuls/convolutions in bfloat16 (autocast); frozen parts (DINOv2,
                           a frozen adapter, the SAM teacher) held in bf16 weights; losses, the metric,
                           the correlation's cosine, the Mamba scan and the final upsampling in fp32
-``16-mixed``              GPU only (float16 autocast; CPUs have no fast fp16 matmul): refused on CPU
+``16-mixed``              GPU only (float16 autocast; CPUs have no fast fp16 matmul): refused on CPU; the
+                          SAM teacher runs in bf16 (fp32 on GPUs without bf16): ``teacher_precision``
 ``auto``                  ``bf16-mixed`` on a CPU that multiplies bf16 natively (``avx512_bf16`` or
-                          ``amx_bf16`` in ``/proc/cpuinfo``) and on a GPU that supports bf16, else ``32``
+                          ``amx_bf16`` in ``/proc/cpuinfo``) and on a GPU that supports bf16, else ``32``.
+                          The recommended setting on a GPU (``--precision auto`` or ``trainer.precision``)
 ========================  ================================================================================
+
+fp32 matmuls on a CUDA GPU use TF32 (``--float32_matmul auto``, ``set_float32_matmul``) unless the
+run says ``--float32_matmul highest``.
 
 On a CPU with AVX512-BF16, bf16 DINOv2 attention and the correlation's dot products run in
 ``fsseg.kernels`` (compiled on first use; torch's ops elsewhere, same functions and precision).
@@ -79,6 +84,59 @@ def resolve_precision(precision: Union[str, int], device: Union[str, torch.devic
     return p
 
 
+def run_device(module: torch.nn.Module) -> torch.device:
+    """The device ``module`` will run on: its trainer's (Lightning calls ``setup`` while the weights
+    are still on the CPU and moves them afterwards), else where its weights are."""
+    trainer = getattr(module, "_trainer", None)
+    if trainer is not None:
+        return trainer.strategy.root_device
+    first = next(module.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def teacher_precision(precision: str, device: Union[str, torch.device] = "cpu",
+                      bf16_supported: Optional[bool] = None) -> str:
+    """The precision the frozen SAM teacher runs in under the resolved ``precision``. ``16-mixed``
+    is not safe for it: SAM ViT-H's activations exceed float16's range (65504) and the embedding
+    turns to inf/NaN (segment-anything issue 540; EfficientViT-SAM keeps LayerNorm in fp32), so the
+    teacher runs in bf16 (float32's range) where the device has it, else in fp32.
+    ``bf16_supported`` overrides the device query (tests)."""
+    p = normalize_precision(precision)
+    if p != "16-mixed":
+        return p
+    if bf16_supported is None:
+        kind = torch.device(device).type
+        bf16_supported = kind == "cpu" or (kind == "cuda" and torch.cuda.is_available()
+                                           and torch.cuda.is_bf16_supported())
+    return "bf16-mixed" if bf16_supported else "32"
+
+
+def precision_region(precision: str, device: Union[str, torch.device] = "cpu"):
+    """Autocast exactly at a resolved precision, whatever autocast surrounds it (``32``: autocast
+    off, so an enclosing float16 autocast does not reach in)."""
+    dtype = compute_dtype(precision)
+    kind = torch.device(device).type
+    return fp32_region(kind) if dtype == torch.float32 else torch.autocast(kind, dtype=dtype)
+
+
+FLOAT32_MATMUL = ("auto", "highest", "high", "medium")
+
+
+def set_float32_matmul(setting: str, device: Union[str, torch.device]) -> str:
+    """Apply ``float32_matmul`` for a run on ``device`` (``torch.set_float32_matmul_precision``) and
+    return what was set. ``auto``: ``high`` (TF32 tensor cores, 10-bit mantissa products summed in
+    fp32, several times fp32's rate on Ampere and later) on CUDA, torch's own default elsewhere;
+    ``highest`` keeps full fp32 products on the GPU too; ``high``/``medium`` as torch defines them."""
+    if setting not in FLOAT32_MATMUL:
+        raise ValueError(f"float32_matmul {setting!r} is not one of {', '.join(FLOAT32_MATMUL)}")
+    if setting == "auto":
+        if torch.device(device).type != "cuda":
+            return torch.get_float32_matmul_precision()
+        setting = "high"
+    torch.set_float32_matmul_precision(setting)
+    return setting
+
+
 def compute_dtype(precision: str) -> torch.dtype:
     """The matmul dtype of a resolved precision (``resolve_precision``'s output)."""
     return _DTYPES[normalize_precision(precision)]
@@ -112,4 +170,5 @@ def hold_frozen_in(module: torch.nn.Module, precision: str) -> torch.nn.Module:
 
 
 __all__ = ["PRECISIONS", "NATIVE_BF16_CPU_FLAGS", "cpu_flags", "cpu_has_native_bf16", "normalize_precision",
-           "resolve_precision", "compute_dtype", "autocast", "fp32_region", "dtype_key", "hold_frozen_in"]
+           "resolve_precision", "compute_dtype", "autocast", "fp32_region", "dtype_key", "hold_frozen_in", "run_device",
+           "teacher_precision", "precision_region", "FLOAT32_MATMUL", "set_float32_matmul"]

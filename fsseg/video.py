@@ -102,8 +102,8 @@ class VideoObjectSegmenter:
         return outputs
 
     def _to_model(self, t: torch.Tensor) -> torch.Tensor:
-        p = next(self.model.parameters())
-        return t.to(p.device, p.dtype)
+        # fp32 inputs whatever dtype the frozen parts are held in (FSDINO casts for them, fsseg.precision)
+        return t.to(next(self.model.parameters()).device, torch.float32)
 
     def _encode_first_frame(self, frame: np.ndarray, first: np.ndarray, object_ids: list[int]) -> list[SupportEncoding]:
         """One ``SupportEncoding`` per object (1 shot: the first frame, that object's mask), from one
@@ -167,13 +167,22 @@ def main(argv: Optional[list[str]] = None) -> None:
                    help="add the previous predicted frame as a second support shot (the 'memory' variant; "
                         "default: first frame only, the paper's one-shot setting); frames then run one by one")
     p.add_argument("--batch_size", type=int, default=8, help="frames per forward pass (without --memory)")
+    p.add_argument("--device", default="auto",
+                   help="auto (the GPU when one is visible, else the CPU) | cpu | cuda | cuda:N")
+    p.add_argument("--precision", default="32",
+                   help="32 | bf16-mixed | 16-mixed (GPU) | auto: as in `fsseg fit` (fsseg.precision)")
     a = p.parse_args(argv)
     if not a.ckpt_path and not a.small:
         raise SystemExit("fsseg davis: give --ckpt_path (a trained FewShotModule checkpoint), or --small for the "
                          "built-in small model with random weights")
-    from fsseg.export import load_module
+    from fsseg.export import inference_device, load_module, place_module
 
-    module = load_module(None if a.small else a.ckpt_path, small=a.small)
+    try:
+        device = inference_device(a.device)
+        module = place_module(load_module(None if a.small else a.ckpt_path, small=a.small), device, a.precision)
+    except ValueError as e:
+        raise SystemExit(f"fsseg davis: {e}") from None
+    print(f"fsseg davis: model on {device} at precision {module.model.precision} (--device, --precision)")
     try:
         with torch.inference_mode():  # scoped: a global switch would leak into the caller (tests run tools in-process)
             dirs = run_davis(module, a.davis_root, a.output_dir, a.set, memory=a.memory,

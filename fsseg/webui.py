@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
@@ -116,7 +117,7 @@ class DemoSegmenter:
         h, w = query.shape[:2]
         out = self.module.segment_queries(_to_tensor(query, s)[None])
         pred = F.interpolate(out["pred"][:, None].float(), size=(h, w), mode="nearest")[0, 0]
-        mask = pred.numpy().astype(np.uint8)
+        mask = pred.cpu().numpy().astype(np.uint8)
         return {"overlay": overlay(query, mask), "mask": (mask > 0).astype(np.uint8) * 255,
                 "fraction": float((mask > 0).mean())}
 
@@ -202,6 +203,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--port", type=int, default=7860, help="port to serve on")
     p.add_argument("--precision", default="32",
                    help="32 | bf16-mixed | 16-mixed (GPU) | auto: as in `fsseg fit` (fsseg.precision)")
+    p.add_argument("--device", default="auto",
+                   help="auto (the GPU when one is visible, else the CPU) | cpu | cuda | cuda:N")
     a = p.parse_args(argv)
     if not a.ckpt_path and not a.small:
         p.error("give --ckpt_path (a trained checkpoint) or --small (the small built-in untrained model)")
@@ -210,11 +213,19 @@ def main(argv: Optional[list[str]] = None) -> None:
         import gradio  # noqa: F401
     except ImportError as e:
         raise SystemExit("fsseg demo-ui needs gradio: pip install 'fsseg[demo]'") from e
+    from fsseg.export import inference_device, place_module
+
+    try:
+        device = inference_device(a.device)
+    except ValueError as e:
+        p.error(str(e))
     module = load_module(None if a.small else a.ckpt_path, a.dinov2_checkpoint)
     try:
-        module.model.set_precision(a.precision)
+        place_module(module, device, a.precision)
     except ValueError as e:  # an unknown precision, or 16-mixed without a GPU
         p.error(str(e))
+    print(f"fsseg demo-ui: model on {device} at precision {module.model.precision} (--device, --precision)",
+          file=sys.stderr)
     build_app(module).launch(server_name=a.host, server_port=a.port, ssr_mode=False, share=False)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -39,8 +40,18 @@ def run_fsseg(args: list[str], cwd: Path, timeout: int = 600, check: bool = True
     e = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", PYTHONPATH=str(REPO),
              OMP_NUM_THREADS="1")
     e.update(env or {})
-    proc = subprocess.run([sys.executable, "-m", "fsseg.cli", *args], cwd=cwd, env=e, capture_output=True,
-                          text=True, timeout=timeout)
+    # Own session: on a timeout the whole group goes (DDP launches its other ranks as child
+    # processes; a hung run must fail the test, not linger).
+    with subprocess.Popen([sys.executable, "-m", "fsseg.cli", *args], cwd=cwd, env=e, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True) as popen:
+        try:
+            out, err = popen.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(popen.pid, signal.SIGKILL)
+            out, err = popen.communicate()
+            raise AssertionError(f"fsseg {' '.join(args)} still running after {timeout} s (killed):\n"
+                                 f"{out[-3000:]}\n{err[-5000:]}") from None
+    proc = subprocess.CompletedProcess(popen.args, popen.returncode, out, err)
     if check and proc.returncode != 0:
         raise AssertionError(f"fsseg {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
                              f"{proc.stderr[-5000:]}")

@@ -3,6 +3,8 @@ same function as torch's ops at the same precision, used exactly where they appl
 fallback elsewhere. No timing assertions (speed is in `make bench`)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -370,3 +372,74 @@ def test_packed_weight_follows_every_change_of_the_weight():
         # torch's bf16 linear of the same bf16 numbers, to one rounding of the output (8-bit mantissa)
         ref = F.linear(x.bfloat16(), layer.weight, layer.bias).float()
         assert torch.allclose(out.float(), ref, rtol=2 ** -7, atol=1e-2)
+
+
+def test_bf16_linear_where_onednn_has_no_bf16_falls_back_to_torch():
+    """An x86 CPU without AVX-512 (oneDNN limited to AVX2 here by ONEDNN_MAX_CPU_ISA, which its own
+    ISA check follows): the bf16 OneDNNLinear and a bf16 FS-DINO pass run torch's F.linear instead of
+    failing in oneDNN ("could not create a primitive descriptor"); fp32 keeps oneDNN."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.cli_utils import REPO
+
+    code = textwrap.dedent("""
+        import torch, torch.nn.functional as F
+        from fsseg.models.onednn_linear import OneDNNLinear, onednn_dtypes
+        from fsseg.models import build_fsdino
+        assert onednn_dtypes() == (torch.float32,), onednn_dtypes()
+        lin = OneDNNLinear(64, 32).bfloat16()
+        x = torch.randn(8, 64).bfloat16()
+        with torch.inference_mode():
+            assert not lin.onednn_applies(x) and torch.equal(lin(x), F.linear(x, lin.weight, lin.bias))
+            assert lin.float().onednn_applies(x.float())
+            m = build_fsdino("compact", backbone="dinov2_tiny", image_size=56, decoder_dim=32, decoder_mlp_dim=64,
+                             decoder_heads=2).eval().set_precision("bf16-mixed")
+            out = m(torch.rand(1, 3, 56, 56), torch.rand(1, 1, 3, 56, 56), torch.ones(1, 1, 56, 56))
+        assert torch.isfinite(out["logits"]).all()
+        print("ok")
+    """)
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+def test_kernels_switch_off_and_say_plainly_why_they_cannot_build(tmp_path):
+    """The documented switch (``set_cpu_kernels_enabled``, ``--cpu_kernels false``, ``FSSEG_CPU_KERNELS=0``)
+    turns the kernels off; without a compiler the reason is one plain line (it was ninja's "build
+    stopped"); separate checkouts build into separate folders (the source's path is in the key)."""
+    import os
+    import subprocess
+    import sys
+
+    from fsseg.kernels import cpu_kernels, set_cpu_kernels_enabled
+    from tests.cli_utils import REPO
+
+    before = list(cpu_kernels._enabled)
+    try:
+        set_cpu_kernels_enabled(False)
+        ok, why = cpu_kernels_status()
+        assert not ok and "turned off" in why
+    finally:
+        cpu_kernels._enabled[:] = before
+    code = "from fsseg.kernels import cpu_kernels_status as s; print(s()[1])"
+    env = dict(os.environ, PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(tmp_path / "cache"), CXX="/nonexistent/c++")
+    flags_ok = not missing_cpu_flags()
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    if flags_ok:
+        assert out.stdout.strip() == "no C++ compiler to build them ('/nonexistent/c++' not on PATH; install g++, or set CXX)"
+    out = subprocess.run([sys.executable, "-c", code], env=dict(env, FSSEG_CPU_KERNELS="0"), capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.strip() == "turned off (--cpu_kernels false or FSSEG_CPU_KERNELS=0)"
+    # another checkout (same source, another path) has its own build folder
+    other = tmp_path / "checkout" / "cpu_kernels.cpp"
+    other.parent.mkdir()
+    other.write_bytes(cpu_kernels.SOURCE.read_bytes())
+    here = cpu_kernels._build_dir()
+    try:
+        cpu_kernels.SOURCE = other
+        assert cpu_kernels._build_dir() != here
+    finally:
+        cpu_kernels.SOURCE = Path(cpu_kernels.__file__).with_name("cpu_kernels.cpp")

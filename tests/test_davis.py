@@ -244,3 +244,36 @@ def test_davis_small_model_end_to_end(tmp_path):
     rows = (tmp_path / "scores" / "per-sequence_results-val.csv").read_text().splitlines()
     assert rows[0] == "Sequence,J-Mean,F-Mean" and len(rows) == 1 + 8
     assert rows[1].startswith("blackswan_1,") and rows[-1].startswith("synth-wide_2,")
+
+
+def test_device_choice_for_the_inference_tools(capsys):
+    """``--device`` of ``fsseg davis`` and ``fsseg demo-ui``: ``auto`` is the GPU when one is visible;
+    a GPU that is not there is a one-line error naming the flag; the precision is applied after the
+    move (emulated GPU: the meta device), so 16-mixed is accepted for a GPU."""
+    from fsseg.export import inference_device, load_module, place_module
+    from fsseg.webui import main as webui_main
+
+    assert inference_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert inference_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cuda:1: 0 CUDA GPU"):
+            inference_device("cuda:1")
+        with pytest.raises(SystemExit, match="fsseg davis: --device cuda"):
+            video_main(["--small", "--davis_root", "x", "--output_dir", "y", "--device", "cuda"])
+        with pytest.raises(SystemExit):
+            webui_main(["--small", "--device", "cuda"])
+        assert "--device cuda" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not a device"):
+        inference_device("gpu0")
+    module = place_module(load_module(None, small=True), torch.device("meta"), "16-mixed")
+    assert next(module.parameters()).device.type == "meta" and module.model.encoder_dtype == torch.float16
+
+
+@needs_shared
+def test_davis_on_the_chosen_device_and_precision(tmp_path, capsys):
+    out = tmp_path / "bf16"
+    seq = read_sequences(SHARED_DAVIS)[0]
+    fsseg_main(["davis", "--small", "--davis_root", str(SHARED_DAVIS), "--output_dir", str(out), "--device", "cpu",
+                "--precision", "bf16-mixed", "--sequences", seq.name])
+    assert "model on cpu at precision bf16-mixed" in capsys.readouterr().out
+    assert [p.stem for p in sorted((out / seq.name).glob("*.png"))] == seq.frame_ids

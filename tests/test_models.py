@@ -190,3 +190,30 @@ def test_shot_mean_volume_is_the_mean_of_the_shot_volumes(masking):
     torch.testing.assert_close(mean, per_shot.mean(dim=1, keepdim=True), rtol=0, atol=1e-6)
     one = correlation_volume(fq, fs[:, :1], masks[:, :1], 9, masking, shot_mean=True)
     assert torch.equal(one, correlation_volume(fq, fs[:, :1], masks[:, :1], 9, masking))
+
+
+def test_mamba_fallback_on_a_gpu_warns_once_with_the_import_error(tmp_path, monkeypatch):
+    """A broken mamba-ssm CUDA build: ``auto`` falls back to the torch scan on a CUDA input and says so
+    once, with the import error (it used to swallow every error silently)."""
+    import sys
+    import warnings
+    from types import SimpleNamespace
+
+    from fsseg.models import mamba
+
+    pkg = tmp_path / "mamba_ssm"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("raise OSError('libcudart.so.12: cannot open shared object file')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "mamba_ssm", raising=False)
+    monkeypatch.setattr(mamba, "_import_error", [])
+    monkeypatch.setattr(mamba, "_warned", [])
+    layer = mamba.MambaLayer(16, backend="auto")
+    cuda_input = SimpleNamespace(is_cuda=True)  # what the choice reads of the input
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not layer._use_cuda(cuda_input) and not layer._use_cuda(cuda_input)
+    messages = [str(w.message) for w in caught if "mamba-ssm" in str(w.message)]
+    assert len(messages) == 1 and "OSError: libcudart.so.12" in messages[0], messages
+    with pytest.raises(ImportError, match="libcudart"):
+        mamba.MambaLayer(16, backend="cuda")

@@ -146,3 +146,70 @@ def test_export_and_demo_ui_take_the_same_precision(tmp_path):
     assert proc.returncode != 0 and "onnxruntime's CPU provider" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_fsseg(["demo-ui", "--small", "--precision", "16-mixed"], cwd=tmp_path, check=False)
     assert proc.returncode != 0 and "16-mixed needs a GPU" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _trainer_on(device: str, precision: str):
+    """What ``setup`` reads of a Lightning trainer that will run the module on ``device`` (Lightning
+    calls ``setup`` while the weights are still on the CPU)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)), precision=precision,
+                           datamodule=None)
+
+
+def test_precision_is_resolved_for_the_trainers_device_not_the_weights(tmp_path):
+    """Stage 2 on a GPU with 16-mixed: setup runs with the weights on the CPU; it used to refuse
+    ("16-mixed needs a GPU"). Stage 1 the same, with the SAM teacher kept out of float16."""
+    from callbacks import FrozenFeatureCache, TeacherEmbeddingCache
+    from fsseg.modules import DistillationModule
+
+    module = FewShotModule(variant="compact", **SMALL)
+    module._trainer = _trainer_on("cuda:0", "16-mixed")
+    module.setup("fit")
+    assert module.model.encoder_dtype == torch.float16 and module.model.precision == "16-mixed"
+    FrozenFeatureCache(cache_dir=str(tmp_path / "f")).setup(module._trainer, module, "fit")
+    assert module.feature_cache_store is not None and module.model.encoder_dtype == torch.float16
+
+    dm = DistillationModule(backbone="dinov2_tiny", teacher="tiny", resolution=56)
+    dm._trainer = _trainer_on("cuda:0", "16-mixed")
+    TeacherEmbeddingCache(cache_dir=str(tmp_path / "t")).setup(dm._trainer, dm, "fit")
+    dm.setup("fit")
+    assert next(dm.encoder.parameters()).dtype == torch.float16
+    assert next(dm.teacher.parameters()).dtype in (torch.bfloat16, torch.float32)
+    assert dm.teacher_precision in ("bf16-mixed", "32")
+    with pytest.raises(ValueError, match="16-mixed needs a GPU"):  # a CPU trainer still refuses it
+        FewShotModule(variant="compact", **SMALL).model.set_precision("16-mixed", torch.device("cpu"))
+
+
+def test_sam_vit_h_width_block_under_16_mixed_stays_finite_and_close():
+    """A SAM ViT-H-width block (1280 channels, 16 heads) whose residual stream holds values beyond
+    float16's range, as SAM ViT-H's does (segment-anything issue 540): held and run in float16 it
+    gives inf/NaN; run as ``teacher_precision('16-mixed')`` says, inside the trainer's float16
+    autocast, it stays finite and close to fp32 (bf16: 1e-2 relative, fp32: 1e-5)."""
+    import copy
+
+    from segment_anything.modeling.image_encoder import Block
+
+    from fsseg.precision import compute_dtype, precision_region, teacher_precision
+
+    torch.manual_seed(0)
+    block = Block(dim=1280, num_heads=16, mlp_ratio=4, qkv_bias=True, use_rel_pos=True, window_size=0,
+                  input_size=(8, 8), norm_layer=lambda d: torch.nn.LayerNorm(d, eps=1e-6)).eval()
+    x = torch.randn(1, 8, 8, 1280)
+    x[..., :8] *= 1e5  # outlier channels of the residual stream
+    with torch.no_grad():
+        reference = block(x)
+        half = copy.deepcopy(block).half()(x.half())
+    assert not torch.isfinite(half).all()  # the hazard: float16 overflows
+    for bf16_supported, tolerance in ((True, 1e-2), (False, 1e-5)):
+        precision = teacher_precision("16-mixed", "cuda", bf16_supported=bf16_supported)
+        assert precision == ("bf16-mixed" if bf16_supported else "32")
+        dtype = compute_dtype(precision)
+        held = copy.deepcopy(block).to(dtype)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16), precision_region(precision, "cpu"):
+            out = held(x.to(dtype)).float()
+        assert torch.isfinite(out).all()
+        err = ((out - reference).norm() / reference.norm()).item()
+        assert err < tolerance, (precision, err)
+        inner = (out - reference)[..., 8:].norm() / reference[..., 8:].norm()  # the ordinary channels too
+        assert inner.item() < 10 * tolerance, (precision, inner.item())

@@ -6,7 +6,18 @@
 - ``bf16_scaled_dot``: fp32 dot products of bf16 feature rows (the 4D correlation's cosines).
 
 They need AVX512-BF16; ``cpu_kernels_status()`` says whether they run here and, if not, why.
+``--cpu_kernels false`` (any LightningCLI command), ``set_cpu_kernels_enabled(False)`` or
+``FSSEG_CPU_KERNELS=0`` turns them off.
 """
-from .cpu_kernels import HEAD_DIMS, bf16_attention, bf16_scaled_dot, cpu_kernels_status, fp32_attention
+from .cpu_kernels import (
+    HEAD_DIMS,
+    bf16_attention,
+    bf16_scaled_dot,
+    cpu_kernels_enabled,
+    cpu_kernels_status,
+    fp32_attention,
+    set_cpu_kernels_enabled,
+)
 
-__all__ = ["bf16_attention", "fp32_attention", "bf16_scaled_dot", "cpu_kernels_status", "HEAD_DIMS"]
+__all__ = ["bf16_attention", "fp32_attention", "bf16_scaled_dot", "cpu_kernels_status", "HEAD_DIMS",
+           "set_cpu_kernels_enabled", "cpu_kernels_enabled"]

@@ -6,6 +6,10 @@ The kernel is compiled on first use with torch's extension builder (g++ and ninj
 load the built library. Where it cannot run (a CPU without ``avx512_bf16``, no compiler) the callers
 use torch's own ops instead (``scaled_dot_product_attention``; an fp32 matmul), and a warning says once
 why: the results are the same function at the same precision, only slower.
+
+Turning them off (torch's ops everywhere, nothing compiled): ``fsseg <fit|test|...> --cpu_kernels false``,
+``set_cpu_kernels_enabled(False)``, or, for any fsseg command, the environment variable
+``FSSEG_CPU_KERNELS=0`` (read here only).
 """
 from __future__ import annotations
 
@@ -30,10 +34,26 @@ _CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx5
 
 _lock = threading.Lock()
 _state: dict = {}  # "ok": bool, "reason": str
+_enabled: list = []  # [bool] once set_cpu_kernels_enabled is called; else FSSEG_CPU_KERNELS decides
+OFF_VALUES = ("0", "false", "off", "no")
+
+
+def set_cpu_kernels_enabled(enabled: bool) -> None:
+    """Use the kernels where they can run (True, the default) or never (False: torch's ops)."""
+    _enabled[:] = [bool(enabled)]
+
+
+def cpu_kernels_enabled() -> bool:
+    if _enabled:
+        return _enabled[0]
+    return os.environ.get("FSSEG_CPU_KERNELS", "1").strip().lower() not in OFF_VALUES
 
 
 def _build_dir() -> Path:
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(_CFLAGS).encode()).hexdigest()[:12]
+    # The source's path is in the key: torch's builder writes it into build.ninja, so two checkouts
+    # sharing one folder would each see the other's build as stale and rebuild it, in turn.
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(_CFLAGS).encode()
+                            + str(SOURCE.resolve()).encode()).hexdigest()[:12]
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fsseg" / "kernels"
     return root / f"torch{torch.__version__.replace('+', '_')}-{digest}"
 
@@ -52,6 +72,8 @@ def cpu_kernels_status(cpu_flag_set: Optional[Iterable[str]] = None) -> tuple:
     if cpu_flag_set is not None:
         miss = missing_cpu_flags(cpu_flag_set)
         return (False, f"the CPU lacks {', '.join(miss)}") if miss else (True, "")
+    if not cpu_kernels_enabled():
+        return False, "turned off (--cpu_kernels false or FSSEG_CPU_KERNELS=0)"
     with _lock:
         if not _state:
             _state.update(_load())
@@ -72,6 +94,13 @@ def _load() -> dict:
 
         _ninja_on_path()
         build = _build_dir()
+        if not any(build.glob("*.so")):  # to build: say plainly what is missing, not ninja's last line
+            compiler = os.environ.get("CXX", "c++")  # what torch's builder runs
+            if shutil.which(compiler) is None:
+                return dict(ok=False, reason=f"no C++ compiler to build them ({compiler!r} not on PATH; install "
+                                             "g++, or set CXX)")
+            if shutil.which("ninja") is None:
+                return dict(ok=False, reason="ninja is not installed (pip install ninja)")
         build.mkdir(parents=True, exist_ok=True)
         if not any(build.glob("*.so")):
             log.warning("compiling fsseg's CPU kernels into %s (once; about 20 s)", build)
@@ -146,4 +175,5 @@ def _require() -> None:
         raise RuntimeError(f"fsseg CPU kernels unavailable: {reason}")
 
 
-__all__ = ["bf16_attention", "fp32_attention", "bf16_scaled_dot", "instruction_peak", "cpu_kernels_status", "missing_cpu_flags", "REQUIRED_CPU_FLAGS", "HEAD_DIMS"]
+__all__ = ["bf16_attention", "fp32_attention", "bf16_scaled_dot", "instruction_peak", "cpu_kernels_status", "missing_cpu_flags",
+           "REQUIRED_CPU_FLAGS", "HEAD_DIMS", "set_cpu_kernels_enabled", "cpu_kernels_enabled"]

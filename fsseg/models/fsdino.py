@@ -137,13 +137,13 @@ class FSDINO(nn.Module):
         self.precision = "32"  # resolved fsseg.precision setting; see set_precision
 
     # ------------------------------------------------------------------ precision
-    def set_precision(self, precision: str = "32") -> "FSDINO":
-        """``32`` / ``bf16-mixed`` / ``16-mixed`` / ``auto`` (``fsseg.precision``), resolved for the
-        device the model is on. Low precision: the frozen DINOv2 (and the adapter when frozen) are
+    def set_precision(self, precision: str = "32", device: Optional[Union[str, torch.device]] = None) -> "FSDINO":
+        """``32`` / ``bf16-mixed`` / ``16-mixed`` / ``auto`` (``fsseg.precision``), resolved for
+        ``device`` (default: the device the model is on; a trainer passes the one it will run on). Low precision: the frozen DINOv2 (and the adapter when frozen) are
         held in that dtype's weights, so they run without per-op autocast casts; the trainable parts
         run under autocast; the few computations bf16 would change stay fp32 (see ``decode``).
         ``32`` casts frozen parts back to fp32 (an earlier bf16 rounding of their weights stays)."""
-        p = resolve_precision(precision, next(self.parameters()).device)
+        p = resolve_precision(precision, next(self.parameters()).device if device is None else device)
         frozen_dtype = compute_dtype(p)
         if self.encoder.frozen:
             hold_frozen_in(self.encoder, p)

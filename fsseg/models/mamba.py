@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -18,13 +19,25 @@ from torch import nn
 BACKENDS = ("auto", "torch", "cuda")
 
 
-def mamba_ssm_available() -> bool:
-    try:
-        import mamba_ssm  # noqa: F401
+_import_error: list = []  # [None] or [the error's one-line description], once per process
+_warned: list = []
 
-        return True
-    except Exception:
-        return False
+
+def mamba_ssm_import_error() -> Optional[str]:
+    """Why ``mamba_ssm`` does not import here (``None`` when it does); asked once per process."""
+    if not _import_error:
+        try:
+            import mamba_ssm  # noqa: F401
+
+            _import_error.append(None)
+        except Exception as e:  # a missing package, or a CUDA build that does not load (ABI, driver)
+            lines = str(e).strip().splitlines() or [""]
+            _import_error.append(f"{type(e).__name__}: {lines[0][:300]}")
+    return _import_error[0]
+
+
+def mamba_ssm_available() -> bool:
+    return mamba_ssm_import_error() is None
 
 
 class MambaLayer(nn.Module):
@@ -36,8 +49,8 @@ class MambaLayer(nn.Module):
             raise ValueError(f"Mamba backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "cuda" and not mamba_ssm_available():
             raise ImportError(
-                "MambaLayer(backend='cuda') needs the 'mamba-ssm' package (CUDA kernels), which is not "
-                "installed: `pip install mamba-ssm causal-conv1d`, or use backend='torch' / 'auto'"
+                f"MambaLayer(backend='cuda') needs the 'mamba-ssm' package (CUDA kernels), which does not import "
+                f"({mamba_ssm_import_error()}): `pip install mamba-ssm causal-conv1d`, or use backend='torch' / 'auto'"
             )
         self.backend = backend
         self.d_model = d_model
@@ -53,7 +66,15 @@ class MambaLayer(nn.Module):
             return False
         if self.backend == "cuda":
             return True
-        return x.is_cuda and mamba_ssm_available()
+        if not x.is_cuda:
+            return False
+        if mamba_ssm_available():
+            return True
+        if not _warned:  # on a GPU the torch scan is much slower: say so, once, with the reason
+            _warned.append(True)
+            warnings.warn(f"Mamba: mamba-ssm's CUDA scan not used ({mamba_ssm_import_error()}); the PyTorch "
+                          "scan runs instead (same parameters and results, slower)", stacklevel=2)
+        return False
 
     def _cuda(self) -> nn.Module:
         if self._cuda_impl is None:

@@ -18,8 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_DTYPES = (torch.float32, torch.bfloat16)
-
 
 def onednn_linear_available() -> bool:
     """torch was built with oneDNN and exposes the fused linear op; x86-64 only (the CPUs measured:
@@ -28,7 +26,17 @@ def onednn_linear_available() -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
+def onednn_dtypes() -> tuple:
+    """The dtypes oneDNN's matmul runs on this CPU: bf16 only where oneDNN itself says it supports
+    it (its own ISA check, which follows ``ONEDNN_MAX_CPU_ISA``; e.g. not on AVX2-only x86, where it
+    cannot create the primitive and torch's ``F.linear`` does the product instead)."""
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return (torch.float32, torch.bfloat16)
+    return (torch.float32,)
+
+
 _AVAILABLE = onednn_linear_available()
+_DTYPES = onednn_dtypes() if _AVAILABLE else ()
 
 
 def capturing_graph() -> bool:

@@ -26,27 +26,74 @@ def batch_sample_ids(batch: dict) -> list[str]:
 
 class NonFiniteLossGuard:
     """``raise`` (default): stop at once, naming the global step and the batch's sample ids, before
-    the optimizer can write NaNs into the weights. ``skip``: return False so the step returns None
-    (Lightning then skips backward and the optimizer step), and count it."""
+    the optimizer can write NaNs into the weights. ``skip``: return False so the step returns
+    ``skipped_step`` (the optimizer step changes nothing), and count it.
+
+    Under DDP the decision is taken across ranks (a sum of the ranks' flags): a rank that skipped its
+    backward alone would leave the others waiting in the gradient all-reduce for ever, and one that
+    raised alone would do the same to the others. So every rank skips, or raises, together."""
 
     def __init__(self, policy: str = "raise") -> None:
         if policy not in ("raise", "skip"):
             raise ValueError(f"nonfinite must be 'raise' or 'skip', got {policy!r}")
         self.policy = policy
         self.skipped = 0
+        self.drop_gradients = False  # a skipped DDP step: the optimizer step must change nothing
+
+    def skipped_step(self, module: L.LightningModule) -> Optional[torch.Tensor]:
+        """What ``training_step`` returns for a skipped step. One process: None (Lightning skips the
+        backward and the optimizer step). Under DDP Lightning refuses None, and every rank must run
+        its backward for the gradient all-reduce to complete: a zero loss on every trainable
+        parameter (zero gradients, nothing non-finite reaches the all-reduce), and the gradients are
+        dropped just before the optimizer step (``GuardedStepMixin``), which then changes nothing,
+        as with one process."""
+        trainer = module._trainer
+        if trainer is None or trainer.world_size <= 1:
+            return None
+        self.drop_gradients = True
+        params = [p for p in module.parameters() if p.requires_grad]
+        return torch.stack([p.sum() for p in params]).sum() * 0.0
+
+    @staticmethod
+    def _ranks_nonfinite(local: bool, module: L.LightningModule, device: torch.device) -> int:
+        """How many ranks saw a non-finite loss at this step (``local`` as an int without DDP)."""
+        trainer = module._trainer
+        if trainer is None or trainer.world_size <= 1:
+            return int(local)
+        flag = torch.tensor(float(local), device=device)
+        return int(trainer.strategy.reduce(flag, reduce_op="sum").item())
 
     def check(self, loss: torch.Tensor, module: L.LightningModule, batch: dict) -> bool:
-        if torch.isfinite(loss).all():
+        self.drop_gradients = False
+        local = not bool(torch.isfinite(loss).all())
+        ranks = self._ranks_nonfinite(local, module, loss.device)
+        if ranks == 0:
             return True
-        ids = batch_sample_ids(batch)
-        msg = (f"non-finite loss ({loss.item()}) at global step {module.global_step}, "
-               f"epoch {module.current_epoch}; samples: {', '.join(ids)}")
+        when = f"at global step {module.global_step}, epoch {module.current_epoch}"
+        if local:
+            msg = f"non-finite loss ({loss.item()}) {when}; samples: {', '.join(batch_sample_ids(batch))}"
+        else:
+            msg = f"non-finite loss on {ranks} other rank(s) {when} (this rank's loss: {loss.item():.4g})"
         if self.policy == "raise":
             raise NonFiniteLossError(msg + ". Weights were not updated. Set nonfinite: skip to drop such steps.")
         self.skipped += 1
         log.warning("skipping step: %s", msg)
         module.log("train/skipped_nonfinite", float(self.skipped))
         return False
+
+
+class GuardedStepMixin:
+    """Applies ``NonFiniteLossGuard.skipped_step`` under DDP: after the backward (and its gradient
+    all-reduce), before the optimizer step, the gradients of a skipped step are dropped (``None``:
+    torch's optimizers leave such parameters and their state untouched)."""
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.guard.drop_gradients:
+            self.guard.drop_gradients = False
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+        super().on_before_optimizer_step(optimizer)
 
 
 def drop_frozen_weights(checkpoint: dict, frozen_prefixes: Iterable[str]) -> None:

@@ -21,7 +21,7 @@ load with the behaviour they were trained with (``squash``, ``timm``, ``shared``
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import lightning as L
 import torch
@@ -30,14 +30,26 @@ import torch.nn.functional as F
 from fsseg.cache import TensorDiskCache
 from fsseg.models import BottleneckAdapter, DINOv2Encoder, SAMImageEncoder
 from fsseg.models.build import load_adapter_state, resolve_adapter_settings
-from fsseg.modules.common import LeanCheckpointMixin, NonFiniteLossGuard, adopt_legacy_hparams
-from fsseg.precision import autocast, dtype_key, hold_frozen_in, resolve_precision
+from fsseg.modules.common import (
+    GuardedStepMixin,
+    LeanCheckpointMixin,
+    NonFiniteLossGuard,
+    adopt_legacy_hparams,
+)
+from fsseg.precision import (
+    dtype_key,
+    hold_frozen_in,
+    precision_region,
+    resolve_precision,
+    run_device,
+    teacher_precision,
+)
 
 # what a checkpoint written before these hyper-parameters existed was trained with
 LEGACY_HPARAMS = {"teacher_preprocess": "squash", "pos_interpolation": "timm", "gkd_attention": "shared"}
 
 
-class DistillationModule(LeanCheckpointMixin, L.LightningModule):
+class DistillationModule(GuardedStepMixin, LeanCheckpointMixin, L.LightningModule):
     """Adapter distillation with an MSE (or GKD query-based soft distillation) objective.
 
     Args:
@@ -138,16 +150,21 @@ class DistillationModule(LeanCheckpointMixin, L.LightningModule):
         self.teacher_calls = 0  # number of images the teacher actually encoded (tests, benchmarks)
         self.guard = NonFiniteLossGuard(nonfinite)
         self.precision = "32"  # fsseg.precision setting, from the trainer's precision in setup()
+        self.teacher_precision = "32"  # the SAM teacher's (fsseg.precision.teacher_precision)
 
     def setup(self, stage: str) -> None:
         self.set_precision(getattr(self.trainer, "precision", "32"))
 
-    def set_precision(self, precision: str) -> "DistillationModule":
-        """Frozen DINOv2 and SAM teacher held in the precision's dtype (``fsseg.precision``); the
-        trainable adapter stays fp32 (Lightning's autocast runs it); the loss is fp32."""
-        self.precision = resolve_precision(precision, self.device)
+    def set_precision(self, precision: str, device: Optional[Union[str, torch.device]] = None) -> "DistillationModule":
+        """Frozen DINOv2 and SAM teacher held in the precision's dtype (``fsseg.precision``),
+        resolved for ``device`` (default: where the trainer will run the module); the trainable
+        adapter stays fp32 (Lightning's autocast runs it); the loss is fp32. Under ``16-mixed`` the
+        teacher runs in bf16, or fp32 (``teacher_precision``: SAM overflows float16)."""
+        device = run_device(self) if device is None else device
+        self.precision = resolve_precision(precision, device)
+        self.teacher_precision = teacher_precision(self.precision, device)
         hold_frozen_in(self.encoder, self.precision)
-        hold_frozen_in(self.teacher, self.precision)
+        hold_frozen_in(self.teacher, self.teacher_precision)
         return self
 
     # -- public hooks used by callbacks ------------------------------------------------------
@@ -172,7 +189,7 @@ class DistillationModule(LeanCheckpointMixin, L.LightningModule):
         return batch["image"], None
 
     def _run_teacher(self, images: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
-        with autocast(self.precision, images.device):  # the teacher's own dtype (held in bf16 or not)
+        with precision_region(self.teacher_precision, images.device):  # the teacher's own dtype
             return self.teacher(images) if valid is None else self.teacher.forward_padded(images, valid)
 
     def teacher_valid_cells(self, batch: dict) -> Optional[list[tuple[int, int]]]:
@@ -236,7 +253,7 @@ class DistillationModule(LeanCheckpointMixin, L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int):
         loss = self._step(batch)
         if not self.guard.check(loss, self, batch):
-            return None
+            return self.guard.skipped_step(self)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
         self.log("train/resolution", float(self.resolution), batch_size=batch["image"].shape[0])
         return loss

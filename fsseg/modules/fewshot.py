@@ -20,12 +20,17 @@ from fsseg.metrics import FewShotIoU, update_scored
 from fsseg.models import build_fsdino
 from fsseg.models.build import canonical_variant, resolve_adapter_settings
 from fsseg.models.fsdino import ImageFeatures
-from fsseg.modules.common import LeanCheckpointMixin, NonFiniteLossGuard, adopt_legacy_hparams
+from fsseg.modules.common import (
+    GuardedStepMixin,
+    LeanCheckpointMixin,
+    NonFiniteLossGuard,
+    adopt_legacy_hparams,
+)
 from fsseg.modules.predict import SupportSetPredictionMixin
-from fsseg.precision import dtype_key
+from fsseg.precision import dtype_key, run_device
 
 
-class FewShotModule(SupportSetPredictionMixin, LeanCheckpointMixin, L.LightningModule):
+class FewShotModule(SupportSetPredictionMixin, GuardedStepMixin, LeanCheckpointMixin, L.LightningModule):
     """Episodic few-shot segmentation with FS-DINO / UINO-FSS.
 
     Args:
@@ -137,7 +142,7 @@ class FewShotModule(SupportSetPredictionMixin, LeanCheckpointMixin, L.LightningM
             self.test_metric = FewShotIoU(int(n), num_seeds=seeds).to(self.device)
         # The trainer's precision (fsseg.precision: 32 / bf16-mixed / 16-mixed) decides the frozen
         # parts' dtype; Lightning's autocast runs the rest.
-        self.model.set_precision(getattr(self.trainer, "precision", "32"))
+        self.model.set_precision(getattr(self.trainer, "precision", "32"), run_device(self))
         # The metric's class-id space follows the benchmark the data module serves.
         n = getattr(getattr(self.trainer, "datamodule", None), "num_classes", None)
         if n and n != self.val_metric.num_classes:
@@ -211,7 +216,7 @@ class FewShotModule(SupportSetPredictionMixin, LeanCheckpointMixin, L.LightningM
         out = self.forward_episode(batch)
         loss, parts = self.episode_loss(out, batch["query_mask"])
         if not self.guard.check(loss, self, batch):
-            return None
+            return self.guard.skipped_step(self)
         bs = batch["query"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log_dict({f"train/{k}": v for k, v in parts.items()}, batch_size=bs)

@@ -29,7 +29,12 @@ from fsseg.metrics import DatasetForegroundIoU, FewShotIoU, update_dataset_score
 from fsseg.models import build_fsdino
 from fsseg.models.fsdino import FSDINO, ImageFeatures
 from fsseg.models.specialized import SpecializedSegmenter, per_class_supports
-from fsseg.modules.common import LeanCheckpointMixin, NonFiniteLossGuard, adopt_legacy_hparams
+from fsseg.modules.common import (
+    GuardedStepMixin,
+    LeanCheckpointMixin,
+    NonFiniteLossGuard,
+    adopt_legacy_hparams,
+)
 
 
 def _argmax(logits: torch.Tensor) -> torch.Tensor:
@@ -50,7 +55,7 @@ def soft_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.T
     return kl.mean() * t * t
 
 
-class SpecializeModule(LeanCheckpointMixin, L.LightningModule):
+class SpecializeModule(GuardedStepMixin, LeanCheckpointMixin, L.LightningModule):
     """Specialise the episodic FS-DINO on a support set into a support-free N-class segmenter.
 
     Args:
@@ -270,7 +275,7 @@ class SpecializeModule(LeanCheckpointMixin, L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int):
         loss, parts = self.losses(batch)
         if not self.guard.check(loss, self, batch):
-            return None
+            return self.guard.skipped_step(self)
         bs = batch["image"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log_dict({f"train/{k}": v for k, v in parts.items()}, batch_size=bs)
