@@ -88,3 +88,19 @@ class RunCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+def group_name(model, datamodule) -> tuple[str, list[str]]:
+    hp = getattr(model, "hparams", {})
+    parts, tags = [type(model).__name__], []
+    if "variant" in hp:
+        parts.append(str(hp["variant"]))
+        tags.append(f"variant:{hp['variant']}")
+    if "objective" in hp:
+        parts.append(str(hp["objective"]))
+    for attr in ("dataset", "fold", "shots"):
+        value = getattr(datamodule, attr, None) if datamodule is not None else None
+        if value is not None:
+            parts.append(f"{attr}{value}" if attr != "dataset" else str(value))
+            tags.append(f"{attr}:{value}")
+    return "-".join(parts), tags

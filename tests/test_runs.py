@@ -160,3 +160,29 @@ def test_offline_wandb_run_has_group_tags_config_metrics_table_and_panels(tmp_pa
     for p in panels:
         for f in p["filenames"]:
             assert (wdir / "files" / f).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_checkpoint_settings_win_and_test_only_run_is_its_own(tmp_path):
+    """``fsseg test`` of a 112-px dinov2_tiny checkpoint under a config that says nothing about the
+    model (518 px, ViT-B): the checkpoint's backbone and size are used and said, the data loads at 112;
+    with the data forced to another size and a W&B logger on, no "Error while merging hparams"."""
+    cfg = _config(tmp_path)
+    run_fsseg(["fit", "--config", cfg, *TINY_FEWSHOT, "--trainer.max_epochs", "1", "--run_name", "src"], cwd=tmp_path)
+    proc = run_fsseg(["test", "--config", cfg, "--ckpt_path", "best", "--run_name", "src"], cwd=tmp_path)
+    src = tmp_path / "runs" / "tinyexp" / "src"
+    assert f"--ckpt_path best: evaluating {src / 'checkpoints' / 'best.ckpt'}" in proc.stderr
+    assert "was trained with backbone=dinov2_tiny: using it (the config says dinov2_vitb14" in proc.stderr
+    assert "was trained with image_size=112: using it (the config says 518" in proc.stderr
+    assert "loading the data at the checkpoint's image_size 112 (the config says 518" in proc.stderr
+    test_run = Run.load(tmp_path / "runs" / "tinyexp" / "test-src")
+    assert test_run.job == "test" and test_run.keys["backbone"] == "dinov2_tiny" and test_run.keys["image_size"] == 112
+    results = json.loads((test_run.path / "results.json").read_text())
+    assert results["job"] == "test" and results["weights"] == str(src / "checkpoints" / "best.ckpt")
+    summary = json.loads((test_run.path / "data_summary.json").read_text())
+    assert summary["image_size"] == 112 and summary["splits"]["test"]["episodes"] == 4
+
+    other = run_fsseg(["test", "--config", cfg, "--ckpt_path", str(src / "checkpoints" / "best.ckpt"),
+                       "--data.init_args.image_size", "84", "--data.init_args.num_workers", "0"], cwd=tmp_path)
+    assert "the data loads at --data.init_args.image_size 84 although the model runs at 112" in other.stderr
+    assert "Error while merging hparams" not in other.stderr
