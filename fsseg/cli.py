@@ -52,6 +52,7 @@ TOOLS: dict = {
     "davis": "fsseg.video:main",
     "davis-eval": "fsseg.davis_eval:main",
     "prepare": "fsseg.prepare:main",
+    "results": ("fsseg.results:main", "the paper's tables (Table 1/2, 3, 4, any pivot) from run folders or W&B runs"),
 }
 
 DEBUG_ENV = "FSSEG_DEBUG"
