@@ -1,15 +1,18 @@
 """The ``fsseg`` command line: LightningCLI (``fit|validate|test|predict``) plus tools (``TOOLS``).
 
     fsseg fit --config lightning_configs/distill_518.yaml
-    fsseg test --config lightning_configs/fewshot/coco20i_fold0_1shot.yaml --ckpt_path runs/.../best.ckpt
+    fsseg fit --config lightning_configs/pascal5i_hdmnet.yaml --data.init_args.fold 0 --data.init_args.shots 1
+    fsseg test --config lightning_configs/pascal5i_hsnet.yaml --ckpt_path runs/<experiment>/<run>/checkpoints/best.ckpt
+    fsseg results runs/                          the paper's tables from the run folders
     fsseg predict --ckpt_path .../best.ckpt --data.support_dir s/ --data.query_dir q/ [--output_dir out/]
     fsseg params [--backbone dinov2_vitb14]      parameter table of every variant
     fsseg export --ckpt_path ... --support_dir s/ --output_dir export/     ONNX + safetensors
     fsseg demo-ui [--ckpt_path ...]              Gradio web demo (pip install 'fsseg[demo]')
 
 The model class and the data module are chosen in the YAML (``class_path``); ``--print_config``
-shows every default. The config is saved into each run's folder (overwritten when a later
-``fsseg test`` runs in the same folder).
+shows every default. fit/validate/test write one folder per run, ``runs/<experiment>/<run name>/``
+(``fsseg.runs``: config, checkpoints, metrics.csv, panels, results, the W&B run); ``--ckpt_path last``
+and ``--resume NAME`` continue a run in its folder and W&B run.
 
 With ``--ckpt_path`` the model is rebuilt from the checkpoint (its architecture, trained weights and
 frozen-file records, ``fsseg.modules.checkpoints``); ``--model.*`` arguments given on the command
@@ -294,6 +297,10 @@ def _lightning_cli_class():
         def before_instantiate_classes(self) -> None:
             sub = self.config.get("subcommand")
             self._resolve_precision(sub)
+            if sub and self.config[sub].get("model") is not None:
+                from fsseg.modules.checkpoints import resolve_official_weights
+
+                resolve_official_weights(self.config[sub].model.get("init_args"))
             if sub != "predict":
                 return
             cfg = self.config[sub]

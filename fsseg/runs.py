@@ -219,8 +219,9 @@ def resolve_run(req: RunRequest) -> tuple[Optional[Run], Optional[str]]:
                   file=sys.stderr)
             return _share(found), str(last)
         print(f"fsseg: --ckpt_path last: no earlier run of experiment {req.experiment!r} named {base!r} with a "
-              f"last.ckpt under {exp_dir}; starting a new run", file=sys.stderr)
-        return None, None
+              f"last.ckpt under {exp_dir}; starting a new run (from a last.ckpt in a ModelCheckpoint dirpath the "
+              "config sets, if there is one)", file=sys.stderr)
+        return None, "last"
 
     if req.job != "fit" and ckpt in ("best", "last"):
         found = newest_fit_run(req.root, req.experiment, base, f"{ckpt}.ckpt")

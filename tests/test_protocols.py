@@ -286,7 +286,7 @@ def test_fit_then_test_on_an_episodes_file(tmp_path):
     """`fsseg fit` from the real-format lists on a small VOC tree, then `fsseg test` with
     data.episodes_file: the test evaluates exactly the file's episodes."""
     root, lists = _voc_tree(tmp_path)
-    cfg = str(CONFIGS / "fewshot_pascal5i_fold0_1shot.yaml")
+    cfg = str(CONFIGS / "pascal5i_fsseg.yaml")
     data = ["--data.init_args.root", str(root), "--data.init_args.split_dir", str(lists / "hsnet"),
             "--data.init_args.batch_size", "2", "--data.init_args.train_episodes_per_epoch", "4",
             "--data.init_args.val_episodes", "2", "--trainer.enable_progress_bar", "false"]
