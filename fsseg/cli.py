@@ -352,6 +352,9 @@ def _lightning_cli_class():
             self._start_run()
 
         def after_fit(self) -> None:
+            from fsseg.run_records import record_fit_end
+
+            record_fit_end(self.trainer)
             if self.config[self.subcommand].get("test_after_fit"):
                 from fsseg.run_records import record_test, resolved_weights, tested_weights_message
 

@@ -52,6 +52,16 @@ def start_run(trainer, model, datamodule, run: Optional[Run], config: dict, job:
         logger.experiment.config.update({**config, **extra}, allow_val_change=True)
 
 
+def record_fit_end(trainer) -> None:
+    """The checkpoints a fit left, in the W&B summary (the run folder holds them under checkpoints/)."""
+    callback = trainer.checkpoint_callback
+    if callback is None:
+        return
+    for logger in wandb_loggers(trainer):
+        logger.experiment.summary.update({"fsseg/best_checkpoint": str(callback.best_model_path or ""),
+                                          "fsseg/last_checkpoint": str(getattr(callback, "last_model_path", "") or "")})
+
+
 # ------------------------------------------------------------------------------ data summary
 def data_summary(datamodule, job: str) -> Optional[dict]:
     """Benchmark, protocol, fold, shots; per split the classes used and dropped (with why), the

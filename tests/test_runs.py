@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fsseg.results import main as results_main
 from fsseg.runs import RUN_FILE, Run, list_runs
 from fsseg.wandb_records import offline_runs, read_run
 from tests.cli_utils import TINY_FEWSHOT, run_fsseg
@@ -127,7 +128,7 @@ def test_run_name_resume_and_refused_overwrite(tmp_path):
     assert missing.returncode == 2 and "--resume nope: no run folder" in missing.stderr
 
 
-def test_offline_wandb_run_has_group_tags_config_metrics_table_and_panels(tmp_path):
+def test_offline_wandb_run_has_group_tags_config_metrics_table_and_panels(tmp_path, capsys):
     cfg = _config(tmp_path)
     run_fsseg(["fit", "--config", cfg, *TINY_FEWSHOT, "--trainer.max_epochs", "1", "--data.init_args.fold", "1",
                "--test_after_fit", "true"], cwd=tmp_path)
@@ -149,6 +150,7 @@ def test_offline_wandb_run_has_group_tags_config_metrics_table_and_panels(tmp_pa
     results = json.loads((run.path / "results.json").read_text())
     assert results["job"] == "fit+test" and results["weights"].endswith("checkpoints/best.ckpt")
     assert w["summary"]["test/miou"] == pytest.approx(results["metrics"]["test/miou"])
+    assert w["summary"]["fsseg/best_checkpoint"] == results["weights"]
     tables = [h["test/iou_per_class"] for h in w["history"] if "test/iou_per_class" in h]
     assert len(tables) == 1 and tables[0]["_type"] == "table-file"
     table = json.loads((wdir / "files" / tables[0]["path"]).read_text())
@@ -160,6 +162,14 @@ def test_offline_wandb_run_has_group_tags_config_metrics_table_and_panels(tmp_pa
     for p in panels:
         for f in p["filenames"]:
             assert (wdir / "files" / f).stat().st_size > 0
+
+    # fsseg results reads the same cell from the run folder and from the offline W&B run
+    tables = []
+    for source in ([], ["--wandb"]):
+        results_main([str(tmp_path / "runs"), "--metric", "test/miou", *source])
+        tables.append(capsys.readouterr().out)
+    assert tables[0] == tables[1]
+    assert f"| full | {results['metrics']['test/miou']:.1f} | {results['metrics']['test/miou']:.1f} |" in tables[0]
 
 
 @pytest.mark.slow
