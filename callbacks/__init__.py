@@ -1,7 +1,7 @@
-"""Lightning callbacks: curriculum, caches, visualisation. They use the modules' public hooks only."""
+"""Lightning callbacks: curriculum, caches, checkpoints, visualisation. They use the modules' public hooks only."""
 
-from callbacks.checkpoint import LastAndBestCheckpoint
 from callbacks.caches import FrozenFeatureCache, TeacherEmbeddingCache
+from callbacks.checkpoint import LastAndBestCheckpoint
 from callbacks.curriculum import ResolutionCurriculum
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.visualization import PredictionPanels
