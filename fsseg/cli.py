@@ -227,8 +227,6 @@ def _lightning_cli_class():
                 from fsseg.runs import resolve_run
 
                 existing, cfg["ckpt_path"] = resolve_run(req)
-            elif cfg.get("ckpt_path") == "last" and sub == "fit":
-                pass  # Lightning resolves it from the configured ModelCheckpoint dirpath
             self._rebuild_model_from_checkpoint(sub, cfg)
             cfg = self.config[sub]
             if req is not None:
@@ -399,6 +397,9 @@ def report_checkpoint_settings(ckpt_path, config_model: dict, ckpt_model: dict, 
     data_args = cfg.data.get("init_args") if cfg.get("data") is not None else None
     size = ckpt_model.get("image_size")
     if data_args is None or size is None or "image_size" not in data_args or data_args.get("image_size") == size:
+        return
+    if data_args.get("image_size") is None:  # the data module follows the model (predict)
+        data_args["image_size"] = size
         return
     if _given_on_command_line(raw, "data", "image_size"):
         print(f"fsseg: the data loads at --data.init_args.image_size {data_args.get('image_size')} although the "
