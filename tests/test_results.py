@@ -40,6 +40,9 @@ def runs(tmp_path):
     # two more seeds of one cell: averaged with their spread
     _run(root, "full-f0-1-s1", "fit+test", {"test/miou": 62.0, "test/fbiou": 72.0}, variant="full", fold=0, shots=1, seed=1)
     _run(root, "full-f0-1-s2", "fit+test", {"test/miou": 64.0, "test/fbiou": 74.0}, variant="full", fold=0, shots=1, seed=2)
+    # one hdmnet test scored under 3 evaluation seeds (test/miou_seed{s}): their spread is shown
+    _run(root, "uino-f0-1", "fit+test", {"test/miou": 52.0, "test/fbiou": 66.0, "test/miou_seed0": 51.0,
+                                         "test/miou_seed1": 52.0, "test/miou_seed2": 53.0}, variant="uino", fold=0, shots=1)
     # an ablation variant with only fold 0: its other cells stay empty and it has no mean
     _run(root, "bapcs-f0-1", "fit+test", {"test/miou": 50.0, "test/fbiou": 65.0}, variant="ba_pcs", fold=0, shots=1)
     return root
@@ -56,6 +59,7 @@ def test_table1_layout_means_seeds_and_empty_cells(runs, capsys):
     assert full[1:5] == ["62.0", "58.0", "64.0", "61.5"]  # mean of 62, 62, 58, 64
     assert full[5:] == ["70.0", "72.0", "68.0", "74.0", "71.0"]
     assert _row(lines, "ba_pcs") == ["50.0", "", "", "", "", "", "", "", "", ""]
+    assert _row(lines, "uino")[0] == "52.0 ± 1.0 (3 test seeds)"
 
 
 def test_duplicates_are_shown_not_replaced_and_test_only_runs_are_told_apart(runs, capsys):
@@ -76,8 +80,8 @@ def test_table4_ablation_rows_pivot_latex_and_csv(runs, capsys):
     assert lines[2] == "|  | PASCAL-5i fold0 1-shot | PASCAL-5i fold0 5-shot | PASCAL-5i fold1 1-shot | " \
                        "PASCAL-5i fold1 5-shot | PASCAL-5i fold2 1-shot | PASCAL-5i fold2 5-shot | " \
                        "PASCAL-5i fold3 1-shot | PASCAL-5i fold3 5-shot |"
-    rows = [ln.split("|")[1].strip() for ln in lines[4:6]]
-    assert rows == ["BA+PCS", "BA+SVP+PCS+4D"]  # the paper's order
+    rows = [ln.split("|")[1].strip() for ln in lines[4:7]]
+    assert rows == ["BA+PCS", "BA+SVP+PCS+4D", "UINO-FSS"]  # the paper's order
     assert _row(lines, "BA+PCS")[0] == "50.0"
     pivot = _table(capsys, runs, "--rows", "variant", "--cols", "shots", "--metric", "test/fbiou")
     assert _row(pivot, "full") == ["71.5 (mean of 4)", "81.0 (mean of 4)"]  # folds: seed means averaged
