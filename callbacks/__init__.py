@@ -1,8 +1,9 @@
-"""Lightning callbacks: curriculum, caches, visualisation. They use the modules' public hooks only."""
+"""Lightning callbacks: curriculum, caches, checkpoints, visualisation. They use the modules' public hooks only."""
 
 from callbacks.caches import FrozenFeatureCache, TeacherEmbeddingCache
+from callbacks.checkpoint import LastAndBestCheckpoint
 from callbacks.curriculum import ResolutionCurriculum
 from callbacks.prediction_writer import PredictionWriter
 from callbacks.visualization import PredictionPanels
 
-__all__ = ["FrozenFeatureCache", "PredictionPanels", "PredictionWriter", "ResolutionCurriculum", "TeacherEmbeddingCache"]
+__all__ = ["FrozenFeatureCache", "LastAndBestCheckpoint", "PredictionPanels", "PredictionWriter", "ResolutionCurriculum", "TeacherEmbeddingCache"]

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from PIL import Image
 
 from fsseg.visualize import episode_panel
@@ -36,6 +37,8 @@ class PredictionPanels(L.Callback):
             return
         if batch["support"].dim() != 5:
             return  # N-way panels: not drawn (class-index masks per support are 1-way here)
+        if not trainer.is_global_zero:
+            return  # one set of panels per run (DDP ranks draw the same first batches of their shares)
         images = []
         for i in range(min(self.max_per_batch, batch["query"].shape[0])):
             title = f"{stage} step {trainer.global_step} class {int(batch['class_id'][i])}"
@@ -46,10 +49,9 @@ class PredictionPanels(L.Callback):
             self.saved.append(str(path))
             images.append(panel)
         for logger in trainer.loggers:
-            name = type(logger).__name__
-            if name == "WandbLogger":
+            if isinstance(logger, WandbLogger):
                 logger.log_image(key=f"{stage}/panels", images=images, step=trainer.global_step)
-            elif name == "TensorBoardLogger":
+            elif isinstance(logger, TensorBoardLogger):
                 for j, img in enumerate(images):
                     logger.experiment.add_image(f"{stage}/panel_{j}", img, trainer.global_step, dataformats="HWC")
 

@@ -16,7 +16,7 @@ from .base import FewShotDataset
 from .chest_xray import ChestXray
 from .coco import Coco20i
 from .deepglobe import Deepglobe
-from .episode_files import episodes_to_json, read_episodes_file
+from .episode_files import check_episodes_header, episodes_to_json, read_episodes_file
 from .episodes import (
     EpisodeDataset,
     StridedDistributedSampler,
@@ -152,7 +152,9 @@ class EpisodicDataModule(L.LightningDataModule):
         classes: ``folder`` with class-index masks: only these classes (names from ``classes.txt``
             or mask values), e.g. ``dog,airplane`` or ``18,5``.
         protocol: episode protocol: ``fsseg`` | ``hsnet`` | ``hdmnet`` | ``patnet`` (docs/protocols/).
-        episodes_file: evaluate the test split on this JSON episode list (``fsseg episodes``).
+        episodes_file: evaluate the test split on this JSON episode list (``fsseg episodes``); one whose
+            benchmark, fold or shots differ from this config's is refused.
+        force_episodes_file: evaluate ``episodes_file`` even when its benchmark, fold or shots differ.
         val_seed: seed of the validation episodes (default ``seed + 1``).
         val_on_test: validate on the test episodes, as the reference code does (logged).
         scoring_size: where val/test are scored: ``model``, an int ``S`` (HSNet's 400) or ``original``
@@ -190,6 +192,7 @@ class EpisodicDataModule(L.LightningDataModule):
         # -- episode protocol (issue 11) --
         protocol: str = "fsseg",
         episodes_file: Optional[str] = None,
+        force_episodes_file: bool = False,
         val_seed: Optional[int] = None,
         val_on_test: bool = False,
         # -- scoring size and training recipe (docs/protocols/scoring.md) --
@@ -224,6 +227,7 @@ class EpisodicDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.protocol_name, self.protocol = protocol, get_protocol(protocol)
         self.episodes_file, self.val_on_test = episodes_file, val_on_test
+        self.force_episodes_file = force_episodes_file
         self.val_seed = seed + 1 if val_seed is None else val_seed
         self.holdout_fraction, self.classes = holdout_fraction, classes
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
@@ -260,6 +264,8 @@ class EpisodicDataModule(L.LightningDataModule):
         ds = self._fewshot(split)
         if split == "test" and self.episodes_file:
             episodes, self._file_seeds = read_episodes_file(self.episodes_file, ds)
+            if not self.force_episodes_file:
+                check_episodes_header(self.episodes_file, episodes, self.dataset_name, self.fold, self.shots)
         else:
             seeds = self.protocol.eval_seeds(self.val_seed if split == "val" else self.seed, split)
             episodes = self.protocol.eval_episodes(

@@ -64,3 +64,31 @@ def read_episodes_file(path: str, dataset: FewShotDataset) -> Tuple[List[Episode
                                 int(row.get("seed_index", 0))))
     seeds = data.get("eval_seeds") or [data.get("seed", 0)]
     return episodes, [int(s) for s in seeds]
+
+
+# The reference episode files name benchmarks as HSNet's code does (../shared/protocol/golden/*.json:
+# "pascal", "coco", "fss"); fsseg's data modules as pascal5i, coco20i, fss1000.
+BENCHMARK_ALIASES = {"pascal": "pascal5i", "coco": "coco20i", "fss": "fss1000"}
+
+
+def check_episodes_header(path: str, episodes: Sequence[Episode], benchmark: str, fold: int, shots: int) -> None:
+    """Refuse an episode file written for another benchmark, fold or shot count than the data config
+    (its header, and the supports of its episodes): evaluated anyway, the run would be labelled with
+    the config's fold and shots."""
+    with open(path) as f:
+        data = json.load(f)
+    bench = data.get("benchmark")
+    have = {"benchmark": BENCHMARK_ALIASES.get(bench, bench), "fold": data.get("fold"), "shots": data.get("shot")}
+    if have["benchmark"] == "fss1000":
+        have["fold"] = None  # FSS-1000 has one class split; fold does not apply
+    k = {len(way) for ep in episodes for way in ep.supports}
+    if have["shots"] is None and len(k) == 1:
+        have["shots"] = k.pop()
+    want = {"benchmark": benchmark, "fold": fold, "shots": shots}
+    wrong = [key for key in want if have[key] is not None and have[key] != want[key]]
+    if wrong:
+        raise ValueError(
+            f"episodes file {path!r} is for {', '.join(f'{key} {have[key]}' for key in wrong)} but the data config "
+            f"says {', '.join(f'{key} {want[key]}' for key in wrong)}: set --data.init_args."
+            f"{'dataset' if wrong[0] == 'benchmark' else wrong[0]} to match, or --data.init_args.force_episodes_file "
+            "true to evaluate it anyway")

@@ -1,15 +1,18 @@
 """The ``fsseg`` command line: LightningCLI (``fit|validate|test|predict``) plus tools (``TOOLS``).
 
     fsseg fit --config lightning_configs/distill_518.yaml
-    fsseg test --config lightning_configs/fewshot/coco20i_fold0_1shot.yaml --ckpt_path runs/.../best.ckpt
+    fsseg fit --config lightning_configs/pascal5i_hdmnet.yaml --data.init_args.fold 0 --data.init_args.shots 1
+    fsseg test --config lightning_configs/pascal5i_hsnet.yaml --ckpt_path runs/<experiment>/<run>/checkpoints/best.ckpt
+    fsseg results runs/                          the paper's tables from the run folders
     fsseg predict --ckpt_path .../best.ckpt --data.support_dir s/ --data.query_dir q/ [--output_dir out/]
     fsseg params [--backbone dinov2_vitb14]      parameter table of every variant
     fsseg export --ckpt_path ... --support_dir s/ --output_dir export/     ONNX + safetensors
     fsseg demo-ui [--ckpt_path ...]              Gradio web demo (pip install 'fsseg[demo]')
 
 The model class and the data module are chosen in the YAML (``class_path``); ``--print_config``
-shows every default. The config is saved into each run's folder (overwritten when a later
-``fsseg test`` runs in the same folder).
+shows every default. fit/validate/test write one folder per run, ``runs/<experiment>/<run name>/``
+(``fsseg.runs``: config, checkpoints, metrics.csv, panels, results, the W&B run); ``--ckpt_path last``
+and ``--resume NAME`` continue a run in its folder and W&B run.
 
 With ``--ckpt_path`` the model is rebuilt from the checkpoint (its architecture, trained weights and
 frozen-file records, ``fsseg.modules.checkpoints``); ``--model.*`` arguments given on the command
@@ -54,11 +57,14 @@ TOOLS: dict = {
     "prepare": "fsseg.prepare:main",
     "selfcheck": ("fsseg.selfcheck:main", "fit/test/predict on this machine's CPU and GPUs (32, bf16, fp16, DDP): "
                                           "PASS/FAIL per check"),
+    "results": ("fsseg.results:main", "the paper's tables (Table 1/2, 3, 4, any pivot) from run folders or W&B runs"),
 }
 
 DEBUG_ENV = "FSSEG_DEBUG"
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "lightning_configs"
 CKPT_KEYWORDS = ("best", "last", "hpc", "registry")
+# Model settings a checkpoint decides (its weights were trained with them) unless given on the command line.
+CHECKPOINT_WINS = ("variant", "backbone", "image_size")
 
 
 # ------------------------------------------------------------------------------------- help
@@ -152,6 +158,19 @@ def _lightning_cli_class():
                                 help="fit: seconds a SIGTERM leaves Lightning to stop the run cleanly before fsseg "
                                      "ends it (and the DDP ranks it launched) with exit code 143, even when it is "
                                      "stuck in native code such as a collective (fsseg.termination).")
+            parser.add_argument("--experiment", type=Optional[str], default=None,
+                                help="fit/validate/test: the run folder's parent runs/<experiment>/ and the W&B "
+                                     "group (default: the config file's name)")
+            parser.add_argument("--run_name", type=Optional[str], default=None,
+                                help="fit/validate/test: the run folder's name (default: variant-benchmark-fold-"
+                                     "shots-protocol plus a unique suffix); an existing one is refused")
+            parser.add_argument("--resume", type=Optional[str], default=None,
+                                help="fit: continue the run of this name (or run folder path) from its last.ckpt, "
+                                     "in the same folder and W&B run (--ckpt_path last: the newest run of this "
+                                     "experiment and name)")
+            parser.add_argument("--run_folders", type=bool, default=True,
+                                help="fit/validate/test: write into runs/<experiment>/<run name>/ (false: the "
+                                     "trainer's paths as configured)")
             parser.add_argument("--skip_bad_queries", type=bool, default=False,
                                 help="predict: skip query images that cannot be read (counted and listed in "
                                      "summary.json) instead of stopping.")
@@ -213,12 +232,51 @@ def _lightning_cli_class():
                                        "values only, no pickled code runs). Set false only for a trusted file.")
             return parser
 
-        # -- --ckpt_path: rebuild the model on this machine ------------------------------------
+        # -- run folder and --ckpt_path ------------------------------------------------------------
         def _parse_ckpt_path(self) -> None:
+            # Lightning calls this right after parsing: the run folder is found first (`--ckpt_path last`
+            # and `--resume` name a run's checkpoint), then the model is rebuilt from the checkpoint, then
+            # the new folder is named after the model and data actually used (fsseg.runs).
+            self._run = None
             sub = self.config.get("subcommand")
             if not sub:
                 return
             cfg = self.config[sub]
+            req = self._run_request(sub, cfg)
+            existing = None
+            if req is not None:
+                from fsseg.runs import resolve_run
+
+                existing, cfg["ckpt_path"] = resolve_run(req)
+            self._rebuild_model_from_checkpoint(sub, cfg)
+            cfg = self.config[sub]
+            if req is not None:
+                from fsseg.runs import create_run, place_in_run, run_keys
+
+                if existing is None:
+                    req.keys = run_keys(cfg)
+                    existing = create_run(req, weights=cfg.get("ckpt_path"))
+                self._run = existing
+                place_in_run(cfg.trainer, existing, sub)
+                print(f"fsseg: run folder {existing.path}", file=sys.stderr)
+
+        def _run_request(self, sub, cfg):
+            """What the command line asks of the run folder; None when run folders are off."""
+            if sub not in ("fit", "validate", "test"):
+                return None
+            if not cfg.get("run_folders", True):
+                if cfg.get("run_name") or cfg.get("resume"):
+                    raise UsageError("--run_name and --resume need run folders (drop run_folders: false)")
+                return None
+            from fsseg.runs import RunRequest, experiment_name, run_keys
+
+            files = [str(c) for c in (cfg.get("config") or [])]
+            return RunRequest(root=Path(cfg.trainer.get("default_root_dir") or "runs").absolute(),
+                              experiment=experiment_name(files, cfg.get("experiment")), job=sub,
+                              keys=run_keys(cfg), config_files=files, run_name=cfg.get("run_name"),
+                              resume=cfg.get("resume"), ckpt_path=cfg.get("ckpt_path"))
+
+        def _rebuild_model_from_checkpoint(self, sub, cfg) -> None:
             ckpt_path = cfg.get("ckpt_path")
             if not ckpt_path:
                 return
@@ -233,9 +291,11 @@ def _lightning_cli_class():
             ckpt = load_checkpoint_file(ckpt_path)  # weights_only, as Lightning's own hparams read
             if not ckpt.get("hyper_parameters"):
                 return  # no architecture stored: the config's model is used (checked when loading)
-            explicit = _explicit_model_args(getattr(self, "_raw_args", []))
+            raw = getattr(self, "_raw_args", [])
+            explicit = _explicit_model_args(raw)
             init_args = cfg.model.get("init_args") if cfg.get("model") is not None else None
             given = {k: init_args.get(k) for k in explicit if init_args is not None and k in init_args}
+            config_model = {k: init_args.get(k) for k in CHECKPOINT_WINS} if init_args is not None else {}
             class_path, hp = rebuild_hparams(ckpt, str(ckpt_path), given)
             import inspect
 
@@ -250,6 +310,8 @@ def _lightning_cli_class():
             cfg.model = None  # the checkpoint's class replaces the config's (no stale init_args kept)
             self.config = self.parser.parse_object({sub: {"model": model}}, self.config)
             self._ckpt_hparams = known
+            cfg = self.config[sub]
+            report_checkpoint_settings(ckpt_path, config_model, known, explicit, cfg, raw)
 
         def before_instantiate_classes(self) -> None:
             sub = self.config.get("subcommand")
@@ -258,6 +320,10 @@ def _lightning_cli_class():
                 from fsseg.kernels import set_cpu_kernels_enabled
 
                 set_cpu_kernels_enabled(False)
+            if sub and self.config[sub].get("model") is not None:
+                from fsseg.modules.checkpoints import resolve_official_weights
+
+                resolve_official_weights(self.config[sub].model.get("init_args"))
             if sub != "predict":
                 return
             cfg = self.config[sub]
@@ -287,35 +353,89 @@ def _lightning_cli_class():
             if writers and cfg.trainer.get("default_root_dir") is None:
                 cfg.trainer["default_root_dir"] = writers[0].init_args["output_dir"]  # its config.yaml too
 
-        def _group_wandb_runs(self) -> None:
-            """W&B dashboards group runs by variant, fold and shot, so an ablation sweep lines up."""
-            from fsseg.loggers import group_name
+        def after_instantiate_classes(self) -> None:
+            super().after_instantiate_classes()
+            # Lightning merges the data module's hparams into the model's for the loggers and stops at a
+            # key both hold with two values (image_size when the data is loaded at another size); the
+            # loggers get the whole resolved config instead (_start_run).
+            if self.datamodule is not None and hasattr(self.datamodule, "_log_hyperparams"):
+                self.datamodule._log_hyperparams = False
 
-            for logger in getattr(self.trainer, "loggers", []):
-                if type(logger).__name__ == "WandbLogger" and getattr(logger, "_experiment", None) is None:
-                    group, tags = group_name(self.model, self.datamodule)
-                    logger._wandb_init.setdefault("group", group)
-                    logger._wandb_init.setdefault("tags", tags)
-                    logger._wandb_init.setdefault("job_type", self.subcommand)
+        def _start_run(self) -> None:
+            import yaml
+
+            from fsseg.run_records import start_run
+
+            sub = self.subcommand
+            config = yaml.safe_load(self._parser(sub).dump(self.config[sub], skip_validation=True))
+            start_run(self.trainer, self.model, self.datamodule, self._run, config, sub,
+                      self.config[sub].get("ckpt_path"))
 
         def before_fit(self) -> None:
             from fsseg.termination import exit_on_sigterm
 
             exit_on_sigterm(self.config[self.subcommand].get("sigterm_grace_s", 30.0))
-            self._group_wandb_runs()
+            self._start_run()
 
         def after_fit(self) -> None:
+            from fsseg.run_records import record_fit_end
+
+            record_fit_end(self.trainer)
             if self.config[self.subcommand].get("test_after_fit"):
-                ckpt = "best" if getattr(self.trainer.checkpoint_callback, "best_model_path", "") else None
+                from fsseg.run_records import record_test, resolved_weights, tested_weights_message
+
+                callback = self.trainer.checkpoint_callback
+                ckpt = "best" if getattr(callback, "best_model_path", "") else None
+                if self.trainer.is_global_zero:
+                    print(f"fsseg: {tested_weights_message(ckpt, callback)}", file=sys.stderr)
                 self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+                record_test(self.trainer, self.model, self.datamodule, self._run, "fit+test",
+                            resolved_weights(ckpt, callback))
 
         def before_validate(self) -> None:
-            self._group_wandb_runs()
+            self._start_run()
 
         def before_test(self) -> None:
-            self._group_wandb_runs()
+            self._start_run()
+
+        def after_test(self) -> None:
+            from fsseg.run_records import record_test
+
+            record_test(self.trainer, self.model, self.datamodule, self._run, "test",
+                        self.config[self.subcommand].get("ckpt_path"))
 
     return FssegCLI
+
+
+def _given_on_command_line(raw: list[str], section: str, key: str) -> bool:
+    pattern = re.compile(rf"^--{section}\.(?:init_args\.)?{key}(?:=|$)")
+    return any(pattern.match(a) for a in raw)
+
+
+def report_checkpoint_settings(ckpt_path, config_model: dict, ckpt_model: dict, explicit: set, cfg, raw: list) -> None:
+    """Say which image size, variant and backbone the run uses when the checkpoint's differ from the
+    config's (the checkpoint's win unless given on the command line), and load the data at the model's
+    image size unless ``--data.init_args.image_size`` is given."""
+    for key in CHECKPOINT_WINS:
+        was, now = config_model.get(key), ckpt_model.get(key)
+        if key in explicit or was is None or now is None or was == now:
+            continue
+        print(f"fsseg: {ckpt_path} was trained with {key}={now}: using it (the config says {was}; "
+              f"--model.init_args.{key} overrides)", file=sys.stderr)
+    data_args = cfg.data.get("init_args") if cfg.get("data") is not None else None
+    size = ckpt_model.get("image_size")
+    if data_args is None or size is None or "image_size" not in data_args or data_args.get("image_size") == size:
+        return
+    if data_args.get("image_size") is None:  # the data module follows the model (predict)
+        data_args["image_size"] = size
+        return
+    if _given_on_command_line(raw, "data", "image_size"):
+        print(f"fsseg: the data loads at --data.init_args.image_size {data_args.get('image_size')} although the "
+              f"model runs at {size}", file=sys.stderr)
+        return
+    print(f"fsseg: loading the data at the checkpoint's image_size {size} (the config says "
+          f"{data_args.get('image_size')}; --data.init_args.image_size overrides)", file=sys.stderr)
+    data_args["image_size"] = size
 
 
 def default_predict_dir(ckpt_path: Optional[str], query_dir: Optional[str]) -> Path:
@@ -352,17 +472,22 @@ def run_cli(args: list[str] | None = None, run: bool = True, raise_argument_erro
         parser_kwargs["exit_on_error"] = False
         for sub in SUBCOMMANDS:
             parser_kwargs[sub]["exit_on_error"] = False
-    cli = _lightning_cli_class()(
-        parser_kwargs=parser_kwargs,
-        model_class=None,
-        datamodule_class=None,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,
-    )
+    from fsseg.runs import release_shared_run
+
+    try:
+        cli = _lightning_cli_class()(
+            parser_kwargs=parser_kwargs,
+            model_class=None,
+            datamodule_class=None,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+        )
+    finally:
+        release_shared_run()
     if run:
         _finish_wandb()
     return cli

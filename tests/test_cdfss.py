@@ -337,10 +337,11 @@ def test_crossdomain_configs_build_patnet_episode_lists(tmp_path, shots):
     for s, names in (("trn", []), ("val", []), ("test", ["b_cls", "a_cls", "c_cls"])):
         (split_dir / f"{s}.txt").write_text("".join(n + "\r\n" for n in names))  # HSNet's test.txt is CRLF
     for name, n_episodes in (("deepglobe", 600), ("isic", 600), ("chest_xray", 600), ("fss1000", 30)):
-        first, cfg = _config(f"crossdomain_{name}_{shots}shot.yaml")
+        first, cfg = _config(f"crossdomain_{name}.yaml")
         assert first.startswith("# Protocol: patnet")
         args = cfg["data"]["init_args"]
-        assert (args["dataset"], args["protocol"], args["shots"], args["seed"]) == (name, "patnet", shots, 0)
+        assert (args["dataset"], args["protocol"], args["shots"], args["seed"]) == (name, "patnet", 1, 0)
+        args["shots"] = shots  # --data.init_args.shots
         assert args["scoring_size"] == 400 and cfg["model"] == "base/model_full.yaml"
         args = _datamodule_args(args, trees[name])
         if name == "fss1000":
@@ -373,12 +374,13 @@ def test_fss1000_ood_configs_build_hsnet_lists(tmp_path):
     split_dir.mkdir()
     for s, ns in (("trn", ["e_cls"]), ("val", ["f_cls"]), ("test", ["b_cls", "a_cls"])):
         (split_dir / f"{s}.txt").write_text("".join(n + "\n" for n in ns))
-    _, coco = _config("fewshot_coco20i_fold0_1shot.yaml")
+    _, coco = _config("coco20i_fsseg.yaml")
     for shots in (1, 5):
-        first, cfg = _config(f"fss1000_ood_coco20i_{shots}shot.yaml")
+        first, cfg = _config("fss1000_ood_coco20i.yaml")
         assert first.startswith("# Protocol: hsnet")
         args = cfg["data"]["init_args"]
-        assert (args["dataset"], args["protocol"], args["shots"], args["test_episodes"]) == ("fss1000", "hsnet", shots, 0)
+        assert (args["dataset"], args["protocol"], args["shots"], args["test_episodes"]) == ("fss1000", "hsnet", 1, 0)
+        args["shots"] = shots  # --data.init_args.shots
         assert args["split_dir"] == "data/splits/fss"
         # the model block and input size are the COCO-20i fewshot configs', so their checkpoints load
         assert cfg["model"] == coco["model"] and args["image_size"] == coco["data"]["init_args"]["image_size"]

@@ -55,12 +55,14 @@ def _empty_fss_tree(root: Path) -> None:
 
 @needs_golden
 def test_hsnet_fss_episodes_equal_golden_via_cli(tmp_path):
-    """FSS-1000 class folders holding empty 1..10.jpg/png files; 5-shot through `fsseg episodes`."""
+    """FSS-1000 class folders holding empty 1..10.jpg/png files; 5-shot through `fsseg episodes` (the
+    YAML says 1-shot, ``--data.init_args.shots 5`` overrides it as in every other command)."""
     _empty_fss_tree(tmp_path / "fss")
     init = {"dataset": "fss1000", "root": str(tmp_path / "fss"), "split_dir": str(SPLITS / "fss"), "protocol": "hsnet"}
     cfg = tmp_path / "data.yaml"
-    cfg.write_text(json.dumps({"class_path": "data_modules.EpisodicDataModule", "init_args": {**init, "shots": 5}}))
-    run_fsseg(["episodes", "--data", str(cfg), "--split", "test", "--output", str(tmp_path / "fss5.json")], cwd=tmp_path)
+    cfg.write_text(json.dumps({"class_path": "data_modules.EpisodicDataModule", "init_args": {**init, "shots": 1}}))
+    run_fsseg(["episodes", "--data", str(cfg), "--data.init_args.shots", "5", "--split", "test",
+               "--output", str(tmp_path / "fss5.json")], cwd=tmp_path)
     for shots in (1, 5):
         mine = (json.loads((tmp_path / "fss5.json").read_text()) if shots == 5
                 else EpisodicDataModule(**init, shots=1).episodes_json("test"))
@@ -284,7 +286,7 @@ def test_fit_then_test_on_an_episodes_file(tmp_path):
     """`fsseg fit` from the real-format lists on a small VOC tree, then `fsseg test` with
     data.episodes_file: the test evaluates exactly the file's episodes."""
     root, lists = _voc_tree(tmp_path)
-    cfg = str(CONFIGS / "fewshot_pascal5i_fold0_1shot.yaml")
+    cfg = str(CONFIGS / "pascal5i_fsseg.yaml")
     data = ["--data.init_args.root", str(root), "--data.init_args.split_dir", str(lists / "hsnet"),
             "--data.init_args.batch_size", "2", "--data.init_args.train_episodes_per_epoch", "4",
             "--data.init_args.val_episodes", "2", "--trainer.enable_progress_bar", "false"]
@@ -324,3 +326,28 @@ def test_bad_protocol_inputs_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"bad.json.*episode 0 names '2099_0000'"):
         EpisodicDataModule("pascal5i", root=str(root), split_dir=str(lists / "hsnet"),
                            episodes_file=str(bad)).setup("test")
+
+
+def test_episodes_file_of_another_fold_or_shot_is_refused(tmp_path):
+    """An episode list written for 1-shot is refused under a 5-shot config (it would be reported as
+    5-shot), in one line naming the file and both flags; so is one of another benchmark, unless
+    force_episodes_file."""
+    root, lists = _voc_tree(tmp_path)
+    common = dict(root=str(root), split_dir=str(lists / "hsnet"), protocol="hsnet")
+    ep_file = tmp_path / "fold0_1shot.json"
+    ep_file.write_text(json.dumps(EpisodicDataModule("pascal5i", test_episodes=4, **common).episodes_json("test")))
+    with pytest.raises(ValueError, match=r"fold0_1shot.json' is for shots 1 but the data config says shots 5: "
+                                         r"set --data.init_args.shots to match, or --data.init_args.force_episodes_file"):
+        EpisodicDataModule("pascal5i", shots=5, episodes_file=str(ep_file), **common).setup("test")
+    header = json.loads(ep_file.read_text())
+    header.update(benchmark="coco")
+    (tmp_path / "coco.json").write_text(json.dumps(header))
+    with pytest.raises(ValueError, match="is for benchmark coco20i but the data config says benchmark pascal5i"):
+        EpisodicDataModule("pascal5i", episodes_file=str(tmp_path / "coco.json"), **common).setup("test")
+    forced = EpisodicDataModule("pascal5i", episodes_file=str(tmp_path / "coco.json"), force_episodes_file=True,
+                                **common)
+    forced.setup("test")
+    assert len(forced.datasets["test"]) == 4
+    ok = EpisodicDataModule("pascal5i", episodes_file=str(ep_file), **common)  # the file's own fold and shots
+    ok.setup("test")
+    assert len(ok.datasets["test"]) == 4

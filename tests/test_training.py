@@ -162,7 +162,7 @@ def test_distillation_mse_falls_through_the_curriculum(tmp_path):
 @pytest.mark.skipif(not (SHARED / "coco128").exists(), reason=f"real data not found at {SHARED}")
 def test_fewshot_config_test_on_coco128(tmp_path):
     """`fsseg test --config <a shipped few-shot config> --ckpt_path ...` on real COCO images."""
-    cfg = str(CONFIGS / "fewshot_coco20i_fold0_1shot.yaml")
+    cfg = str(CONFIGS / "coco20i_fsseg.yaml")
     data = ["--data.init_args.root", str(SHARED / "coco128"), "--data.init_args.batch_size", "2",
             "--data.init_args.train_episodes_per_epoch", "4", "--data.init_args.val_episodes", "4",
             "--data.init_args.test_episodes", "6"]

@@ -5,6 +5,7 @@ stage-1 adapter checkpoint.
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -19,6 +20,7 @@ from .prompts import MaskDownscaling, RandomFourierPositionEncoding, SemanticVis
 from .teacher import SAMImageEncoder
 from .weights import (
     CheckpointMismatchError,
+    CheckpointNotFoundError,
     WeightsError,
     load_state_dict_file,
     resolve_checkpoint,
@@ -69,6 +71,18 @@ def _adapter_subdict(sd: dict, adapter_keys) -> dict:
     if best is None:
         return dict(sd)  # strict_load will report the mismatch
     return {k[len(best):]: v for k, v in sd.items() if k.startswith(best)}
+
+
+def require_previous_stage(arg: str, path_or_url: Optional[str]) -> None:
+    """A stage-1 adapter file named by ``arg`` (``adapter_init`` / ``adapter_checkpoint``) must exist
+    before anything is built: say which run writes it and how to start from another adapter or none."""
+    if not path_or_url or "://" in str(path_or_url) or Path(str(path_or_url)).expanduser().is_file():
+        return
+    raise CheckpointNotFoundError(
+        f"{arg} {path_or_url}: file not found. It is the adapter of the previous distillation stage: run that "
+        f"stage first (lightning_configs/distill_126.yaml -> distill_252.yaml -> distill_518.yaml, or "
+        f"distill_curriculum.yaml), start from another adapter with --model.init_args.{arg} PATH, or from "
+        f"random adapter weights with --model.init_args.{arg} null")
 
 
 def load_adapter_state(adapter: torch.nn.Module, path_or_url: str, sha256: Optional[str] = None,

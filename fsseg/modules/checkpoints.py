@@ -237,3 +237,34 @@ def write_bundle(module, path: str | os.PathLike, source_ckpt: Optional[str] = N
     buf = io.BytesIO()
     torch.save(ckpt, buf)
     return atomic_write(path, buf.getvalue())
+
+
+OFFICIAL = "official"
+
+
+def resolve_official_weights(init_args: Any) -> dict:
+    """Replace ``official`` in ``dinov2_checkpoint`` / ``sam_checkpoint`` by the official download
+    address of the configured backbone (``DINOV2_ARCHS[backbone].url``) and SAM encoder
+    (``SAM_URLS[teacher]``, ViT-H when the module has no ``teacher``), so configs name the weights
+    once (``fsseg.models.encoder`` and ``fsseg.models.teacher`` hold the addresses). Returns what
+    was replaced; changes ``init_args`` in place."""
+    from fsseg.models.encoder import DINOV2_ARCHS
+    from fsseg.models.teacher import SAM_URLS
+
+    done = {}
+    if init_args is None:
+        return done
+    if init_args.get("dinov2_checkpoint") == OFFICIAL:
+        backbone = str(init_args.get("backbone"))
+        arch = DINOV2_ARCHS.get(backbone)
+        if arch is None or not arch.url:
+            raise WeightsError(f"--model.init_args.dinov2_checkpoint official: backbone {backbone!r} has no official "
+                               "DINOv2 weights; give a path or URL (or null for random weights)")
+        init_args["dinov2_checkpoint"] = done["dinov2_checkpoint"] = arch.url
+    if init_args.get("sam_checkpoint") == OFFICIAL:
+        teacher = str(init_args.get("teacher") or "vit_h")
+        if teacher not in SAM_URLS:
+            raise WeightsError(f"--model.init_args.sam_checkpoint official: SAM encoder {teacher!r} has no official "
+                               f"weights (official ones: {', '.join(SAM_URLS)}); give a path or URL")
+        init_args["sam_checkpoint"] = done["sam_checkpoint"] = SAM_URLS[teacher]
+    return done

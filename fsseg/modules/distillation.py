@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from fsseg.cache import TensorDiskCache
 from fsseg.models import BottleneckAdapter, DINOv2Encoder, SAMImageEncoder
-from fsseg.models.build import load_adapter_state, resolve_adapter_settings
+from fsseg.models.build import load_adapter_state, require_previous_stage, resolve_adapter_settings
 from fsseg.modules.common import (
     GuardedStepMixin,
     LeanCheckpointMixin,
@@ -130,6 +130,7 @@ class DistillationModule(GuardedStepMixin, LeanCheckpointMixin, L.LightningModul
         for key, value in (("mid_dim", adapter_mid_dim), ("bottleneck_dim", adapter_bottleneck_dim)):
             if adapter_kwargs.setdefault(key, value) != value:
                 raise ValueError(f"adapter_kwargs {key}={adapter_kwargs[key]!r} conflicts with adapter_{key}={value!r}")
+        require_previous_stage("adapter_init", adapter_init)
         adapter_kwargs, tap_norm = resolve_adapter_settings(adapter_init, adapter_kwargs, tap_norm)
         self.hparams["adapter_kwargs"], self.hparams["tap_norm"] = adapter_kwargs, tap_norm
         self.encoder = DINOv2Encoder(arch=backbone, tap_block=tap_block, checkpoint=dinov2_checkpoint,

@@ -18,7 +18,7 @@ from fsseg.cache import TensorDiskCache, module_fingerprint
 from fsseg.losses import dice_bce_loss
 from fsseg.metrics import FewShotIoU, update_scored
 from fsseg.models import build_fsdino
-from fsseg.models.build import canonical_variant, resolve_adapter_settings
+from fsseg.models.build import canonical_variant, require_previous_stage, resolve_adapter_settings
 from fsseg.models.fsdino import ImageFeatures
 from fsseg.modules.common import (
     GuardedStepMixin,
@@ -104,6 +104,7 @@ class FewShotModule(SupportSetPredictionMixin, GuardedStepMixin, LeanCheckpointM
         if adapter_checkpoint:
             # The adapter settings read from the stage-1 checkpoint are written into the
             # hyper-parameters: a model rebuilt from this module's checkpoint never reads that file.
+            require_previous_stage("adapter_checkpoint", adapter_checkpoint)
             mk = dict(model_kwargs or {})
             mk["adapter_kwargs"], mk["tap_norm"] = resolve_adapter_settings(
                 adapter_checkpoint, mk.get("adapter_kwargs"), mk.get("tap_norm"))
