@@ -129,7 +129,7 @@ class SpecializationDataModule(L.LightningDataModule):
         query_dir: images (folder or file) for ``fsseg predict``.
         val_dir: labelled queries (same class names as the supports; a single-class folder maps to
             the only class when N = 1).
-        image_size: model input size.
+        image_size: model input size (None: the model's ``image_size``, set by ``SpecializeModule``).
         shots: K per class (first K in sorted order); None = all available (smallest class count).
         mask_encoding: ``auto`` (detected per file) | ``index`` | ``binary255`` | ``binary01`` | ``rgb`` | ``jpeg``.
         synthetic_classes: number of classes of the synthetic fallback (novel classes of ``synthetic_fold``).
@@ -145,7 +145,7 @@ class SpecializationDataModule(L.LightningDataModule):
     """
 
     def __init__(self, support_dir: Optional[str] = None, query_dir: Optional[str] = None,
-                 val_dir: Optional[str] = None, image_size: int = 518, shots: Optional[int] = None,
+                 val_dir: Optional[str] = None, image_size: Optional[int] = None, shots: Optional[int] = None,
                  mask_encoding: str = "auto", synthetic_classes: int = 2, synthetic_fold: int = 0,
                  synthetic_queries: int = 4, synthetic_seed: int = 0, repeats: int = 8, augment: bool = True,
                  batch_size: int = 4, num_workers: int = 0, scoring_size: Union[Literal["model", "original"], int] = "model"
@@ -170,7 +170,7 @@ class SpecializationDataModule(L.LightningDataModule):
         else:
             k = shots or 1
             classes = novel_classes(synthetic_fold)[:synthetic_classes]
-            ds = SyntheticFewShot(fold=synthetic_fold, split="test", seed=synthetic_seed, image_size=image_size,
+            ds = SyntheticFewShot(fold=synthetic_fold, split="test", seed=synthetic_seed, image_size=image_size or 518,
                                   images_per_class=k + synthetic_queries, classes=classes)
             self.dataset, self.class_ids = ds, list(classes)
             self.support_keys = {c: ds.samples_by_class[c][:k] for c in classes}

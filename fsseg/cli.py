@@ -142,6 +142,14 @@ def _lightning_cli_class():
             parser.add_argument("--skip_bad_queries", type=bool, default=False,
                                 help="predict: skip query images that cannot be read (counted and listed in "
                                      "summary.json) instead of stopping.")
+            parser.add_argument("--overwrite", type=bool, default=False,
+                                help="predict: replace the predictions of an earlier run in --output_dir (an "
+                                     "output folder that holds some is refused otherwise).")
+            parser.add_argument("--class_name", type=Optional[str], default=None,
+                                help="predict: the name of the class of a single-folder support set (images/ + "
+                                     "masks/; default: the folder's name).")
+            parser.add_argument("--per_class_masks", type=bool, default=False,
+                                help="predict: also write one 0/255 mask per class (masks/<photo>/<class>.png).")
             parser.set_defaults({
                 "model": {"class_path": "fsseg.modules.FewShotModule"},
                 "data": {"class_path": "data_modules.EpisodicDataModule"},
@@ -233,6 +241,8 @@ def _lightning_cli_class():
         def before_instantiate_classes(self) -> None:
             sub = self.config.get("subcommand")
             self._resolve_precision(sub)
+            if sub == "fit":
+                self._specialize_at_teacher_size(self.config[sub])
             if sub != "predict":
                 return
             cfg = self.config[sub]
@@ -247,10 +257,17 @@ def _lightning_cli_class():
                 data_args["image_size"] = model_args.get("image_size")
             if data_args is not None and cfg.get("skip_bad_queries") and "skip_bad_queries" in data_args:
                 data_args["skip_bad_queries"] = True
+            if data_args is not None and cfg.get("class_name"):
+                if "class_name" not in data_args:
+                    raise UsageError("--class_name names the class of an episodic support folder (--data.support_dir); "
+                                     "a specialised model's classes are named in its checkpoint")
+                data_args["class_name"] = cfg.get("class_name")
             out = cfg.get("output_dir")
             writers = [c for c in (cfg.trainer.get("callbacks") or [])
                        if str(getattr(c, "class_path", "")).endswith("PredictionWriter")]
             for w in writers:
+                w.init_args["overwrite"] = bool(cfg.get("overwrite"))
+                w.init_args["per_class_masks"] = bool(cfg.get("per_class_masks"))
                 if out:
                     w.init_args["output_dir"] = out
                 elif w.init_args.get("output_dir") is None:
@@ -261,6 +278,15 @@ def _lightning_cli_class():
                       f"(--output_dir to change)", file=sys.stderr)
             if writers and cfg.trainer.get("default_root_dir") is None:
                 cfg.trainer["default_root_dir"] = writers[0].init_args["output_dir"]  # its config.yaml too
+
+        def _specialize_at_teacher_size(self, cfg) -> None:
+            # A specialisation with a teacher checkpoint runs at the teacher's image size unless
+            # --model.image_size is given on the command line (a config's value is the smoke teacher's).
+            model = cfg.get("model")
+            init = model.get("init_args") if model is not None else None
+            if (init is not None and str(model.get("class_path", "")).endswith("SpecializeModule")
+                    and init.get("teacher_ckpt") and "image_size" not in _explicit_model_args(self._raw_args)):
+                init["image_size"] = None
 
         def _group_wandb_runs(self) -> None:
             """W&B dashboards group runs by variant, fold and shot, so an ablation sweep lines up."""
@@ -295,11 +321,18 @@ def default_predict_dir(ckpt_path: Optional[str], query_dir: Optional[str]) -> P
     its parent when that is ``checkpoints/``; without a checkpoint ``./predictions``."""
     name = Path(str(query_dir)).stem if query_dir else "queries"
     if not ckpt_path:
-        return Path("predictions") / name
-    run = Path(ckpt_path).resolve().parent
-    if run.name == "checkpoints":
-        run = run.parent
-    return run / "predictions" / name
+        base = Path("predictions").resolve() / name
+    else:
+        run = Path(ckpt_path).resolve().parent
+        if run.name == "checkpoints":
+            run = run.parent
+        base = run / "predictions" / name
+    # a fresh folder per run: <name>, else <name>_2, <name>_3, ... (runs never mix)
+    candidate, k = base, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        k += 1
+        candidate = base.with_name(f"{base.name}_{k}")
+    return candidate
 
 
 def __getattr__(name: str):

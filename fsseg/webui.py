@@ -4,7 +4,7 @@
     fsseg demo-ui --small                       # the small built-in (untrained) model, for a look
 
 Give 1-3 support shots of one class: for each, upload an image and either upload its mask (any
-non-zero / white pixel = the object; 0/1, 0/255 and RGB masks work) or paint the object on the image
+non-zero / white pixel = the object; 0/1, 0/255 and RGB masks work; soft-edged grey masks: >= 128) or paint the object on the image
 with the brush (an uploaded mask wins over painting). Upload a query photo and press *Segment*:
 the app shows the query with the predicted object coloured and the mask (0/255, at the query's
 own size), plus the object's pixel fraction. The supports are encoded once per click
@@ -60,13 +60,14 @@ def editor_image_and_mask(value: Any) -> tuple[Optional[np.ndarray], Optional[np
 
 
 def mask_from_upload(mask: Optional[np.ndarray], size: tuple[int, int]) -> Optional[np.ndarray]:
-    """Uploaded mask image (grey/RGB/RGBA; 0/1, 0/255 or colours) -> bool ``[H,W]`` at ``size`` (nearest)."""
+    """Uploaded mask image (grey/RGB/RGBA; 0/1, 0/255, colours, or soft-edged grey: >= 128 is the
+    object) -> bool ``[H,W]`` at ``size`` (nearest); the rules ``fsseg predict`` applies to mask files
+    (``data_modules.masks.binary_mask_from_array``)."""
     if mask is None:
         return None
-    m = np.asarray(mask)
-    if m.ndim == 3:
-        m = m[..., :3].max(axis=-1) if m.shape[-1] >= 3 else m[..., 0]
-    m = m > 0
+    from data_modules.masks import binary_mask_from_array
+
+    m = binary_mask_from_array(mask, "uploaded mask") > 0
     if m.shape != tuple(size):
         import torch
         import torch.nn.functional as F
@@ -137,7 +138,10 @@ def build_app(module):
             img = _rgb(image) if image is not None else bg
             if img is None:
                 continue
-            m = mask_from_upload(up, img.shape[:2])
+            try:
+                m = mask_from_upload(up, img.shape[:2])
+            except ValueError as e:  # a mask file the rules cannot read: a message, not a traceback
+                raise gr.Error(str(e)) from e
             if m is None and painted is not None and painted.shape == img.shape[:2]:
                 m = painted
             if m is None or not m.any():
