@@ -15,6 +15,10 @@ With ``--ckpt_path`` the model is rebuilt from the checkpoint (its architecture,
 frozen-file records, ``fsseg.modules.checkpoints``); ``--model.*`` arguments given on the command
 line override the checkpoint's values (e.g. a moved ``--model.init_args.dinov2_checkpoint``).
 
+Quiet by default: Lightning's information lines and tips, framework deprecation notices and the
+CUDA-toolkit probe are not shown, and each warning is one line ``warning: <message>``; ``--verbose``
+shows everything as the frameworks print it.
+
 Errors: a bad input or configuration prints one line ``error: <message>`` and exits with code 2;
 ``--debug`` (or ``FSSEG_DEBUG=1``) shows the traceback instead. Unexpected errors (bugs) always
 show their traceback and exit with 1.
@@ -104,6 +108,7 @@ def main_help() -> str:
     lines += [f"  {n:<{width}}{h}" for n, h in rows[len(SUBCOMMANDS):]]
     lines += ["", "options:",
               f"  {'--debug':<{width}}show the full traceback of an error (same as {DEBUG_ENV}=1)",
+              f"  {'--verbose':<{width}}show every framework message (Lightning's information, deprecations)",
               f"  {'-h, --help':<{width}}this message"]
     return "\n".join(lines)
 
@@ -357,7 +362,9 @@ def run_cli(args: list[str] | None = None, run: bool = True, raise_argument_erro
         parser_kwargs["exit_on_error"] = False
         for sub in SUBCOMMANDS:
             parser_kwargs[sub]["exit_on_error"] = False
-    cli = _lightning_cli_class()(
+    cli_class = _lightning_cli_class()
+    _set_quiet_levels()
+    cli = cli_class(
         parser_kwargs=parser_kwargs,
         model_class=None,
         datamodule_class=None,
@@ -495,10 +502,53 @@ def _dispatch(args: list[str]) -> None:
     run_cli(args, raise_argument_errors=True)
 
 
+# Framework messages a user cannot act on (shown with --verbose): the loggers below WARNING, and these
+# warnings (message regexes).
+QUIET_LOGGERS = {"lightning.pytorch": "WARNING", "lightning.fabric": "WARNING", "lightning": "WARNING",
+                 "torch.utils.cpp_extension": "ERROR", "onnxscript": "ERROR", "onnx_ir": "ERROR"}
+QUIET_WARNINGS = (
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning's pytree use under torch >= 2.9
+    r"Found \d+ module\(s\) in eval mode",  # the frozen encoder is in eval mode by design
+    r"Total length of `\w+` across ranks is zero",  # no validation set (a specialisation without val_dir)
+    r"The `srun` command is available",
+)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    text = " ".join(str(message).split())
+    print(f"warning: {text} ({os.path.basename(str(filename))}:{lineno})", file=file or sys.stderr)
+
+
+_QUIET = {"on": False}  # set by quiet_frameworks (main without --verbose)
+
+
+def _set_quiet_levels() -> None:
+    # Lightning sets its loggers to INFO when imported: applied again once it is
+    import logging
+
+    if _QUIET["on"]:
+        for name, level in QUIET_LOGGERS.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def quiet_frameworks() -> None:
+    """See the module docstring (``--verbose`` skips this)."""
+    import warnings
+
+    _QUIET["on"] = True
+    _set_quiet_levels()
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=f".*{pattern}")
+    warnings.showwarning = _one_line_warning
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get(DEBUG_ENV, "").lower() not in ("", "0", "false", "no")
-    args = [a for a in args if a != "--debug"]
+    verbose = "--verbose" in args
+    args = [a for a in args if a not in ("--debug", "--verbose")]
+    if not verbose:
+        quiet_frameworks()
     import warnings
 
     # main() hands LightningCLI the command line itself (after taking --debug out of it)

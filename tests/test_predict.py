@@ -288,3 +288,25 @@ def test_stopped_run_still_writes_summary_and_names_the_flag(small_ckpt, tmp_pat
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["images"] == 2
     assert summary["skipped_queries"]["count"] == 1 and summary["classes"]["1"] == "blob"
+
+
+def test_quiet_by_default_verbose_shows_framework_messages(small_ckpt, tmp_path):
+    from tests.cli_utils import run_fsseg
+
+    support = tmp_path / "support"
+    (support / "images").mkdir(parents=True)
+    (support / "masks").mkdir()
+    img = np.random.default_rng(0).integers(0, 255, (60, 70, 3), dtype=np.uint8)
+    mask = np.zeros((60, 70), np.uint8)
+    mask[10:40, 10:50] = 255
+    Image.fromarray(img).save(support / "images" / "s.png")
+    Image.fromarray(mask).save(support / "masks" / "s.png")
+    args = ["predict", "--ckpt_path", small_ckpt, "--data.support_dir", str(support), "--data.query_dir",
+            str(support / "images"), "--trainer.accelerator", "cpu"]
+    quiet = run_fsseg([*args, "--output_dir", str(tmp_path / "a")], tmp_path)
+    text = quiet.stdout + quiet.stderr
+    for noise in ("Tip:", "GPU available", "deprecated", "No CUDA runtime", "Restoring states"):
+        assert noise not in text, noise
+    assert "s.png (70x60)" in text and "predictions: 1 masks" in text
+    loud = run_fsseg([*args, "--output_dir", str(tmp_path / "b"), "--verbose"], tmp_path)
+    assert "GPU available" in loud.stdout + loud.stderr
