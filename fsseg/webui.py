@@ -84,7 +84,7 @@ def pair_uploaded_supports(images: Optional[list], masks: Optional[list]) -> lis
     """Uploaded support files -> ``[(RGB [H,W,3], mask bool [H,W])]``: masks matched to images by file
     stem, read (EXIF orientation, encodings) as ``fsseg predict`` reads a support folder. An image
     without a mask, or a mask of another size, is a ``ValueError`` naming the file."""
-    from data_modules.masks import read_image, read_mask
+    from data_modules.masks import read_image
 
     images, masks = [str(p) for p in images or []], [str(p) for p in masks or []]
     if not images and not masks:
