@@ -372,11 +372,13 @@ class BudgetSpecializationDataModule(SpecializationDataModule):
         max_test_images: score only the first n test images (sorted by name; smoke runs), None = all.
         scoring_size: ``model`` (default: DistillFSS scores the S x S resized image and nearest-resized
             mask, ``distillfss/data/__init__.py:54-58``, ``kvasir.py:92-96``), an int or ``original``.
-        image_size / repeats / augment / batch_size / num_workers / query_dir: as ``SpecializationDataModule``.
+        image_size / repeats / augment / batch_size / num_workers / query_dir: as ``SpecializationDataModule``
+            (image_size None: the model's, set by ``SpecializeModule``; the CLI sets None when a teacher
+            checkpoint gives the size).
     """
 
     def __init__(self, dataset: str, root: str, budget: int = 5, test_fraction: float = 0.2, split_seed: int = 42,
-                 max_test_images: Optional[int] = None, image_size: int = 518, query_dir: Optional[str] = None,
+                 max_test_images: Optional[int] = None, image_size: Optional[int] = 518, query_dir: Optional[str] = None,
                  repeats: int = 8, augment: bool = True, batch_size: int = 4, num_workers: int = 0,
                  scoring_size: Union[Literal["model", "original"], int] = "model") -> None:
         L.LightningDataModule.__init__(self)

@@ -286,12 +286,18 @@ def _lightning_cli_class():
 
         def _specialize_at_teacher_size(self, cfg) -> None:
             # A specialisation with a teacher checkpoint runs at the teacher's image size unless
-            # --model.image_size is given on the command line (a config's value is the smoke teacher's).
+            # --model.image_size is given on the command line (a config's value is the smoke teacher's);
+            # the data follow the model unless --data.image_size is given there too.
             model = cfg.get("model")
             init = model.get("init_args") if model is not None else None
             if (init is not None and str(model.get("class_path", "")).endswith("SpecializeModule")
                     and init.get("teacher_ckpt") and "image_size" not in _explicit_model_args(self._raw_args)):
                 init["image_size"] = None
+                data = cfg.get("data")
+                data_args = data.get("init_args") if data is not None else None
+                given = any(re.match(r"^--data\.(init_args\.)?image_size(=|$)", a) for a in self._raw_args)
+                if data_args is not None and "image_size" in data_args and not given:
+                    data_args["image_size"] = None
 
         def _group_wandb_runs(self) -> None:
             """W&B dashboards group runs by variant, fold and shot, so an ablation sweep lines up."""

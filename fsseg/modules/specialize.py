@@ -229,8 +229,8 @@ class SpecializeModule(LeanCheckpointMixin, L.LightningModule):
                 dm.image_size = int(self.hparams.image_size)
             elif int(dm.image_size) != int(self.hparams.image_size):
                 raise ValueError(f"data.image_size {dm.image_size} differs from the model's image_size "
-                                 f"{self.hparams.image_size} (the size the specialised model predicts at): drop "
-                                 "--data.image_size (it follows the model) or give the same --model.image_size")
+                                 f"{self.hparams.image_size} (the size the specialised model predicts at): "
+                                 "--data.image_size null follows the model, or give the same --model.image_size")
         if stage == "fit" and self.trainer.is_global_zero:
             print(f"specialising at {self.describe_size()}", file=sys.stderr)
         support_set = dm.support_set() if dm is not None and hasattr(dm, "support_set") else None
