@@ -196,3 +196,14 @@ def test_specialisation_runs_at_the_teacher_size_and_reports_its_checkpoint_and_
     assert "leave-one-out" in proc.stderr and "foreground IoU" in proc.stderr
     hp = load_checkpoint_file(ckpt)["hyper_parameters"]
     assert hp["image_size"] == 140 and hp["backbone"] == "dinov2_tiny" and hp["decoder_dim"] == 32
+    # the bundle of a teacher-based specialisation rebuilds with no teacher file at all
+    from fsseg.modules.checkpoints import load_module_from_checkpoint
+
+    module = load_module_from_checkpoint(ckpt).eval()
+    write_bundle(module, tmp_path / "bundle.ckpt", str(ckpt), hparams=module.bundle_hparams())
+    (tmp_path / "teacher.ckpt").unlink()
+    rebuilt = load_module_from_checkpoint(tmp_path / "bundle.ckpt").eval()
+    assert rebuilt.hparams.teacher_ckpt is None and rebuilt.hparams.image_size == 140
+    q = torch.rand(2, 3, 140, 140, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(rebuilt.student(q)["logits"], module.student(q)["logits"])
