@@ -50,7 +50,8 @@ SUBCOMMANDS = {
 # line is shown (read from the source file, without importing the module).
 TOOLS: dict = {
     "params": ("fsseg.params:main", "parameter table of every FS-DINO variant"),
-    "export": ("fsseg.export:main", "ONNX + safetensors of the segmenter for a fixed support set (--bundle: one file)"),
+    "export": ("fsseg.export:main", "ONNX + safetensors of a trained segmenter: episodic (its support set baked in) or "
+                                    "specialised (support-free); --bundle: one file"),
     "demo-ui": ("fsseg.webui:main", "Gradio web demo: upload supports and a photo, get the mask"),
     "episodes": "fsseg.episodes_tool:main",
     "davis": "fsseg.video:main",
