@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
@@ -165,6 +166,11 @@ def build_app(module):
     import gradio as gr
 
     seg = DemoSegmenter(module)
+
+    def user_error(message: str):
+        # a known user error: a message in the app and one line in the console, no traceback
+        print(f"demo-ui: {' '.join(message.split())}", file=sys.stderr, flush=True)
+        return gr.Error(message, print_exception=False)
     editors, uploads = [], []
 
     def run(*values):
@@ -173,7 +179,7 @@ def build_app(module):
         try:
             shots = pair_uploaded_supports(many_images, many_masks)
         except ValueError as e:  # a known user error: a message in the app, not a traceback
-            raise gr.Error(str(e)) from e
+            raise user_error(str(e)) from e
         for image, up, ed in zip(images, mask_uploads, paintings):
             bg, painted = editor_image_and_mask(ed)
             img = _rgb(image) if image is not None else bg
@@ -182,16 +188,16 @@ def build_app(module):
             try:
                 m = mask_from_upload(up, img.shape[:2])
             except ValueError as e:  # a mask file the rules cannot read: a message, not a traceback
-                raise gr.Error(str(e)) from e
+                raise user_error(str(e)) from e
             if m is None and painted is not None and painted.shape == img.shape[:2]:
                 m = painted
             if m is None or not m.any():
-                raise gr.Error("each support image needs a non-empty mask (upload one or paint the object)")
+                raise user_error("each support image needs a non-empty mask (upload one or paint the object)")
             shots.append((img, m))
         try:
             res = seg(shots, query)
         except ValueError as e:
-            raise gr.Error(str(e)) from e
+            raise user_error(str(e)) from e
         h, w = res["mask"].shape
         return res["overlay"], res["mask"], f"{len(shots)} shot(s); query {w}x{h}; object {100 * res['fraction']:.1f}% of pixels"
 

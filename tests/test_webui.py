@@ -202,3 +202,31 @@ def test_webui_five_supports_in_browser(browser, app_url, tmp_path):
     info = page.locator("#result_info textarea").input_value()
     assert "5 shot(s)" in info and "query 143x77" in info, info
     page.close()
+
+
+def test_webui_known_user_error_is_a_message_not_a_traceback(browser, app_url, tmp_path, capfd):
+    images, masks = _eiffel_supports()
+    query = _images(tmp_path)["query"]
+    page = browser.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(app_url)
+    capfd.readouterr()
+    err = ""
+    for attempt in range(4):
+        page.locator("#support_files input[type=file]").first.set_input_files([str(p) for p in images])
+        page.locator("#support_mask_files input[type=file]").first.set_input_files([str(p) for p in masks[:4]])
+        page.locator("#query input[type=file]").first.set_input_files(str(query))
+        page.locator("#query img").first.wait_for()
+        page.wait_for_timeout(3000 * (attempt + 1))
+        page.locator("#run").click()
+        page.wait_for_timeout(5000)
+        err += capfd.readouterr().err
+        if "no mask with the same file name" in err:
+            break
+    else:
+        raise AssertionError("the app never reported the missing mask")
+    assert "no mask with the same file name" in page.content()  # shown in the page
+    page.wait_for_timeout(1000)
+    err += capfd.readouterr().err
+    assert "demo-ui: support image" in err and "Traceback" not in err, err[-2000:]
+    page.close()
