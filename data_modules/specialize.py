@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .base import FewShotDataset, FileFewShotDataset
-from .datamodule import _QueryFolder
+from .datamodule import _QueryFolder, collate_queries
 from .episodes import collate_dicts
 from .folder import FolderDataset
 from .masks import IGNORE_INDEX, list_images
@@ -142,16 +142,19 @@ class SpecializationDataModule(L.LightningDataModule):
         augment: augment the repeated supports.
         batch_size: images per batch.
         num_workers: DataLoader worker processes.
+        skip_bad_queries: ``predict``: skip unreadable photos (listed in ``summary.json``) instead of
+            stopping at the first.
     """
 
     def __init__(self, support_dir: Optional[str] = None, query_dir: Optional[str] = None,
                  val_dir: Optional[str] = None, image_size: Optional[int] = None, shots: Optional[int] = None,
                  mask_encoding: str = "auto", synthetic_classes: int = 2, synthetic_fold: int = 0,
                  synthetic_queries: int = 4, synthetic_seed: int = 0, repeats: int = 8, augment: bool = True,
-                 batch_size: int = 4, num_workers: int = 0, scoring_size: Union[Literal["model", "original"], int] = "model"
-                 ) -> None:
+                 batch_size: int = 4, num_workers: int = 0, scoring_size: Union[Literal["model", "original"], int] = "model",
+                 skip_bad_queries: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.skip_bad_queries = skip_bad_queries
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
         self.repeats, self.augment, self.query_dir = repeats, augment, query_dir
         self.scoring_size = scoring_size
@@ -267,9 +270,13 @@ class SpecializationDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         if not self.query_dir:
             raise ValueError("predict needs data.query_dir (a folder or an image file)")
-        paths = [self.query_dir] if os.path.isfile(self.query_dir) else list_images(self.query_dir, what="query folder")
-        return DataLoader(_QueryFolder(paths, self.image_size), batch_size=self.batch_size, shuffle=False,
-                          num_workers=self.num_workers, collate_fn=collate_dicts)
+        found: list = []
+        paths = ([self.query_dir] if os.path.isfile(self.query_dir)
+                 else list_images(self.query_dir, what="query folder", skipped=found))
+        self.skipped_files = [{**s, "role": "query"} for s in found]  # listed in summary.json
+        return DataLoader(_QueryFolder(paths, self.image_size, getattr(self, "skip_bad_queries", False)),
+                          batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                          collate_fn=collate_queries)
 
 
 # ---------------------------------------------------------------------------------------------

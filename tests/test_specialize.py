@@ -207,3 +207,18 @@ def test_specialisation_runs_at_the_teacher_size_and_reports_its_checkpoint_and_
     q = torch.rand(2, 3, 140, 140, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(rebuilt.student(q)["logits"], module.student(q)["logits"])
+    # support-free predict at the teacher's size; an unreadable photo is skipped with --skip_bad_queries
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(rng.integers(0, 255, (50, 90, 3), dtype=np.uint8)).save(photos / "a.png")
+    (photos / "b.jpg").write_bytes(b"")
+    (photos / "notes.txt").write_text("x")
+    run_fsseg(["predict", "--config", str(CONFIGS / "specialize_folder.yaml"), "--data.support_dir", "null",
+               "--data.query_dir", str(photos), "--ckpt_path", str(tmp_path / "bundle.ckpt"), "--output_dir",
+               str(tmp_path / "pred"), "--skip_bad_queries", "true"], cwd=tmp_path)
+    import json
+
+    summary = json.loads((tmp_path / "pred" / "summary.json").read_text())
+    assert summary["image_size"] == 140 and summary["images"] == 1 and summary["skipped_queries"]["count"] == 1
+    assert [s["reason"] for s in summary["skipped_files"]] == ["not an image file"]
+    assert Image.open(tmp_path / "pred" / "masks" / "a.png").size == (90, 50)

@@ -438,10 +438,16 @@ class SpecializeModule(LeanCheckpointMixin, L.LightningModule):
         if self.student is None:
             raise RuntimeError("no specialised student: give --ckpt_path of a SpecializeModule run, or a data "
                                "module with a support set")
+        extra = {"skipped_queries": list(batch.get("skipped_queries") or []),
+                 "exif_orientation": list(batch.get("exif_orientation") or [])}
+        names = list(self.student.class_names)
+        if batch["query"].shape[0] == 0:  # every photo of the batch was unreadable (skip_bad_queries)
+            s = int(self.hparams.image_size)
+            return {"pred": torch.zeros(0, s, s, dtype=torch.int64), "logits": torch.zeros(0, len(names) + 1, s, s),
+                    "query_path": [], "query_original_size": torch.zeros(0, 2), "class_names": names, **extra}
         out = self.student(batch["query"])
         return {"pred": out["pred"], "logits": out["logits"], "query_path": batch.get("query_path"),
-                "query_original_size": batch.get("query_original_size"),
-                "class_names": list(self.student.class_names)}
+                "query_original_size": batch.get("query_original_size"), "class_names": names, **extra}
 
     def configure_optimizers(self):
         if self.student is None:
