@@ -7,18 +7,27 @@ supports, so it serves the episodic ``FewShotModule`` and the support-free speci
 Per query ``<stem>`` (``<stem>_<index>`` when two queries share a stem), in ``output_dir``:
 
 * ``masks/<stem>.png``: single-channel ``uint8`` PNG at the photo's original size (the model-size
-  prediction is resized with nearest neighbour). **One class: values 0 / 255** (background /
-  foreground, viewable as is). **N > 1 classes: class index 0..N** (0 = background, c = the c-th
-  entry of ``class_names``, the order of ``summary.jsonl``'s ``classes``). ``single_class_value``
-  changes the 255.
-* ``overlays/<stem>.png``: the photo with the classes coloured (``fsseg.visualize.overlay``).
+  prediction is resized with nearest neighbour, row by row: ``torch``'s ``nearest`` indices, never a
+  float copy of the full-size mask, so an 8000x6000 photo costs its uint8 mask). **One class: values
+  0 / 255** (background / foreground, viewable as is). **N > 1 classes: class index 0..N** (0 =
+  background, c = ``classes[c]`` of ``summary.json``, the order the classes were given in).
+  ``single_class_value`` changes the 255. ``per_class_masks``: also ``masks/<stem>/<class>.png``,
+  one 0/255 mask per class.
+* ``overlays/<stem>.png``: the photo with the classes coloured (``fsseg.visualize.overlay``), with a
+  legend when there are several classes, at most ``overlay_max_side`` pixels on its long side.
 * one summary line per image, printed (through the progress bar, so it stays intact) and appended
   to ``summary.csv`` (``image,height,width,mask,overlay,background,<class 1>,...``, pixel
   fractions) and ``summary.jsonl``. Both files are started afresh at the beginning of each predict
   run (one header); with several processes each rank writes ``summary.rank<r>.{csv,jsonl}``.
-* ``summary.json`` at the end of the run: the support set actually used (files and K per class, the
-  module's ``support_set_info``), the queries whose EXIF orientation was applied, and the unreadable
-  queries skipped (``skip_bad_queries``), each also printed.
+* ``summary.json`` at the end of the run, and also when the run stops on an error (``status``
+  ``"stopped"``, the error, and what was written until then): absolute paths, the checkpoint, image
+  size and precision, the index -> class name map, the support set actually used (files and K per
+  class, the module's ``support_set_info``), the queries whose EXIF orientation was applied, the
+  unreadable queries skipped (``skip_bad_queries``) and every other file left out with its reason
+  (non-image files, support images without a mask: the data module's ``skipped_files``).
+
+The output folder never mixes runs: one that already holds predictions (``masks/``, ``overlays/`` or
+a summary) is refused unless ``overwrite``, which deletes those first.
 
 Photos with an EXIF orientation are segmented as every viewer shows them (turned); masks and
 overlays are written in that orientation.
@@ -29,6 +38,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -37,14 +47,33 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import Image, ImageOps
 
-from fsseg.visualize import overlay
+from fsseg.visualize import overlay, with_legend
+
+
+def upsample_nearest(small: np.ndarray, h: int, w: int) -> np.ndarray:
+    """``small [S,S]`` -> ``[h,w]`` as ``F.interpolate(mode="nearest")`` on the CPU picks its sources
+    (aten UpSample.h ``nearest_idx``: ``min(floor(i * float32(S / n)), S - 1)``), by indexing: the result
+    is the only full-size array."""
+    def index(n: int, s: int) -> np.ndarray:
+        if n == s:
+            return np.arange(n)
+        scale = np.float32(s) / np.float32(n)
+        return np.minimum(np.floor(np.arange(n, dtype=np.float32) * scale).astype(np.int64), s - 1)
+
+    rows, cols = index(h, small.shape[0]), index(w, small.shape[1])
+    return small[rows][:, cols]
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name)) or "class"
 
 
 class PredictionWriter(BasePredictionWriter):
     """See the module docstring. ``output_dir`` is created when missing."""
 
     def __init__(self, output_dir: Optional[str] = None, single_class_value: int = 255,
-                 write_overlays: bool = True, print_summary: bool = True) -> None:
+                 write_overlays: bool = True, print_summary: bool = True, overwrite: bool = False,
+                 per_class_masks: bool = False, overlay_max_side: int = 2048) -> None:
         """
         Args:
             output_dir: folder for masks/, overlays/ and the summaries (``fsseg predict`` fills it in:
@@ -52,20 +81,50 @@ class PredictionWriter(BasePredictionWriter):
             single_class_value: mask value of the foreground when there is one class (0/255).
             write_overlays: also write the photo with the classes coloured.
             print_summary: print one line per photo and the run's summary.
+            overwrite: replace the predictions of an earlier run in ``output_dir`` (else refused).
+            per_class_masks: also write one 0/255 mask per class (``masks/<stem>/<class>.png``).
+            overlay_max_side: overlays larger than this (long side) are written scaled down.
         """
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir if output_dir is not None else "predictions")
         self.single_class_value = int(single_class_value)
         self.write_overlays = write_overlays
         self.print_summary = print_summary
+        self.overwrite = overwrite
+        self.per_class_masks = per_class_masks
+        self.overlay_max_side = int(overlay_max_side)
         self.written: list[dict] = []
+        self.skipped: list = []
+        self.exif_turned: list = []
+        self.run_info: dict = {}
         self._used: set[str] = set()
         self._csv_path: Optional[Path] = None
         self._jsonl_path: Optional[Path] = None
         self._header_written = False
 
     # -- files ----------------------------------------------------------------------------------
+    def _earlier_outputs(self) -> list[Path]:
+        d = self.output_dir
+        if not d.is_dir():
+            return []
+        return [p for p in (d / "masks", d / "overlays") if p.is_dir() and any(p.iterdir())] + \
+            sorted(d.glob("summary*.json")) + sorted(d.glob("summary*.jsonl")) + sorted(d.glob("summary*.csv"))
+
+    def _clear(self, rank: int) -> None:
+        earlier = self._earlier_outputs()
+        if not earlier or rank != 0:
+            return
+        if not self.overwrite:
+            n = len(list((self.output_dir / "masks").glob("*.png"))) if (self.output_dir / "masks").is_dir() else 0
+            raise ValueError(f"{self.output_dir.resolve()} already holds the predictions of an earlier run ({n} "
+                             "masks): give a new --output_dir, or --overwrite true to replace them")
+        import shutil
+
+        for p in earlier:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
     def _start(self, rank: int, world: int) -> None:
+        self._clear(rank)
         (self.output_dir / "masks").mkdir(parents=True, exist_ok=True)
         if self.write_overlays:
             (self.output_dir / "overlays").mkdir(parents=True, exist_ok=True)
@@ -82,6 +141,13 @@ class PredictionWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer, pl_module) -> None:
         self._start(trainer.global_rank, trainer.world_size)
+        hp = getattr(pl_module, "hparams", {})
+        ckpt = getattr(trainer, "ckpt_path", None)
+        dm = getattr(trainer, "datamodule", None)
+        self.run_info = {"checkpoint": str(Path(ckpt).resolve()) if ckpt and Path(str(ckpt)).is_file() else ckpt,
+                         "model": type(pl_module).__name__, "image_size": hp.get("image_size"),
+                         "precision": str(getattr(trainer, "precision", None)),
+                         "skipped_files": list(getattr(dm, "skipped_files", None) or [])}
 
     def _stem(self, path: str, index: int) -> str:
         stem = Path(str(path)).stem or f"query{index}"
@@ -99,42 +165,67 @@ class PredictionWriter(BasePredictionWriter):
         h, w = int(size[0]), int(size[1])
         n = max(len(class_names), 1)
         names = list(class_names) or ["foreground"]
-        m = pred.detach().to("cpu", torch.int64)
-        m = torch.nn.functional.interpolate(m[None, None].float(), size=(h, w), mode="nearest")[0, 0]
-        mask = m.round().clamp(0, 255).numpy().astype(np.uint8)
+        small = pred.detach().to("cpu", torch.int64).clamp(0, 255).numpy().astype(np.uint8)
+        mask = upsample_nearest(small, h, w)
         stem = self._stem(path, index)
-        mask_path = self.output_dir / "masks" / f"{stem}.png"
+        mask_path = (self.output_dir / "masks" / f"{stem}.png").resolve()
         saved = mask * np.uint8(self.single_class_value) if n == 1 else mask
         Image.fromarray(saved, mode="L").save(mask_path)
+        del saved
+        class_masks = {}
+        if self.per_class_masks:
+            (self.output_dir / "masks" / stem).mkdir(exist_ok=True)
+            for c, name in enumerate(names, start=1):
+                p = (self.output_dir / "masks" / stem / f"{_safe(name)}.png").resolve()
+                Image.fromarray((mask == c).astype(np.uint8) * np.uint8(255), mode="L").save(p)
+                class_masks[name] = str(p)
         overlay_path = None
         if self.write_overlays:
-            if image is None:
-                image = self._read(path, h, w)
-            overlay_path = self.output_dir / "overlays" / f"{stem}.png"
-            Image.fromarray(overlay(image, mask)).save(overlay_path)
+            overlay_path = (self.output_dir / "overlays" / f"{stem}.png").resolve()
+            self._write_overlay(overlay_path, path, small, h, w, names, image)
         total = float(h * w)
-        fractions = {"background": float((mask == 0).sum()) / total}
+        counts = np.bincount(mask.ravel(), minlength=n + 1)
+        fractions = {"background": float(counts[0]) / total}
         for c, name in enumerate(names, start=1):
-            fractions[name] = float((mask == c).sum()) / total
-        record = {"image": str(path), "height": h, "width": w, "mask": str(mask_path),
+            fractions[name] = float(counts[c]) / total
+        record = {"image": str(Path(str(path)).resolve()) if Path(str(path)).exists() else str(path),
+                  "height": h, "width": w, "mask": str(mask_path),
                   "overlay": str(overlay_path) if overlay_path else "", "classes": names,
                   "fractions": fractions, "exif_orientation": int(exif_orientation or 1)}
+        if class_masks:
+            record["class_masks"] = class_masks
         if record["exif_orientation"] != 1:
             self.exif_turned.append(str(path))
         self._append(record)
         self.written.append(record)
         return record
 
+    def _write_overlay(self, out: Path, path: str, small: np.ndarray, h: int, w: int, names: list,
+                       image: Optional[np.ndarray]) -> None:
+        """The overlay at most ``overlay_max_side`` on its long side: the photo is read reduced and the
+        mask upsampled to that size only (a huge photo never gets a full-size float copy)."""
+        scale = min(1.0, self.overlay_max_side / max(h, w))
+        oh, ow = max(1, round(h * scale)), max(1, round(w * scale))
+        if image is None:
+            image = self._read(path, oh, ow)
+        elif image.shape[:2] != (oh, ow):
+            image = np.asarray(Image.fromarray(image).resize((ow, oh), Image.BILINEAR))
+        view = overlay(image, upsample_nearest(small, oh, ow))
+        if len(names) > 1:
+            view = with_legend(view, names)
+        Image.fromarray(view).save(out)
+
     @staticmethod
     def _read(path: str, h: int, w: int) -> np.ndarray:
         try:
             with Image.open(path) as im:  # EXIF orientation applied, as the data modules read the photo
-                img = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+                im.draft("RGB", (w, h))  # JPEG: decode at a reduced scale when that is enough
+                img = ImageOps.exif_transpose(im).convert("RGB")
+                if img.size != (w, h):
+                    img = img.resize((w, h), Image.BILINEAR)
+                return np.asarray(img)
         except (OSError, ValueError):
             return np.full((h, w, 3), 127, np.uint8)
-        if img.shape[:2] != (h, w):
-            img = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
-        return img
 
     def _append(self, rec: dict) -> None:
         fr = rec["fractions"]
@@ -190,12 +281,38 @@ class PredictionWriter(BasePredictionWriter):
                 files = ", ".join(os.path.basename(f) for f in c["files"])
                 print(f"support set: class {name!r}: K={c['k']} of {c['available']} labelled ({files})")
 
-    def summary(self, pl_module=None) -> dict:
+    def summary(self, pl_module=None, status: str = "complete", error: Optional[str] = None) -> dict:
         """What ``summary.json`` holds (see the module docstring)."""
-        return {"output_dir": str(self.output_dir), "images": len(self.written),
-                "support_set": getattr(pl_module, "support_set_info", None),
-                "exif_orientation_applied": list(self.exif_turned),
-                "skipped_queries": {"count": len(self.skipped), "files": list(self.skipped)}}
+        names = list(self.written[-1]["classes"]) if self.written else list(
+            getattr(pl_module, "support_class_names", None) or
+            getattr(getattr(pl_module, "student", None), "class_names", None) or [])
+        out = {"status": status, "output_dir": str(self.output_dir.resolve()), **self.run_info,
+               "classes": {"0": "background", **{str(c): n for c, n in enumerate(names, start=1)}},
+               "mask_values": (f"0 = background, {self.single_class_value} = {names[0]}" if len(names) == 1 else
+                               "class index (see classes)"),
+               "images": len(self.written),
+               "written": [{k: r[k] for k in ("image", "mask", "overlay") if r.get(k)} for r in self.written],
+               "support_set": getattr(pl_module, "support_set_info", None),
+               "exif_orientation_applied": list(self.exif_turned),
+               "skipped_queries": {"count": len(self.skipped), "files": list(self.skipped)}}
+        if error is not None:
+            out["error"] = error
+        return out
+
+    def _write_summary(self, trainer, pl_module, **kw) -> Path:
+        suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+        path = self.output_dir / f"summary{suffix}.json"
+        path.write_text(json.dumps(self.summary(pl_module, **kw), indent=2))
+        return path
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # the run stopped: summary.json still says what was written, and why it stopped
+        if self.output_dir.is_dir() and self._csv_path is not None:
+            msg = " ".join(str(exception).split()) or type(exception).__name__
+            path = self._write_summary(trainer, pl_module, status="stopped", error=msg)
+            if trainer.is_global_zero:
+                print(f"predictions: stopped after {len(self.written)} masks; {path.resolve()} lists them",
+                      file=sys.stderr)
 
     def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch_idx == 0 and dataloader_idx == 0:
@@ -203,13 +320,14 @@ class PredictionWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer, pl_module) -> None:
         if self.output_dir.is_dir():
-            suffix = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
-            (self.output_dir / f"summary{suffix}.json").write_text(json.dumps(self.summary(pl_module), indent=2))
+            self._write_summary(trainer, pl_module)
         if self.print_summary and trainer.is_global_zero:
             extra = ""
             if self.exif_turned:
                 extra += f"; EXIF orientation applied to {len(self.exif_turned)} photo(s)"
             if self.skipped:
                 extra += f"; {len(self.skipped)} unreadable query(ies) skipped"
-            print(f"predictions: {len(self.written)} masks in {self.output_dir / 'masks'}, summary in "
-                  f"{self._csv_path} and {self.output_dir / 'summary.json'}{extra}")
+            if self.run_info.get("skipped_files"):
+                extra += f"; {len(self.run_info['skipped_files'])} other file(s) left out (listed there)"
+            print(f"predictions: {len(self.written)} masks in {(self.output_dir / 'masks').resolve()}, summary in "
+                  f"{self._csv_path.resolve()} and {(self.output_dir / 'summary.json').resolve()}{extra}")

@@ -17,7 +17,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .masks import BadSampleError, check_same_size, exif_orientation, read_image, read_mask
+from .masks import (
+    BINARY_MASK_HINT,
+    BadSampleError,
+    check_same_size,
+    exif_orientation,
+    read_image,
+    read_mask,
+    soft_mask_to_binary,
+)
 
 
 class FewShotDataset:
@@ -88,10 +96,13 @@ class FileFewShotDataset(FewShotDataset):
             m = read_mask(mask_path, self.mask_encoding, orientation=orientation)
             vals = set(np.unique(m).tolist())
             if not vals <= {0, 1, 255}:
+                soft = soft_mask_to_binary(m) if self.mask_encoding == "auto" else None
+                if soft is not None:  # anti-aliased edges: grey >= 128 is the object (masks.py)
+                    return soft
                 raise BadSampleError(
                     mask_path,
                     f"unexpected mask values {sorted(vals - {0, 1, 255})[:10]} in a binary mask "
-                    f"(decoded with encoding {self.mask_encoding!r}); declare mask_encoding or fix the file",
+                    f"(decoded with encoding {self.mask_encoding!r}); {BINARY_MASK_HINT}",
                 )
             return m
         enc = "index" if self.mask_encoding == "auto" else self.mask_encoding

@@ -475,7 +475,8 @@ class _QueryFolder(Dataset):
             img = read_image(self.paths[index])
         except BadSampleError as e:
             if not self.skip_bad:
-                raise
+                raise BadSampleError(e.path, f"{e.reason} (--skip_bad_queries true skips unreadable photos and "
+                                             "lists them in summary.json)") from e
             return {"bad_query": (self.paths[index], e.reason)}
         h, w = img.shape[:2]
         return {"query": image_to_tensor(resize_image(img, self.image_size)),
@@ -527,22 +528,29 @@ class SupportQueryFolderDataModule(L.LightningDataModule):
             ``dog,airplane`` or ``18,5``.
         skip_bad_queries: skip unreadable query images (counted, listed in ``summary.json``) instead
             of stopping at the first.
+        class_name: the name of the class of a single-folder support set (``images/`` + ``masks/``;
+            default: the folder's name).
     """
 
     def __init__(self, support_dir: str, query_dir: str, image_size: Optional[int] = None, mask_encoding: str = "auto",
                  batch_size: int = 1, num_workers: int = 0, shots: Optional[int] = None,
-                 classes: Optional[Union[str, List[str]]] = None, skip_bad_queries: bool = False) -> None:
+                 classes: Optional[Union[str, List[str]]] = None, skip_bad_queries: bool = False,
+                 class_name: Optional[str] = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.support_dir, self.query_dir = support_dir, query_dir
         self.image_size, self.mask_encoding = image_size, mask_encoding
         self.batch_size, self.num_workers, self.shots = batch_size, num_workers, shots
         self.skip_bad_queries = skip_bad_queries
-        self.supports = FolderDataset(support_dir, mask_encoding=mask_encoding, classes=classes)
+        self.supports = FolderDataset(support_dir, mask_encoding=mask_encoding, classes=classes, class_name=class_name)
+        # every file left out, with its reason (PredictionWriter lists them in summary.json)
+        self.skipped_files = [{**s, "role": "support"} for s in self.supports.skipped_files]
         if os.path.isfile(query_dir):
             self.query_paths = [query_dir]
         else:
-            self.query_paths = list_images(query_dir, recursive=True, what="query folder")
+            found: list = []
+            self.query_paths = list_images(query_dir, recursive=True, what="query folder", skipped=found)
+            self.skipped_files += [{**s, "role": "query"} for s in found]
         self._support_batch = None
 
     def _size(self) -> int:

@@ -56,8 +56,9 @@ class DavisSequence:
 
 
 def read_sequence_names(root: str | Path, subset: str = "val") -> list[str]:
-    """Names listed in ``ImageSets/2017/<subset>.txt`` (blank lines skipped)."""
-    path = Path(root) / "ImageSets" / "2017" / f"{subset}.txt"
+    """Names listed in ``ImageSets/2017/<subset>.txt``, or in the file ``subset`` when that is an
+    existing file (blank lines skipped)."""
+    path = Path(subset) if Path(subset).is_file() else Path(root) / "ImageSets" / "2017" / f"{subset}.txt"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no DAVIS-2017 sequence list for set {subset!r} "
                                 f"(expected <davis_root>/ImageSets/2017/{subset}.txt)")

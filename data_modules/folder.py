@@ -33,10 +33,11 @@ class FolderDataset(FileFewShotDataset):
         if not os.path.isdir(root):
             raise FileNotFoundError(f"folder dataset root {root!r} does not exist")
         self._values: Optional[Dict[int, int]] = None
+        self.skipped_files: List[dict] = []  # {"file", "reason"}: non-image files, images without a mask
         self.wanted = _class_list(classes)
         single = single_class_dirs(root)
         if single is not None:
-            self.records = pair_folder(*single)
+            self.records = pair_folder(*single, skipped=self.skipped_files)
             if mask_encoding == "index" or self.wanted:
                 if self.mask_encoding == "auto":
                     self.mask_encoding = "index"
@@ -59,7 +60,7 @@ class FolderDataset(FileFewShotDataset):
         self.class_names = dict(enumerate(classes))
         self.samples_by_class = {}
         for i, c in enumerate(classes):
-            recs = pair_folder(*single_class_dirs(os.path.join(root, c)))
+            recs = pair_folder(*single_class_dirs(os.path.join(root, c)), skipped=self.skipped_files)
             self.records.update(recs)
             self.samples_by_class[i] = sorted(recs)
 

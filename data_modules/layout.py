@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from .base import stem
 from .masks import BadSampleError, check_not_dangling, is_image_file, list_images
@@ -17,11 +17,12 @@ def read_lines(path: str) -> List[str]:
         return [x.strip() for x in f if x.strip()]
 
 
-def pair_folder(image_dir: str, mask_dir: str) -> Dict[str, tuple]:
+def pair_folder(image_dir: str, mask_dir: str, skipped: Optional[list] = None) -> Dict[str, tuple]:
     """Match images with masks by file stem: exactly, else ignoring case when that is unambiguous.
     Two images (or two masks) with the same stem are an error naming both; a broken symbolic link is
-    an error naming it; images without a mask are skipped with a warning."""
-    images = list_images(image_dir, recursive=False, what="image folder")
+    an error naming it; images without a mask are skipped with a warning (and, with non-image files,
+    appended to ``skipped`` as ``{"file", "reason"}`` when a list is given)."""
+    images = list_images(image_dir, recursive=False, what="image folder", skipped=skipped)
     by_stem: Dict[str, str] = {}
     for p in images:
         if stem(p) in by_stem:
@@ -56,6 +57,8 @@ def pair_folder(image_dir: str, mask_dir: str) -> Dict[str, tuple]:
             missing.append(p)
         else:
             out[p] = (p, m)
+    if skipped is not None:
+        skipped += [{"file": os.path.abspath(p), "reason": f"no mask with its stem in {mask_dir}"} for p in missing]
     if missing:
         why = f"; stems that differ only in case are ambiguous: {ambiguous[:3]}" if ambiguous else ""
         warnings.warn(f"{image_dir}: {len(missing)} image(s) without a mask in {mask_dir} skipped, "

@@ -21,6 +21,12 @@ Mask encodings (``read_mask(path, encoding=...)``):
                 3. grey/palette values within {0, 1} (+255) -> ``'binary01'``;
                    within {0, 255} -> ``'binary255'``;
                 4. anything else -> ``'index'`` (raw map returned unless ``class_value`` is given).
+                Where a binary mask is needed (a single-class or per-class folder, the web demo) a
+                grey map that is neither is a *soft* mask when it holds 0 and 255 and 255 covers more
+                pixels than the in-between grey levels (anti-aliased edges; a class-index mask with a
+                255 ignore border, as VOC's, is the other way round): grey >= 128
+                (``SOFT_MASK_THRESHOLD``) is the object (``soft_mask_to_binary``). Any other map is an
+                error naming ``--data.mask_encoding threshold128`` and ``--data.classes``.
                 Note the ambiguity: an index mask holding only class 1 decodes as binary01,
                 which gives the same foreground.
 
@@ -176,6 +182,44 @@ def _raw_mask_array(img: Image.Image) -> np.ndarray:
     return a
 
 
+SOFT_MASK_THRESHOLD = 128
+BINARY_MASK_HINT = ("soft-edged grey masks: --data.mask_encoding threshold128 (grey >= 128 is the object); "
+                    "class-index masks: --data.classes NAMES_OR_VALUES; or fix the file")
+
+
+def soft_mask_to_binary(arr: np.ndarray) -> Optional[np.ndarray]:
+    """``{0, 1}`` from a soft (anti-aliased) grey mask (see the module docstring), None if ``arr`` is
+    not one."""
+    if arr.ndim != 2:
+        return None
+    counts = np.bincount(np.asarray(arr, dtype=np.uint8).ravel(), minlength=256)
+    between = int(counts[1:255].sum())
+    if counts[0] == 0 or counts[255] == 0 or between == 0 or counts[255] <= between:
+        return None
+    return (arr >= SOFT_MASK_THRESHOLD).astype(np.uint8)
+
+
+def binary_mask_from_array(arr: np.ndarray, name: str = "mask") -> np.ndarray:
+    """An in-memory mask (an upload: grey, RGB or RGBA) -> ``{0, 1}`` by the rules ``read_mask`` applies
+    to files (``auto``; soft masks as ``soft_mask_to_binary``); 255 counts as the object."""
+    a = np.asarray(arr)
+    if a.ndim == 3:
+        rgb = a[..., :3] if a.shape[-1] >= 3 else np.repeat(a[..., :1], 3, axis=-1)
+        if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all()):
+            return (rgb > 0).any(axis=-1).astype(np.uint8)  # coloured mask: any colour is the object
+        a = rgb[..., 0]
+    if a.dtype == bool:
+        return a.astype(np.uint8)
+    values = set(np.unique(a).tolist())
+    if values <= {0, 1} or values <= {0, 255}:
+        return (a > 0).astype(np.uint8)
+    soft = soft_mask_to_binary(a) if a.dtype == np.uint8 else None
+    if soft is not None:
+        return soft
+    raise BadSampleError(name, f"mask values {sorted(values)[:10]} are neither 0/1, 0/255 nor a soft-edged "
+                               f"0-255 mask ({BINARY_MASK_HINT})")
+
+
 def _check_values(path, arr: np.ndarray, allowed: set, encoding: str) -> None:
     values = set(np.unique(arr).tolist())
     bad = values - allowed
@@ -184,7 +228,7 @@ def _check_values(path, arr: np.ndarray, allowed: set, encoding: str) -> None:
             path,
             f"unexpected mask values {sorted(bad)[:10]} for encoding {encoding!r} "
             f"(allowed {sorted(allowed)}; found {sorted(values)[:20]}). "
-            "Declare the right mask_encoding (e.g. 'index' with a class value) or fix the file.",
+            f"Declare the right encoding: --data.mask_encoding index|binary255|binary01|rgb|jpeg ({BINARY_MASK_HINT}).",
         )
 
 
@@ -263,29 +307,33 @@ def check_not_dangling(path: Union[str, os.PathLike]) -> None:
                                    "fix the link or remove it")
 
 
-def list_images(root: Union[str, os.PathLike], recursive: bool = True, what: str = "image folder") -> list:
-    """Sorted image files under ``root``; non-image files are skipped with one counted warning."""
+def list_images(root: Union[str, os.PathLike], recursive: bool = True, what: str = "image folder",
+                skipped: Optional[list] = None) -> list:
+    """Sorted image files under ``root``; non-image files are skipped with one counted warning (and
+    appended to ``skipped`` as ``{"file", "reason"}`` when a list is given)."""
     root = str(root)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"{what} {root!r} does not exist or is not a directory")
-    found, skipped = [], []
+    found, skipped_here = [], []
     if recursive:
         for d, dirs, files in os.walk(root):
             dirs.sort()
             for f in files:
                 p = os.path.join(d, f)
                 check_not_dangling(p)
-                (found if is_image_file(f) else skipped).append(p)
+                (found if is_image_file(f) else skipped_here).append(p)
     else:
         for f in os.listdir(root):
             p = os.path.join(root, f)
             check_not_dangling(p)
             if os.path.isfile(p):
-                (found if is_image_file(f) else skipped).append(p)
-    skipped = [s for s in skipped if not os.path.basename(s).startswith(".")]
-    if skipped:
+                (found if is_image_file(f) else skipped_here).append(p)
+    skipped_here = [s for s in skipped_here if not os.path.basename(s).startswith(".")]
+    if skipped is not None:
+        skipped += [{"file": os.path.abspath(s), "reason": "not an image file"} for s in sorted(skipped_here)]
+    if skipped_here:
         warnings.warn(
-            f"{what} {root!r}: skipped {len(skipped)} non-image file(s), e.g. {sorted(skipped)[:3]}",
+            f"{what} {root!r}: skipped {len(skipped_here)} non-image file(s), e.g. {sorted(skipped_here)[:3]}",
             stacklevel=2,
         )
     if not found:

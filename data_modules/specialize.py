@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .base import FewShotDataset, FileFewShotDataset
-from .datamodule import _QueryFolder
+from .datamodule import _QueryFolder, collate_queries
 from .episodes import collate_dicts
 from .folder import FolderDataset
 from .masks import IGNORE_INDEX, list_images
@@ -142,7 +142,7 @@ class SpecializationDataModule(L.LightningDataModule):
         query_dir: images (folder or file) for ``fsseg predict``.
         val_dir: labelled queries (same class names as the supports; a single-class folder maps to
             the only class when N = 1).
-        image_size: model input size.
+        image_size: model input size (None: the model's ``image_size``, set by ``SpecializeModule``).
         shots: K per class (first K in sorted order); None = all available (smallest class count).
         mask_encoding: ``auto`` (detected per file) | ``index`` | ``binary255`` | ``binary01`` | ``rgb`` | ``jpeg``.
         synthetic_classes: number of classes of the synthetic fallback (novel classes of ``synthetic_fold``).
@@ -155,16 +155,19 @@ class SpecializationDataModule(L.LightningDataModule):
         augment: augment the repeated supports.
         batch_size: images per batch.
         num_workers: DataLoader worker processes.
+        skip_bad_queries: ``predict``: skip unreadable photos (listed in ``summary.json``) instead of
+            stopping at the first.
     """
 
     def __init__(self, support_dir: Optional[str] = None, query_dir: Optional[str] = None,
-                 val_dir: Optional[str] = None, image_size: int = 518, shots: Optional[int] = None,
+                 val_dir: Optional[str] = None, image_size: Optional[int] = None, shots: Optional[int] = None,
                  mask_encoding: str = "auto", synthetic_classes: int = 2, synthetic_fold: int = 0,
                  synthetic_queries: int = 4, synthetic_seed: int = 0, repeats: int = 8, augment: bool = True,
-                 batch_size: int = 4, num_workers: int = 0, scoring_size: Union[Literal["model", "original"], int] = "model"
-                 ) -> None:
+                 batch_size: int = 4, num_workers: int = 0, scoring_size: Union[Literal["model", "original"], int] = "model",
+                 skip_bad_queries: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.skip_bad_queries = skip_bad_queries
         self.image_size, self.batch_size, self.num_workers = image_size, batch_size, num_workers
         self.repeats, self.augment, self.query_dir = repeats, augment, query_dir
         self.scoring_size = scoring_size
@@ -183,7 +186,7 @@ class SpecializationDataModule(L.LightningDataModule):
         else:
             k = shots or 1
             classes = novel_classes(synthetic_fold)[:synthetic_classes]
-            ds = SyntheticFewShot(fold=synthetic_fold, split="test", seed=synthetic_seed, image_size=image_size,
+            ds = SyntheticFewShot(fold=synthetic_fold, split="test", seed=synthetic_seed, image_size=image_size or 518,
                                   images_per_class=k + synthetic_queries, classes=classes)
             self.dataset, self.class_ids = ds, list(classes)
             self.support_keys = {c: ds.samples_by_class[c][:k] for c in classes}
@@ -280,9 +283,13 @@ class SpecializationDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         if not self.query_dir:
             raise ValueError("predict needs data.query_dir (a folder or an image file)")
-        paths = [self.query_dir] if os.path.isfile(self.query_dir) else list_images(self.query_dir, what="query folder")
-        return DataLoader(_QueryFolder(paths, self.image_size), batch_size=self.batch_size, shuffle=False,
-                          num_workers=self.num_workers, collate_fn=collate_dicts)
+        found: list = []
+        paths = ([self.query_dir] if os.path.isfile(self.query_dir)
+                 else list_images(self.query_dir, what="query folder", skipped=found))
+        self.skipped_files = [{**s, "role": "query"} for s in found]  # listed in summary.json
+        return DataLoader(_QueryFolder(paths, self.image_size, getattr(self, "skip_bad_queries", False)),
+                          batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                          collate_fn=collate_queries)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,13 +467,15 @@ class BudgetSpecializationDataModule(SpecializationDataModule):
         max_test_images: score only the first n test images (sorted by name; smoke runs), None = all.
         scoring_size: ``model`` (default: DistillFSS scores the S x S resized image and nearest-resized
             mask, ``distillfss/data/__init__.py:54-58``, ``kvasir.py:92-96``), an int or ``original``.
-        image_size / repeats / augment / batch_size / num_workers / query_dir: as ``SpecializationDataModule``.
+        image_size / repeats / augment / batch_size / num_workers / query_dir: as ``SpecializationDataModule``
+            (image_size None: the model's, set by ``SpecializeModule``; the CLI sets None when a teacher
+            checkpoint gives the size).
     """
 
     def __init__(self, dataset: str, root: str, budget: int = 5, industrial_fold: Optional[int] = None,
                  train_field: str = "000", test_field: str = "003", remove_black_images: bool = False,
                  test_fraction: float = 0.2, split_seed: int = 42,
-                 max_test_images: Optional[int] = None, image_size: int = 518, query_dir: Optional[str] = None,
+                 max_test_images: Optional[int] = None, image_size: Optional[int] = 518, query_dir: Optional[str] = None,
                  repeats: int = 8, augment: bool = True, batch_size: int = 4, num_workers: int = 0,
                  scoring_size: Union[Literal["model", "original"], int] = "model") -> None:
         L.LightningDataModule.__init__(self)

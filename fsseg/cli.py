@@ -18,6 +18,10 @@ With ``--ckpt_path`` the model is rebuilt from the checkpoint (its architecture,
 frozen-file records, ``fsseg.modules.checkpoints``); ``--model.*`` arguments given on the command
 line override the checkpoint's values (e.g. a moved ``--model.init_args.dinov2_checkpoint``).
 
+Quiet by default: Lightning's information lines and tips, framework deprecation notices and the
+CUDA-toolkit probe are not shown, and each warning is one line ``warning: <message>``; ``--verbose``
+shows everything as the frameworks print it.
+
 Errors: a bad input or configuration prints one line ``error: <message>`` and exits with code 2;
 ``--debug`` (or ``FSSEG_DEBUG=1``) shows the traceback instead. Unexpected errors (bugs) always
 show their traceback and exit with 1.
@@ -49,7 +53,8 @@ SUBCOMMANDS = {
 # line is shown (read from the source file, without importing the module).
 TOOLS: dict = {
     "params": ("fsseg.params:main", "parameter table of every FS-DINO variant"),
-    "export": ("fsseg.export:main", "ONNX + safetensors of the segmenter for a fixed support set (--bundle: one file)"),
+    "export": ("fsseg.export:main", "ONNX + safetensors of a trained segmenter: episodic (its support set baked in) or "
+                                    "specialised (support-free); --bundle: one file"),
     "demo-ui": ("fsseg.webui:main", "Gradio web demo: upload supports and a photo, get the mask"),
     "episodes": "fsseg.episodes_tool:main",
     "davis": "fsseg.video:main",
@@ -112,6 +117,7 @@ def main_help() -> str:
     lines += [f"  {n:<{width}}{h}" for n, h in rows[len(SUBCOMMANDS):]]
     lines += ["", "options:",
               f"  {'--debug':<{width}}show the full traceback of an error (same as {DEBUG_ENV}=1)",
+              f"  {'--verbose':<{width}}show every framework message (Lightning's information, deprecations)",
               f"  {'-h, --help':<{width}}this message"]
     return "\n".join(lines)
 
@@ -174,6 +180,14 @@ def _lightning_cli_class():
             parser.add_argument("--skip_bad_queries", type=bool, default=False,
                                 help="predict: skip query images that cannot be read (counted and listed in "
                                      "summary.json) instead of stopping.")
+            parser.add_argument("--overwrite", type=bool, default=False,
+                                help="predict: replace the predictions of an earlier run in --output_dir (an "
+                                     "output folder that holds some is refused otherwise).")
+            parser.add_argument("--class_name", type=Optional[str], default=None,
+                                help="predict: the name of the class of a single-folder support set (images/ + "
+                                     "masks/; default: the folder's name).")
+            parser.add_argument("--per_class_masks", type=bool, default=False,
+                                help="predict: also write one 0/255 mask per class (masks/<photo>/<class>.png).")
             parser.set_defaults({
                 "model": {"class_path": "fsseg.modules.FewShotModule"},
                 "data": {"class_path": "data_modules.EpisodicDataModule"},
@@ -324,6 +338,8 @@ def _lightning_cli_class():
                 from fsseg.modules.checkpoints import resolve_official_weights
 
                 resolve_official_weights(self.config[sub].model.get("init_args"))
+            if sub == "fit":
+                self._specialize_at_teacher_size(self.config[sub])
             if sub != "predict":
                 return
             cfg = self.config[sub]
@@ -338,10 +354,17 @@ def _lightning_cli_class():
                 data_args["image_size"] = model_args.get("image_size")
             if data_args is not None and cfg.get("skip_bad_queries") and "skip_bad_queries" in data_args:
                 data_args["skip_bad_queries"] = True
+            if data_args is not None and cfg.get("class_name"):
+                if "class_name" not in data_args:
+                    raise UsageError("--class_name names the class of an episodic support folder (--data.support_dir); "
+                                     "a specialised model's classes are named in its checkpoint")
+                data_args["class_name"] = cfg.get("class_name")
             out = cfg.get("output_dir")
             writers = [c for c in (cfg.trainer.get("callbacks") or [])
                        if str(getattr(c, "class_path", "")).endswith("PredictionWriter")]
             for w in writers:
+                w.init_args["overwrite"] = bool(cfg.get("overwrite"))
+                w.init_args["per_class_masks"] = bool(cfg.get("per_class_masks"))
                 if out:
                     w.init_args["output_dir"] = out
                 elif w.init_args.get("output_dir") is None:
@@ -360,6 +383,21 @@ def _lightning_cli_class():
             # loggers get the whole resolved config instead (_start_run).
             if self.datamodule is not None and hasattr(self.datamodule, "_log_hyperparams"):
                 self.datamodule._log_hyperparams = False
+
+        def _specialize_at_teacher_size(self, cfg) -> None:
+            # A specialisation with a teacher checkpoint runs at the teacher's image size unless
+            # --model.image_size is given on the command line (a config's value is the smoke teacher's);
+            # the data follow the model unless --data.image_size is given there too.
+            model = cfg.get("model")
+            init = model.get("init_args") if model is not None else None
+            if (init is not None and str(model.get("class_path", "")).endswith("SpecializeModule")
+                    and init.get("teacher_ckpt") and "image_size" not in _explicit_model_args(self._raw_args)):
+                init["image_size"] = None
+                data = cfg.get("data")
+                data_args = data.get("init_args") if data is not None else None
+                given = any(re.match(r"^--data\.(init_args\.)?image_size(=|$)", a) for a in self._raw_args)
+                if data_args is not None and "image_size" in data_args and not given:
+                    data_args["image_size"] = None
 
         def _start_run(self) -> None:
             import yaml
@@ -443,11 +481,18 @@ def default_predict_dir(ckpt_path: Optional[str], query_dir: Optional[str]) -> P
     its parent when that is ``checkpoints/``; without a checkpoint ``./predictions``."""
     name = Path(str(query_dir)).stem if query_dir else "queries"
     if not ckpt_path:
-        return Path("predictions") / name
-    run = Path(ckpt_path).resolve().parent
-    if run.name == "checkpoints":
-        run = run.parent
-    return run / "predictions" / name
+        base = Path("predictions").resolve() / name
+    else:
+        run = Path(ckpt_path).resolve().parent
+        if run.name == "checkpoints":
+            run = run.parent
+        base = run / "predictions" / name
+    # a fresh folder per run: <name>, else <name>_2, <name>_3, ... (runs never mix)
+    candidate, k = base, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        k += 1
+        candidate = base.with_name(f"{base.name}_{k}")
+    return candidate
 
 
 def __getattr__(name: str):
@@ -474,8 +519,10 @@ def run_cli(args: list[str] | None = None, run: bool = True, raise_argument_erro
             parser_kwargs[sub]["exit_on_error"] = False
     from fsseg.runs import release_shared_run
 
+    cli_class = _lightning_cli_class()
+    _set_quiet_levels()
     try:
-        cli = _lightning_cli_class()(
+        cli = cli_class(
             parser_kwargs=parser_kwargs,
             model_class=None,
             datamodule_class=None,
@@ -615,10 +662,53 @@ def _dispatch(args: list[str]) -> None:
     run_cli(args, raise_argument_errors=True)
 
 
+# Framework messages a user cannot act on (shown with --verbose): the loggers below WARNING, and these
+# warnings (message regexes).
+QUIET_LOGGERS = {"lightning.pytorch": "WARNING", "lightning.fabric": "WARNING", "lightning": "WARNING",
+                 "torch.utils.cpp_extension": "ERROR", "onnxscript": "ERROR", "onnx_ir": "ERROR"}
+QUIET_WARNINGS = (
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning's pytree use under torch >= 2.9
+    r"Found \d+ module\(s\) in eval mode",  # the frozen encoder is in eval mode by design
+    r"Total length of `\w+` across ranks is zero",  # no validation set (a specialisation without val_dir)
+    r"The `srun` command is available",
+)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    text = " ".join(str(message).split())
+    print(f"warning: {text} ({os.path.basename(str(filename))}:{lineno})", file=file or sys.stderr)
+
+
+_QUIET = {"on": False}  # set by quiet_frameworks (main without --verbose)
+
+
+def _set_quiet_levels() -> None:
+    # Lightning sets its loggers to INFO when imported: applied again once it is
+    import logging
+
+    if _QUIET["on"]:
+        for name, level in QUIET_LOGGERS.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def quiet_frameworks() -> None:
+    """See the module docstring (``--verbose`` skips this)."""
+    import warnings
+
+    _QUIET["on"] = True
+    _set_quiet_levels()
+    for pattern in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=f".*{pattern}")
+    warnings.showwarning = _one_line_warning
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get(DEBUG_ENV, "").lower() not in ("", "0", "false", "no")
-    args = [a for a in args if a != "--debug"]
+    verbose = "--verbose" in args
+    args = [a for a in args if a not in ("--debug", "--verbose")]
+    if not verbose:
+        quiet_frameworks()
     import warnings
 
     # main() hands LightningCLI the command line itself (after taking --debug out of it)

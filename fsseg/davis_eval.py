@@ -182,12 +182,15 @@ class DavisScores:
         return {"J&F-Mean": (g["J-Mean"] + g["F-Mean"]) / 2.0, **g}
 
 
-def evaluate(davis_root: str | Path, results_dir: str | Path, subset: str = "val") -> DavisScores:
+def evaluate(davis_root: str | Path, results_dir: str | Path, subset: str = "val",
+             sequences: Optional[list[str]] = None) -> DavisScores:
+    """Scores of ``results_dir`` on the sequences of ``subset`` (or only ``sequences``, as ``fsseg
+    davis --sequences`` segmented them)."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise FileNotFoundError(f"{results_dir}: results folder not found")
     scores = DavisScores()
-    for name in read_sequence_names(davis_root, subset):
+    for name in sequences or read_sequence_names(davis_root, subset):
         seq = read_sequence(davis_root, name)
         if len(seq.annotation_paths) < 3:
             raise ValueError(f"{seq.annotation_paths[0].parent}: {len(seq.annotation_paths)} annotated "
@@ -223,9 +226,16 @@ def write_csvs(scores: DavisScores, output_dir: str | Path, subset: str) -> tupl
 
 
 def add_davis_arguments(p: argparse.ArgumentParser) -> None:
-    """``--davis_root`` and ``--set``, shared by ``fsseg davis`` and ``fsseg davis-eval``."""
+    """``--davis_root``, ``--set`` and ``--sequences``, shared by ``fsseg davis`` and ``fsseg davis-eval``."""
     p.add_argument("--davis_root", required=True, help="folder with JPEGImages/, Annotations/, ImageSets/")
-    p.add_argument("--set", default="val", help="sequence list ImageSets/2017/<set>.txt (default val)")
+    p.add_argument("--set", default="val", help="sequence list: ImageSets/2017/<set>.txt, or a .txt file of "
+                                                "sequence names (default val)")
+    p.add_argument("--sequences", nargs="+", help="only these sequences (default: the whole set)")
+
+
+def set_label(subset: str) -> str:
+    """The set's name in the CSV file names: ``val``, or a list file's stem."""
+    return Path(subset).stem if Path(subset).is_file() else str(subset)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -239,12 +249,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--output_dir", help="where the two CSVs go (default: the results folder, as the reference)")
     a = p.parse_args(argv)
     try:
-        scores = evaluate(a.davis_root, a.results_dir, a.set)
+        scores = evaluate(a.davis_root, a.results_dir, a.set, a.sequences)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"fsseg davis-eval: {e}") from None
-    g_path, s_path = write_csvs(scores, a.output_dir or a.results_dir, a.set)
+    label = set_label(a.set)
+    g_path, s_path = write_csvs(scores, a.output_dir or a.results_dir, label)
     g = scores.global_row()
-    print(f"DAVIS-2017 {a.set}, semi-supervised, {len(scores.objects)} object(s)")
+    which = f"sequences {' '.join(a.sequences)}" if a.sequences else label
+    print(f"DAVIS-2017 {which}, semi-supervised, {len(scores.objects)} object(s)")
     print("  ".join(f"{c}={_fmt(g[c])}" for c in GLOBAL_COLUMNS))
     for o, st in zip(scores.objects, scores.per_object()):
         print(f"  {o.name:<32} J-Mean={_fmt(st['J-Mean'])}  F-Mean={_fmt(st['F-Mean'])}")

@@ -162,7 +162,6 @@ def main(argv: Optional[list[str]] = None) -> None:
                    help="use the small built-in model with random weights instead (smoke tests only)")
     add_davis_arguments(p)
     p.add_argument("--output_dir", required=True, help="results folder to write")
-    p.add_argument("--sequences", nargs="+", help="only these sequences (default: the whole set)")
     p.add_argument("--memory", action="store_true",
                    help="add the previous predicted frame as a second support shot (the 'memory' variant; "
                         "default: first frame only, the paper's one-shot setting); frames then run one by one")
@@ -190,7 +189,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"fsseg davis: {e}") from None
     print(f"{len(dirs)} sequence(s) written under {Path(a.output_dir).resolve()}\n"
-          f"score: fsseg davis-eval --davis_root {a.davis_root} --results_dir {a.output_dir} --set {a.set}")
+          f"score: fsseg davis-eval --davis_root {a.davis_root} --results_dir {a.output_dir} --set {a.set}"
+          + (f" --sequences {' '.join(a.sequences)}" if a.sequences else ""))
 
 
 if __name__ == "__main__":

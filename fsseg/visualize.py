@@ -32,6 +32,23 @@ def overlay(image, mask, alpha: float = 0.5) -> np.ndarray:
     return out.round().astype(np.uint8)
 
 
+def with_legend(image: np.ndarray, class_names) -> np.ndarray:
+    """The image (same size) with a legend in its top-left corner: one swatch per class in
+    ``overlay``'s colours (class c = ``class_names[c - 1]``; background uncoloured)."""
+    names = list(class_names)
+    img = Image.fromarray(np.ascontiguousarray(image))
+    draw = ImageDraw.Draw(img)
+    row = 14
+    width = min(img.width, 22 + 7 * max(len(f"{c}: {n}") for c, n in enumerate(names, start=1)))
+    draw.rectangle([0, 0, width, min(img.height, row * len(names) + 4)], fill=(255, 255, 255))
+    for c, name in enumerate(names, start=1):
+        colour = tuple(int(v) for v in PALETTE[(c - 1) % (len(PALETTE) - 1) + 1])
+        y = 2 + (c - 1) * row
+        draw.rectangle([2, y + 1, 12, y + 11], fill=colour)
+        draw.text((16, y), f"{c}: {name}", fill=(0, 0, 0))
+    return np.asarray(img)
+
+
 def episode_panel(support: torch.Tensor, support_masks: torch.Tensor, query: torch.Tensor,
                   query_mask: torch.Tensor, pred: torch.Tensor, title: str = "") -> np.ndarray:
     """One row: K supports with their masks, the query with ground truth, the query with prediction."""

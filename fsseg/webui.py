@@ -3,9 +3,12 @@
     fsseg demo-ui --ckpt_path runs/.../best.ckpt [--host 127.0.0.1] [--port 7860]
     fsseg demo-ui --small                       # the small built-in (untrained) model, for a look
 
-Give 1-3 support shots of one class: for each, upload an image and either upload its mask (any
-non-zero / white pixel = the object; 0/1, 0/255 and RGB masks work) or paint the object on the image
-with the brush (an uploaded mask wins over painting). Upload a query photo and press *Segment*:
+Give support shots of one class, as many as ``fsseg predict`` takes: up to three one by one (upload
+an image and either upload its mask or paint the object on the image with the brush; an uploaded
+mask wins over painting), and any number at once (select the images and their masks; a mask is
+matched to its image by file name, as ``fsseg predict`` matches a support folder). Masks are read by
+``fsseg predict``'s rules (``data_modules.masks.binary_mask_from_array``: 0/1, 0/255, colours, JPEG
+grey > 127, soft-edged grey masks >= 128). Upload a query photo and press *Segment*:
 the app shows the query with the predicted object coloured and the mask (0/255, at the query's
 own size), plus the object's pixel fraction. The supports are encoded once per click
 (``FewShotModule.set_support_set``), the query decoded with ``segment_queries``.
@@ -61,13 +64,14 @@ def editor_image_and_mask(value: Any) -> tuple[Optional[np.ndarray], Optional[np
 
 
 def mask_from_upload(mask: Optional[np.ndarray], size: tuple[int, int]) -> Optional[np.ndarray]:
-    """Uploaded mask image (grey/RGB/RGBA; 0/1, 0/255 or colours) -> bool ``[H,W]`` at ``size`` (nearest)."""
+    """Uploaded mask image (grey/RGB/RGBA; 0/1, 0/255, colours, or soft-edged grey: >= 128 is the
+    object) -> bool ``[H,W]`` at ``size`` (nearest); the rules ``fsseg predict`` applies to mask files
+    (``data_modules.masks.binary_mask_from_array``)."""
     if mask is None:
         return None
-    m = np.asarray(mask)
-    if m.ndim == 3:
-        m = m[..., :3].max(axis=-1) if m.shape[-1] >= 3 else m[..., 0]
-    m = m > 0
+    from data_modules.masks import binary_mask_from_array
+
+    m = binary_mask_from_array(mask, "uploaded mask") > 0
     if m.shape != tuple(size):
         import torch
         import torch.nn.functional as F
@@ -75,6 +79,41 @@ def mask_from_upload(mask: Optional[np.ndarray], size: tuple[int, int]) -> Optio
         t = torch.from_numpy(m.astype(np.float32))[None, None]
         m = F.interpolate(t, size=size, mode="nearest")[0, 0].numpy() > 0.5
     return m
+
+
+def pair_uploaded_supports(images: Optional[list], masks: Optional[list]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Uploaded support files -> ``[(RGB [H,W,3], mask bool [H,W])]``: masks matched to images by file
+    stem, read (EXIF orientation, encodings) as ``fsseg predict`` reads a support folder. An image
+    without a mask, or a mask of another size, is a ``ValueError`` naming the file."""
+    from data_modules.masks import read_image
+
+    images, masks = [str(p) for p in images or []], [str(p) for p in masks or []]
+    if not images and not masks:
+        return []
+    stems = {os.path.splitext(os.path.basename(m))[0].lower(): m for m in masks}
+    shots = []
+    for path in sorted(images):
+        stem = os.path.splitext(os.path.basename(path))[0].lower()
+        if stem not in stems:
+            raise ValueError(f"support image {os.path.basename(path)}: no mask with the same file name among the "
+                             f"uploaded masks ({', '.join(os.path.basename(m) for m in masks) or 'none'})")
+        img = read_image(path)
+        m = binary_mask_from_file(stems[stem])
+        if m.shape != img.shape[:2]:
+            raise ValueError(f"mask {os.path.basename(stems[stem])} is {m.shape[1]}x{m.shape[0]}, its image "
+                             f"{img.shape[1]}x{img.shape[0]}")
+        shots.append((img, m))
+    return shots
+
+
+def binary_mask_from_file(path: str) -> np.ndarray:
+    """A mask file -> bool, by ``fsseg predict``'s rules (``read_mask`` auto, then the soft-mask rule)."""
+    from data_modules.masks import binary_mask_from_array, read_mask
+
+    m = read_mask(path, "auto")
+    if set(np.unique(m).tolist()) <= {0, 1}:
+        return m.astype(bool)
+    return binary_mask_from_array(m, os.path.basename(path)) > 0
 
 
 def _to_tensor(img: np.ndarray, size: int) -> torch.Tensor:
@@ -127,34 +166,50 @@ def build_app(module):
     import gradio as gr
 
     seg = DemoSegmenter(module)
+
+    def user_error(message: str):
+        # a known user error: a message in the app and one line in the console, no traceback
+        print(f"demo-ui: {' '.join(message.split())}", file=sys.stderr, flush=True)
+        return gr.Error(message, print_exception=False)
     editors, uploads = [], []
 
     def run(*values):
-        *shot_values, query = values
+        *shot_values, many_images, many_masks, query = values
         images, mask_uploads, paintings = (shot_values[i * SHOTS:(i + 1) * SHOTS] for i in range(3))
-        shots = []
+        try:
+            shots = pair_uploaded_supports(many_images, many_masks)
+        except ValueError as e:  # a known user error: a message in the app, not a traceback
+            raise user_error(str(e)) from e
         for image, up, ed in zip(images, mask_uploads, paintings):
             bg, painted = editor_image_and_mask(ed)
             img = _rgb(image) if image is not None else bg
             if img is None:
                 continue
-            m = mask_from_upload(up, img.shape[:2])
+            try:
+                m = mask_from_upload(up, img.shape[:2])
+            except ValueError as e:  # a mask file the rules cannot read: a message, not a traceback
+                raise user_error(str(e)) from e
             if m is None and painted is not None and painted.shape == img.shape[:2]:
                 m = painted
             if m is None or not m.any():
-                raise gr.Error("each support image needs a non-empty mask (upload one or paint the object)")
+                raise user_error("each support image needs a non-empty mask (upload one or paint the object)")
             shots.append((img, m))
         try:
             res = seg(shots, query)
         except ValueError as e:
-            raise gr.Error(str(e)) from e
+            raise user_error(str(e)) from e
         h, w = res["mask"].shape
         return res["overlay"], res["mask"], f"{len(shots)} shot(s); query {w}x{h}; object {100 * res['fraction']:.1f}% of pixels"
 
     with gr.Blocks(title="fsseg few-shot segmentation") as demo:
-        gr.Markdown("## fsseg: few-shot segmentation (FS-DINO)\nUpload 1-3 support images of one class with "
-                    "a mask each (upload the mask, or paint the object on the image), upload a query, press "
-                    "**Segment**.")
+        gr.Markdown("## fsseg: few-shot segmentation (FS-DINO)\nSupport images of one class with a mask each: "
+                    "up to 3 below (upload the mask, or paint the object on the image) and/or any number at "
+                    "once (images and masks matched by file name); upload a query, press **Segment**.")
+        with gr.Row():
+            many_images = gr.File(label="Support images (any number)", file_count="multiple", type="filepath",
+                                  elem_id="support_files")
+            many_masks = gr.File(label="Their masks (same file names)", file_count="multiple", type="filepath",
+                                 elem_id="support_mask_files")
         images = []
         with gr.Row():
             for i in range(SHOTS):
@@ -182,7 +237,8 @@ def build_app(module):
                                 image_mode="L", interactive=False)
         info = gr.Textbox(label="Result", elem_id="result_info", interactive=False)
         button = gr.Button("Segment", variant="primary", elem_id="run")
-        button.click(run, inputs=[*images, *uploads, *editors, query], outputs=[out_overlay, out_mask, info])
+        button.click(run, inputs=[*images, *uploads, *editors, many_images, many_masks, query],
+                     outputs=[out_overlay, out_mask, info])
     return demo
 
 

@@ -277,3 +277,27 @@ def test_davis_on_the_chosen_device_and_precision(tmp_path, capsys):
                 "--precision", "bf16-mixed", "--sequences", seq.name])
     assert "model on cpu at precision bf16-mixed" in capsys.readouterr().out
     assert [p.stem for p in sorted((out / seq.name).glob("*.png"))] == seq.frame_ids
+
+
+@needs_shared
+def test_davis_sequences_and_the_printed_scoring_command_agree(tmp_path, capsys):
+    """`fsseg davis --sequences blackswan` prints a scoring command that scores exactly that sequence;
+    `davis-eval --set` also takes a list file."""
+    import shlex
+
+    out = tmp_path / "results"
+    fsseg_main(["davis", "--small", "--davis_root", str(SHARED_DAVIS), "--output_dir", str(out),
+                "--sequences", "blackswan"])
+    printed = capsys.readouterr().out
+    command = next(line for line in printed.splitlines() if line.startswith("score: fsseg davis-eval"))
+    args = shlex.split(command[len("score: fsseg "):])
+    assert args[-2:] == ["--sequences", "blackswan"]
+    res = run_fsseg(args, tmp_path)
+    assert "DAVIS-2017 sequences blackswan" in res.stdout and "blackswan_1" in res.stdout
+    rows = (out / "per-sequence_results-val.csv").read_text().splitlines()
+    assert rows[1:] == [r for r in rows[1:] if r.startswith("blackswan_1,")] and len(rows) == 2
+    names = tmp_path / "mine.txt"
+    names.write_text("blackswan\n")
+    res = run_fsseg(["davis-eval", "--davis_root", str(SHARED_DAVIS), "--results_dir", str(out),
+                     "--set", str(names)], tmp_path)
+    assert (out / "per-sequence_results-mine.csv").read_text().splitlines() == rows

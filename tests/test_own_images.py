@@ -47,7 +47,7 @@ def test_main_help_lists_every_command_with_one_line():
 
 def test_tool_help_falls_back_to_the_module_docstring(monkeypatch):
     monkeypatch.setitem(TOOLS, "export-plain", "fsseg.export:main")  # an entry without a help text
-    assert tool_help("export-plain").startswith("the trained segmenter for a fixed support set as ONNX")
+    assert tool_help("export-plain").startswith("a trained segmenter as ONNX (episodic with its support set")
 
 
 def test_params_help_is_fsseg_params_with_underscores(capsys):

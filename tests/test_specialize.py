@@ -158,3 +158,64 @@ def test_folder_data_module_multiclass(tmp_path):
     assert b["image"].shape[1:] == (3, 56, 56) and set(b["label"].unique().tolist()) <= {0, 1, 2, 255}
     vb = next(iter(dm.val_dataloader()))
     assert vb["class_id"].shape == (2, 2) and int(vb["query_mask"].max()) in (1, 2)
+
+
+def test_specialisation_runs_at_the_teacher_size_and_reports_its_checkpoint_and_quality(tmp_path):
+    """The README's command with a teacher trained at a non-default size (140 px) specialises at 140 (not
+    the config's 112), says so, prints where the checkpoint went and a leave-one-out quality figure."""
+    import numpy as np
+    from PIL import Image
+
+    from fsseg.modules import FewShotModule
+    from fsseg.modules.checkpoints import load_checkpoint_file, write_bundle
+    from tests.cli_utils import CONFIGS, run_fsseg
+
+    torch.manual_seed(0)
+    teacher = FewShotModule(variant="full", backbone="dinov2_tiny", image_size=140, decoder_dim=32,
+                            decoder_mlp_dim=64, decoder_heads=2)
+    write_bundle(teacher, tmp_path / "teacher.ckpt")
+    support = tmp_path / "support"
+    (support / "images").mkdir(parents=True)
+    (support / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        Image.fromarray(rng.integers(0, 255, (80, 100, 3), dtype=np.uint8)).save(support / "images" / f"{k}.png")
+        mask = np.zeros((80, 100), np.uint8)
+        mask[10 + 5 * k:60, 20:70] = 255
+        Image.fromarray(mask).save(support / "masks" / f"{k}.png")
+    proc = run_fsseg(["fit", "--config", str(CONFIGS / "specialize_folder.yaml"), "--model.teacher_ckpt",
+                      str(tmp_path / "teacher.ckpt"), "--data.support_dir", str(support), "--trainer.max_epochs", "1",
+                      "--data.repeats", "1"], cwd=tmp_path)
+    assert "specialising at image_size 140, backbone dinov2_tiny, variant full (size from the teacher checkpoint" \
+        in proc.stderr
+    ckpt = (tmp_path / "runs" / "specialize" / "checkpoints" / "last.ckpt").resolve()
+    assert f"specialised model: {ckpt.parent}" in proc.stderr
+    assert "leave-one-out" in proc.stderr and "foreground IoU" in proc.stderr
+    hp = load_checkpoint_file(ckpt)["hyper_parameters"]
+    assert hp["image_size"] == 140 and hp["backbone"] == "dinov2_tiny" and hp["decoder_dim"] == 32
+    # the bundle of a teacher-based specialisation rebuilds with no teacher file at all
+    from fsseg.modules.checkpoints import load_module_from_checkpoint
+
+    module = load_module_from_checkpoint(ckpt).eval()
+    write_bundle(module, tmp_path / "bundle.ckpt", str(ckpt), hparams=module.bundle_hparams())
+    (tmp_path / "teacher.ckpt").unlink()
+    rebuilt = load_module_from_checkpoint(tmp_path / "bundle.ckpt").eval()
+    assert rebuilt.hparams.teacher_ckpt is None and rebuilt.hparams.image_size == 140
+    q = torch.rand(2, 3, 140, 140, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(rebuilt.student(q)["logits"], module.student(q)["logits"])
+    # support-free predict at the teacher's size; an unreadable photo is skipped with --skip_bad_queries
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(rng.integers(0, 255, (50, 90, 3), dtype=np.uint8)).save(photos / "a.png")
+    (photos / "b.jpg").write_bytes(b"")
+    (photos / "notes.txt").write_text("x")
+    run_fsseg(["predict", "--config", str(CONFIGS / "specialize_folder.yaml"), "--data.support_dir", "null",
+               "--data.query_dir", str(photos), "--ckpt_path", str(tmp_path / "bundle.ckpt"), "--output_dir",
+               str(tmp_path / "pred"), "--skip_bad_queries", "true"], cwd=tmp_path)
+    import json
+
+    summary = json.loads((tmp_path / "pred" / "summary.json").read_text())
+    assert summary["image_size"] == 140 and summary["images"] == 1 and summary["skipped_queries"]["count"] == 1
+    assert [s["reason"] for s in summary["skipped_files"]] == ["not an image file"]
+    assert Image.open(tmp_path / "pred" / "masks" / "a.png").size == (90, 50)

@@ -146,3 +146,87 @@ def test_webui_in_browser(browser, app_url, tmp_path):
     ov = np.asarray(overlay.convert("RGB"))
     assert np.array_equal(ov[m == 0], q[m == 0])
     page.close()
+
+
+
+
+def _eiffel_supports():
+    from tests.shared_data import SHARED
+
+    root = SHARED / "fss1000-eiffel" / "support"
+    if not root.is_dir():
+        pytest.skip(f"{root} absent (../shared/data)")
+    return sorted((root / "image").glob("*.jpg")), sorted((root / "label").glob("*.png"))
+
+
+def test_demo_takes_as_many_supports_as_predict_without_browser():
+    from data_modules.folder import FolderDataset
+    from fsseg.webui import pair_uploaded_supports
+
+    images, masks = _eiffel_supports()
+    shots = pair_uploaded_supports(list(reversed(images)), masks)  # matched by file name, any order
+    assert len(shots) == 5
+    ds = FolderDataset(str(images[0].parents[2]))  # the support folder as fsseg predict reads it
+    for (img, m), key in zip(shots, sorted(ds.records)):
+        ref_img, (ref_mask,) = ds.load(key, [0])
+        assert np.array_equal(img, ref_img) and np.array_equal(m, ref_mask == 1)  # the same 0/1 RGB masks
+    res = DemoSegmenter(small_module())(shots, np.zeros((40, 50, 3), np.uint8))
+    assert res["mask"].shape == (40, 50)
+    with pytest.raises(ValueError, match="no mask with the same file name"):
+        pair_uploaded_supports(images, masks[:4])
+
+
+def test_webui_five_supports_in_browser(browser, app_url, tmp_path):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    images, masks = _eiffel_supports()
+    query = _images(tmp_path)["query"]
+    page = browser.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(app_url)
+    done = "() => { const t = document.querySelector('#result_info textarea'); return t && t.value.length > 0; }"
+    for attempt in range(4):
+        page.locator("#support_files input[type=file]").first.set_input_files([str(p) for p in images])
+        page.locator("#support_mask_files input[type=file]").first.set_input_files([str(p) for p in masks])
+        page.locator("#query input[type=file]").first.set_input_files(str(query))
+        page.locator("#query img").first.wait_for()
+        page.wait_for_timeout(3000 * (attempt + 1))
+        page.locator("#run").click()
+        try:
+            page.wait_for_function(done, timeout=30_000)
+            if "5 shot(s)" in page.locator("#result_info textarea").input_value():
+                break
+        except PlaywrightTimeoutError:
+            if attempt == 3:
+                raise
+    info = page.locator("#result_info textarea").input_value()
+    assert "5 shot(s)" in info and "query 143x77" in info, info
+    page.close()
+
+
+def test_webui_known_user_error_is_a_message_not_a_traceback(browser, app_url, tmp_path, capfd):
+    images, masks = _eiffel_supports()
+    query = _images(tmp_path)["query"]
+    page = browser.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(app_url)
+    capfd.readouterr()
+    err = ""
+    for attempt in range(4):
+        page.locator("#support_files input[type=file]").first.set_input_files([str(p) for p in images])
+        page.locator("#support_mask_files input[type=file]").first.set_input_files([str(p) for p in masks[:4]])
+        page.locator("#query input[type=file]").first.set_input_files(str(query))
+        page.locator("#query img").first.wait_for()
+        page.wait_for_timeout(3000 * (attempt + 1))
+        page.locator("#run").click()
+        page.wait_for_timeout(5000)
+        err += capfd.readouterr().err
+        if "no mask with the same file name" in err:
+            break
+    else:
+        raise AssertionError("the app never reported the missing mask")
+    assert "no mask with the same file name" in page.content()  # shown in the page
+    page.wait_for_timeout(1000)
+    err += capfd.readouterr().err
+    assert "demo-ui: support image" in err and "Traceback" not in err, err[-2000:]
+    page.close()

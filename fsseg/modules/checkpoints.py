@@ -211,7 +211,7 @@ def load_module_from_checkpoint(path: str | os.PathLike, cls=None, overrides: Op
     klass = module_class(class_path)
     if cls is not None and not issubclass(klass, cls):
         raise CheckpointMismatchError(f"{path}: a {klass.__name__} checkpoint, not a {cls.__name__} one")
-    module = klass(**hp)
+    module = _construct_own_hparams(klass, hp)
     module.on_load_checkpoint(ckpt)
     module.load_state_dict(ckpt["state_dict"], strict=False)
     if map_location is not None:
@@ -219,9 +219,28 @@ def load_module_from_checkpoint(path: str | os.PathLike, cls=None, overrides: Op
     return module
 
 
-def write_bundle(module, path: str | os.PathLike, source_ckpt: Optional[str] = None) -> Path:
-    """One file with everything, the frozen encoder included: rebuilds with no weight file at all."""
-    hp = dict(module.hparams)
+def _construct_own_hparams(klass, hp: Mapping[str, Any]):
+    """``klass(**hp)`` recording ``hp`` as its hyper-parameters. Under LightningCLI, Lightning hands the
+    arguments of the module being instantiated to every ``save_hyperparameters`` call in between
+    (hparams_mixin ``_given_hyperparameters``), so a checkpoint loaded inside another module's
+    ``__init__`` (a specialisation's teacher) would record, and be built from, the outer module's."""
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # a Lightning without it: nothing to reset
+        return klass(**hp)
+    token = _given_hyperparameters.set(None)
+    try:
+        return klass(**hp)
+    finally:
+        _given_hyperparameters.reset(token)
+
+
+def write_bundle(module, path: str | os.PathLike, source_ckpt: Optional[str] = None,
+                 hparams: Optional[Mapping[str, Any]] = None) -> Path:
+    """One file with everything, the frozen encoder included: rebuilds with no weight file at all.
+    ``hparams``: the constructor arguments that rebuild ``module`` from its state dict alone (default:
+    its own hyper-parameters)."""
+    hp = dict(module.hparams if hparams is None else hparams)
     cls = type(module)
     records = []
     for arg, _prefix in getattr(cls, "FROZEN_WEIGHT_ARGS", {}).items():

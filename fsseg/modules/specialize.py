@@ -18,6 +18,8 @@ Validation / test: ``FewShotIoU`` over the N classes (each class binarised, pool
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 import lightning as L
@@ -35,6 +37,10 @@ from fsseg.modules.common import (
     NonFiniteLossGuard,
     adopt_legacy_hparams,
 )
+
+# FewShotModule arguments that describe the teacher's network (taken from ``teacher_ckpt``)
+TEACHER_ARCHITECTURE = ("variant", "backbone", "decoder_dim", "decoder_depth", "decoder_mlp_dim", "decoder_heads",
+                        "model_kwargs", "pos_interpolation")
 
 
 def _argmax(logits: torch.Tensor) -> torch.Tensor:
@@ -62,9 +68,12 @@ class SpecializeModule(GuardedStepMixin, LeanCheckpointMixin, L.LightningModule)
         teacher_ckpt: a ``FewShotModule`` checkpoint (the episodic teacher). Without it the teacher
             is built from the arguments below (random weights unless checkpoints are given: tests,
             demo).
-        variant: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
-        backbone: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
-        image_size: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
+        variant: as ``FewShotModule`` (with ``teacher_ckpt``: replaced by the teacher's, so the saved
+            hyper-parameters say what the model is).
+        backbone: as ``FewShotModule`` (with ``teacher_ckpt``: replaced by the teacher's).
+        image_size: the size the student trains and predicts at. None: the teacher checkpoint's
+            ``image_size`` (``teacher_ckpt``), else 518. The data module's ``image_size`` follows it
+            when that is None.
         dinov2_checkpoint: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
         sam_checkpoint: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
         adapter_checkpoint: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
@@ -98,7 +107,7 @@ class SpecializeModule(GuardedStepMixin, LeanCheckpointMixin, L.LightningModule)
         teacher_ckpt: Optional[str] = None,
         variant: str = "full",
         backbone: str = "dinov2_vitb14",
-        image_size: int = 518,
+        image_size: Optional[int] = None,
         dinov2_checkpoint: Optional[str] = None,
         sam_checkpoint: Optional[str] = None,
         adapter_checkpoint: Optional[str] = None,
@@ -130,10 +139,22 @@ class SpecializeModule(GuardedStepMixin, LeanCheckpointMixin, L.LightningModule)
         if teacher_ckpt:
             from fsseg.modules.fewshot import FewShotModule
 
-            teacher = FewShotModule.load_from_checkpoint(teacher_ckpt, map_location="cpu", weights_only=True).model
+            teacher_module = FewShotModule.load_from_checkpoint(teacher_ckpt, map_location="cpu", weights_only=True)
+            teacher = teacher_module.model
             # the teacher (and the encoder/adapter the student shares with it) come from that file
             self.frozen_prefixes = ("teacher.", "student.encoder.", "student.adapter.")
+            # the architecture is the teacher's: recorded, so the hyper-parameters say what runs
+            for k in TEACHER_ARCHITECTURE:
+                if k in teacher_module.hparams:
+                    self.hparams[k] = teacher_module.hparams[k]
+            self.teacher_image_size = int(teacher_module.hparams["image_size"])
+            self.image_size_source = (f"the teacher checkpoint {teacher_ckpt}" if image_size is None
+                                      else "model.image_size")
+            self.hparams["image_size"] = int(image_size or self.teacher_image_size)
         else:
+            image_size = int(image_size or 518)
+            self.hparams["image_size"] = self.teacher_image_size = image_size
+            self.image_size_source = "model.image_size (no teacher_ckpt: a random teacher)"
             teacher = build_fsdino(
                 variant=variant, backbone=backbone, image_size=image_size, dinov2_checkpoint=dinov2_checkpoint,
                 sam_checkpoint=sam_checkpoint, adapter_checkpoint=adapter_checkpoint, decoder_dim=decoder_dim,
@@ -186,10 +207,37 @@ class SpecializeModule(GuardedStepMixin, LeanCheckpointMixin, L.LightningModule)
                          "images": images,
                          "class_names": list(support_set.get("class_names") or self.student.class_names)}
 
+    def bundle_hparams(self) -> dict:
+        """Constructor arguments that rebuild this module from its full state dict alone (no teacher
+        file, no weight file): the teacher's architecture, built with random weights, then loaded."""
+        if int(self.hparams.image_size) != self.teacher_image_size:
+            raise ValueError(f"a model specialised at {self.hparams.image_size} px from a teacher built at "
+                             f"{self.teacher_image_size} px cannot be bundled (its teacher is rebuilt at one size); "
+                             "export without --bundle")
+        hp = dict(self.hparams)
+        hp.update(teacher_ckpt=None, dinov2_checkpoint=None, sam_checkpoint=None, adapter_checkpoint=None)
+        if self.student is not None:
+            hp["class_names"] = list(self.student.class_names)
+        return hp
+
+    def describe_size(self) -> str:
+        hp = self.hparams
+        return (f"image_size {hp.image_size}, backbone {hp.backbone}, variant {hp.variant} (size from "
+                f"{self.image_size_source}; --model.image_size N overrides it)")
+
     def setup(self, stage: str) -> None:
         if stage == "predict" and self.student is not None:
             return  # support-free: the student (and its class names) came from the checkpoint
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "image_size"):
+            if dm.image_size is None:
+                dm.image_size = int(self.hparams.image_size)
+            elif int(dm.image_size) != int(self.hparams.image_size):
+                raise ValueError(f"data.image_size {dm.image_size} differs from the model's image_size "
+                                 f"{self.hparams.image_size} (the size the specialised model predicts at): "
+                                 "--data.image_size null follows the model, or give the same --model.image_size")
+        if stage == "fit" and self.trainer.is_global_zero:
+            print(f"specialising at {self.describe_size()}", file=sys.stderr)
         support_set = dm.support_set() if dm is not None and hasattr(dm, "support_set") else None
         if self.student is None:
             if support_set is None:
@@ -328,14 +376,83 @@ class SpecializeModule(GuardedStepMixin, LeanCheckpointMixin, L.LightningModule)
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test", self.test_metric, self.test_teacher_metric)
 
+    @torch.no_grad()
+    def support_quality(self) -> dict:
+        """Foreground IoU per class on the support images (pooled over the shots): ``teacher_loo``, the
+        episodic teacher segmenting each support from the other K-1 (an estimate for unseen photos;
+        classes with K = 1 are left out), and ``student_fit``, the student on the supports it was
+        trained on (optimistic)."""
+        if self._support is None or self.student is None:
+            return {}
+        sums = {"teacher_loo": {}, "student_fit": {}}
+        was_training = self.student.training
+        self.student.eval()
+        for c, (images, masks) in enumerate(zip(self._support["images"], self._support["masks"])):
+            name = self.student.class_names[c]
+            for k in range(images.shape[0]):
+                image = images[k:k + 1].to(self.device, torch.float32)
+                target = masks[k].to(self.device) > 0.5
+                feats = self.student.extract(image)
+                size = tuple(image.shape[-2:])
+                preds = {"student_fit": self.student.decode(feats, out_size=size)["pred"][0]}
+                if images.shape[0] > 1 and self.hparams.leave_one_out:
+                    shot = torch.tensor([k], device=self.device)
+                    preds["teacher_loo"] = self.teacher_logits(feats, size, shot).argmax(1)[0]
+                for key, pred in preds.items():
+                    fg = pred == c + 1
+                    inter, union = sums[key].get(name, (0, 0))
+                    sums[key][name] = (inter + int((fg & target).sum()), union + int((fg | target).sum()))
+        self.student.train(was_training)
+        return {key: {n: i / u if u else 1.0 for n, (i, u) in per.items()} for key, per in sums.items() if per}
+
+    def on_fit_end(self) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        cb = self.trainer.checkpoint_callback
+        path = ""
+        if cb is not None:  # without a monitored metric the "best" is only the latest epoch: last.ckpt
+            first, second = ("best_model_path", "last_model_path") if getattr(cb, "monitor", None) else \
+                ("last_model_path", "best_model_path")
+            path = getattr(cb, first, "") or getattr(cb, second, "")
+        if path:
+            path = str(Path(path).resolve())
+            print(f"specialised model: {path}\n  predict (no supports): fsseg predict --config "
+                  f"lightning_configs/specialize_folder.yaml --data.support_dir null --data.query_dir PHOTOS "
+                  f"--ckpt_path {path}\n  deploy: fsseg export --ckpt_path {path} --output_dir export/",
+                  file=sys.stderr)
+        val = self.trainer.callback_metrics.get("val/miou")
+        if val is not None:
+            print(f"quality: val/miou {100 * float(val):.1f}% on the val_dir photos", file=sys.stderr)
+            return
+        quality = self.support_quality()
+        if not quality:
+            return
+        parts = []
+        for key, label in (("teacher_loo", "leave-one-out (each support segmented by the teacher from the other "
+                                           "K-1; an estimate for new photos)"),
+                           ("student_fit", "the student on its own training supports (optimistic)")):
+            if key in quality:
+                per = quality[key]
+                mean = sum(per.values()) / len(per)
+                detail = ", ".join(f"{n} {100 * v:.1f}%" for n, v in per.items())
+                parts.append(f"  {label}: foreground IoU {100 * mean:.1f}% ({detail})")
+        print("quality (no val_dir; give --data.val_dir labelled photos for a real score):\n" + "\n".join(parts),
+              file=sys.stderr)
+
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         if self.student is None:
             raise RuntimeError("no specialised student: give --ckpt_path of a SpecializeModule run, or a data "
                                "module with a support set")
+        extra = {"skipped_queries": list(batch.get("skipped_queries") or []),
+                 "exif_orientation": list(batch.get("exif_orientation") or [])}
+        names = list(self.student.class_names)
+        if batch["query"].shape[0] == 0:  # every photo of the batch was unreadable (skip_bad_queries)
+            s = int(self.hparams.image_size)
+            return {"pred": torch.zeros(0, s, s, dtype=torch.int64), "logits": torch.zeros(0, len(names) + 1, s, s),
+                    "query_path": [], "query_original_size": torch.zeros(0, 2), "class_names": names, **extra}
         out = self.student(batch["query"])
         return {"pred": out["pred"], "logits": out["logits"], "query_path": batch.get("query_path"),
-                "query_original_size": batch.get("query_original_size"),
-                "class_names": list(self.student.class_names)}
+                "query_original_size": batch.get("query_original_size"), "class_names": names, **extra}
 
     def configure_optimizers(self):
         if self.student is None:
