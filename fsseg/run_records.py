@@ -152,8 +152,10 @@ def record_test(trainer, model, datamodule, run: Optional[Run], job: str, weight
 
 def tested_weights_message(ckpt: Optional[str], callback) -> str:
     if ckpt == "best":
-        return f"--test_after_fit: testing the best checkpoint {callback.best_model_path} " \
-               f"(val/miou {float(callback.best_model_score):.2f})"
+        score = callback.best_model_score
+        why = (f"{callback.monitor} {float(score):.2f}" if score is not None
+               else "its ModelCheckpoint monitors no metric: the newest checkpoint it saved")
+        return f"--test_after_fit: testing the best checkpoint {callback.best_model_path} ({why})"
     return ("--test_after_fit: no best checkpoint was saved (no ModelCheckpoint monitoring a metric); "
             "testing the weights at the end of training")
 

@@ -182,7 +182,8 @@ def resolve_run(req: RunRequest) -> tuple[Optional[Run], Optional[str]]:
     """``(existing run to continue or None, checkpoint to load)``; says on stderr what it resumes.
 
     fit: ``--resume X`` / ``--ckpt_path last`` continue an existing run (same folder, same W&B id,
-    its ``last.ckpt``). test/validate: ``--ckpt_path best|last`` pick the newest matching fit run's file
+    its ``last.ckpt``); ``--ckpt_path FILE`` continues the run whose folder holds FILE, or the
+    ``--run_name`` run it was written for. test/validate: ``--ckpt_path best|last`` pick the newest matching fit run's file
     (the job itself gets a new folder, ``create_run``)."""
     shared = os.environ.get(_SHARED_RUN_ENV)
     if shared and os.environ.get("LOCAL_RANK", "0") != "0":
@@ -222,6 +223,18 @@ def resolve_run(req: RunRequest) -> tuple[Optional[Run], Optional[str]]:
               f"last.ckpt under {exp_dir}; starting a new run (from a last.ckpt in a ModelCheckpoint dirpath the "
               "config sets, if there is one)", file=sys.stderr)
         return None, "last"
+
+    if req.job == "fit" and ckpt and Path(ckpt).is_file():
+        # fitting from a checkpoint resumes a run: the one whose folder holds the checkpoint, or the
+        # --run_name folder it was written for (a ModelCheckpoint dirpath outside the run folder)
+        holder = Path(ckpt).resolve().parent.parent
+        named = exp_dir / req.run_name if req.run_name else None
+        owner = holder if (holder / RUN_FILE).is_file() else named if named and (named / RUN_FILE).is_file() else None
+        if owner is not None:
+            run = Run.load(owner)
+            if run.job == "fit":
+                print(f"fsseg: resuming run {run.path} from {ckpt} (W&B run {run.wandb_id})", file=sys.stderr)
+                return _share(run), ckpt
 
     if req.job != "fit" and ckpt in ("best", "last"):
         found = newest_fit_run(req.root, req.experiment, base, f"{ckpt}.ckpt")

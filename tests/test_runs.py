@@ -196,3 +196,30 @@ def test_checkpoint_settings_win_and_test_only_run_is_its_own(tmp_path):
                        "--data.init_args.image_size", "84", "--data.init_args.num_workers", "0"], cwd=tmp_path)
     assert "the data loads at --data.init_args.image_size 84 although the model runs at 112" in other.stderr
     assert "Error while merging hparams" not in other.stderr
+
+
+def test_fit_from_a_checkpoint_continues_the_run_that_holds_it(tmp_path, monkeypatch):
+    """``fit --ckpt_path FILE`` resumes: the run whose folder holds FILE, or the ``--run_name`` run
+    whose ModelCheckpoint wrote FILE elsewhere; never a refused overwrite or a second folder."""
+    from fsseg import runs
+
+    monkeypatch.delenv("FSSEG_RUN_DIR", raising=False)
+    monkeypatch.setattr(runs, "_share", lambda run: run)  # no DDP hand-over in this process
+
+    def request(**kw):
+        return runs.RunRequest(root=tmp_path / "runs", experiment="exp", job="fit", keys={"variant": "full"},
+                               config_files=[], **kw)
+
+    first = runs.create_run(request())
+    (first.checkpoints).mkdir(parents=True)
+    (first.checkpoints / "last.ckpt").write_bytes(b"x")
+    found, ckpt = runs.resolve_run(request(ckpt_path=str(first.checkpoints / "last.ckpt")))
+    assert found.path == first.path and found.wandb_id == first.wandb_id and ckpt.endswith("last.ckpt")
+
+    named = runs.create_run(request(run_name="curriculum"))
+    elsewhere = tmp_path / "ckpt" / "last.ckpt"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(b"x")
+    found, ckpt = runs.resolve_run(request(run_name="curriculum", ckpt_path=str(elsewhere)))
+    assert found.path == named.path and ckpt == str(elsewhere)
+    assert runs.resolve_run(request(ckpt_path=str(elsewhere))) == (None, str(elsewhere))  # no run named: new run
