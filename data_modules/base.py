@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .masks import BadSampleError, check_same_size, exif_orientation, read_image, read_mask
+from .masks import BadSampleError, check_same_size, read_image, read_image_oriented, read_mask
 
 
 class FewShotDataset:
@@ -104,8 +104,7 @@ class FileFewShotDataset(FewShotDataset):
         """Image and masks, the image's EXIF orientation applied to both. A mask already drawn on the
         turned picture (its size matches only unturned) is used as it is."""
         image_path, mask_path = self.records[key]
-        image = read_image(image_path)
-        orientation = exif_orientation(image_path)
+        image, orientation = read_image_oriented(image_path)
         masks = [self._decode(key, c, orientation) for c in class_ids]
         if orientation != 1 and any(m.shape[:2] != image.shape[:2] for m in masks):
             unturned = [self._decode(key, c, 1) for c in class_ids]

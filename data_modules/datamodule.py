@@ -21,6 +21,7 @@ from .episodes import (
     EpisodeDataset,
     StridedDistributedSampler,
     TrainEpisodeSampler,
+    batch_to_model_dtypes,
     collate_dicts,
     fixed_episode_list,
 )
@@ -148,6 +149,11 @@ class EpisodicDataModule(L.LightningDataModule):
             (HDMNet; docs/protocols/scoring.md).
         augmentation: training augmentation recipe: ``fsseg`` or ``hdmnet``.
         augmentation_scale: HDMNet's scale range (default [0.9, 1.1], COCO [0.8, 1.25]).
+        input_path: training batches' input path: ``fast`` (images and masks travel as uint8 and
+            are converted on the device; ``hdmnet`` as ``FusedHDMNetAugment``, not bit-equal to
+            HDMNet's chain) or ``exact`` (float32 batches, HDMNet's float32 chain bit-equal;
+            docs/protocols/hdmnet.md) or ``device`` (as ``fast``, ``hdmnet``'s image warp and blur
+            run on the device). Val/test batches are always float32.
     """
 
     def __init__(
@@ -183,6 +189,7 @@ class EpisodicDataModule(L.LightningDataModule):
         augmentation_scale: Optional[Tuple[float, float]] = None,
         holdout_fraction: float = 0.0,
         classes: Optional[Union[str, List[str]]] = None,
+        input_path: Literal["fast", "exact", "device"] = "fast",
     ) -> None:
         super().__init__()
         if not 0 <= holdout_fraction < 1:
@@ -213,6 +220,7 @@ class EpisodicDataModule(L.LightningDataModule):
         self._file_seeds: Optional[List[int]] = None
         # Scoring size / training recipe: passed to every EpisodeDataset by ``_recipe``.
         self.scoring_size, self.augmentation = scoring_size, augmentation
+        self.input_path = input_path
         self.augmentation_scale = tuple(augmentation_scale) if augmentation_scale else \
             HDMNET_SCALE["coco" if dataset == "coco20i" else "pascal"]
 
@@ -258,7 +266,7 @@ class EpisodicDataModule(L.LightningDataModule):
         return EpisodeDataset(ds, self.shots, self.n_way, episodes=None, length=length,
                               image_size=self.image_size, train=True, augment=self.augment, seed=self.seed,
                               skip_bad_samples=self.skip_bad_samples, train_draw=draw,
-                              **self._recipe())
+                              input_path=self.input_path, **self._recipe())
 
     def setup(self, stage: Optional[str] = None) -> None:
         if stage in (None, "fit") and "train" not in self.datasets:
@@ -278,6 +286,11 @@ class EpisodicDataModule(L.LightningDataModule):
         """Size of the benchmark's class-id space (all classes the built datasets name; for ``FewShotIoU``)."""
         ids = [c for ds in self.datasets.values() for c in (*ds.dataset.class_ids, *ds.dataset.class_names)]
         return max(ids) + 1 if ids else 0
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        # training batches travel as uint8 (``input_path``); on the device they take the float32
+        # format of docs/CONTRACTS.md (and ``device``'s canvases are augmented there)
+        return batch_to_model_dtypes(batch) if isinstance(batch, dict) else batch
 
     # -- loaders ---------------------------------------------------------------------------------
     def _loader(self, ds: Dataset, batch_size: int, shuffle: bool = False, sampler=None) -> DataLoader:
