@@ -181,6 +181,28 @@ def gpu_feed(rows: list, model: dict) -> list:
     return out
 
 
+def pool_setup(n_masks: int, workers: Optional[int] = None) -> dict:
+    """Seconds to set up a COCO-20i ``hdmnet`` data module (fold 0, train + val pools by the area
+    rule) on a generated tree of ``n_masks`` masks: first run (areas counted from the masks, in
+    parallel) and a second, fresh data module (areas read from ``mask_index_dir``)."""
+    from data_modules.datamodule import EpisodicDataModule
+
+    out: dict = dict(masks=n_masks, workers=workers or min(16, len(os.sched_getaffinity(0))))
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        root = write_coco_tree(Path(tmp) / "coco", n_masks, size=(240, 320))
+        out["generate_s"] = time.perf_counter() - t
+        for run in ("first_s", "second_s"):
+            dm = EpisodicDataModule(dataset="coco20i", root=str(root), protocol="hdmnet", shots=1,
+                                    mask_index_dir=str(Path(tmp) / "index"))
+            t = time.perf_counter()
+            dm.setup("fit")
+            out[run] = time.perf_counter() - t
+        out["train_images"] = len(dm.datasets["train"].dataset.all_keys())
+    log(f"pools: hdmnet COCO-20i setup on {n_masks} masks: first {out['first_s']:.1f} s, second {out['second_s']:.2f} s")
+    return out
+
+
 def measure(cfg: dict, res: dict, devices: list, **_) -> None:
     shots_list = cfg["shots"]
     reps = 6 if cfg["quick"] else 40
@@ -195,7 +217,8 @@ def measure(cfg: dict, res: dict, devices: list, **_) -> None:
         rows = episode_costs(root, size, shots_list, reps)
     model = model_costs(cfg, shots_list, devices[-1])
     res["loader"] = dict(source=source, size=size, reps=reps, rows=rows, model=model, utilization=UTILIZATION,
-                         gpu=gpu_feed(rows, model), trainable_device=devices[-1])
+                         gpu=gpu_feed(rows, model), trainable_device=devices[-1],
+                         pools=pool_setup(300 if cfg["quick"] else 5000))
 
 
 def markdown(ld: dict) -> list:
@@ -229,6 +252,12 @@ def markdown(ld: dict) -> list:
         L.append(f"| {g['gpu']} ({g['peak_bf16_tflops']:.0f}) | {g['augmentation']} | {g['shots']} | "
                  f"{g['episodes_per_s']:.0f} | " + " / ".join(f"{g['cores'][p]:.1f}" for p in PATHS)
                  + f" | {g['cores_floor']:.1f} | " + " / ".join(f"{g['mb_per_s'][p]:.0f}" for p in PATHS) + " |")
+    p = ld.get("pools")
+    if p:
+        L += ["", f"Pools: setting up a COCO-20i `hdmnet` data module (fold 0; train and val pools by the "
+              f"2*32*32-pixel rule) on a generated tree of {p['masks']} masks (320x240): first run "
+              f"{p['first_s']:.1f} s (class areas counted from the masks, {p['workers']} worker processes), "
+              f"second run {p['second_s']:.2f} s (areas read from `mask_index_dir`)."]
     here = {k: 1.0 / v["trainable_step_s"] for k, v in m["by_shots"].items()}
     L += ["", "Which side waits here: the trainable part alone steps at "
           + ", ".join(f"{k}-shot {v:.1f} episodes/s" for k, v in here.items())
