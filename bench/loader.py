@@ -241,7 +241,8 @@ def markdown(ld: dict) -> list:
     L += ["", f"Model ({m['variant']}, `{m['backbone']}` at {m['size']}, batch 1): "
           + "; ".join(f"{k}-shot {v['gflop_episode']:.0f} GFLOP per training episode ({v['gflop_trainable']:.1f} in "
                       f"the trainable part), trainable step measured here ({ld['trainable_device']}, frozen "
-                      f"features cached) {v['trainable_step_s'] * 1e3:.0f} ms"
+                      f"features cached) median {v['trainable_step_s'] * 1e3:.0f} ms, min "
+                      f"{v['trainable_step']['min_s'] * 1e3:.0f} ms (wall time: other jobs on the cores count)"
                       for k, v in m["by_shots"].items()) + ".",
           "", f"**Estimates** (datasheet dense bf16 peaks, not measured; {100 * ld['utilization']:.0f}% of peak "
           "sustained): episodes/s a GPU eats and loader cores needed to feed it.", "",
