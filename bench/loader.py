@@ -226,7 +226,8 @@ def markdown(ld: dict) -> list:
     L = [f"Training episodes at {ld['size']}, COCO-20i fold 0 train classes, {ld['source']}; CPU ms = "
          f"`time.thread_time` of one `dataset[i]` (one torch/OpenCV thread, `num_workers=0`), median of "
          f"{ld['reps']} episodes, the paths timed in alternation on the same episodes. `exact` (before): HDMNet's "
-         "float32 chain, float32 images / int64 labels; `fast`: uint8 images and masks (converted on the device), "
+         "float32 chain, float32 images / int64 labels (each image file now opened once instead of three times, "
+         "in every path: the before figure is, if anything, low); `fast`: uint8 images and masks (converted on the device), "
          "`hdmnet` as one fused uint8 warp (not bit-equal, docs/protocols/hdmnet.md); `device`: as `fast`, "
          "`hdmnet`'s image warp + blur on the device (decoded images sent on a 640x640 canvas). Floor: the "
          "episode's JPEG decodes alone.",
