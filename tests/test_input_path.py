@@ -123,7 +123,7 @@ def test_loader_bench_on_a_generated_tree(tmp_path):
     # 40% of 154.8 TFLOP/s over 600 GFLOP = 103.2 episodes/s; cores = that x CPU seconds per episode
     assert g["episodes_per_s"] == pytest.approx(0.4 * 154.8e3 / 600.0)
     assert g["cores"]["exact"] == pytest.approx(g["episodes_per_s"] * rows[0]["exact"]["cpu_ms"] / 1e3)
-    model["by_shots"][1].update(gflop_trainable=2.0, trainable_step_s=0.1)
+    model["by_shots"][1].update(gflop_trainable=2.0, trainable_step_s=0.1, trainable_step={"min_s": 0.08})
     ld = dict(source="generated", size=64, reps=3, rows=rows, model=dict(model, variant="compact", backbone="b",
               size=64), utilization=0.4, gpu=gpu_feed(rows, model), trainable_device="cpu")
     md = "\n".join(markdown(ld))
