@@ -109,24 +109,27 @@ def mask_areas(paths: Sequence[str], cache_dir: Optional[str], workers: Optional
     if not cache_dir:
         return MaskAreas(_build(paths, workers, desc), "built")
     file = Path(cache_dir) / f"{areas_key(paths)[:24]}.json"
-    cached = _load(file, paths) if file.is_file() else None
-    if cached is not None:
-        return MaskAreas(cached, "read", str(file))
     rank, world = _rank_world()
     if world > 1:
+        # every rank takes the same path to the barrier: only rank 0 looks at the file before it
         import torch.distributed as dist
 
-        areas = None
         if rank == 0:
-            areas = _build(paths, workers, desc)
-            _save(file, paths, areas)
+            areas = _load(file, paths) if file.is_file() else None
+            source = "read"
+            if areas is None:
+                areas, source = _build(paths, workers, desc), "built"
+                _save(file, paths, areas)
         dist.barrier()  # the other ranks wait for rank 0's file
         if rank == 0:
-            return MaskAreas(areas, "built", str(file))
+            return MaskAreas(areas, source, str(file))
         cached = _load(file, paths)
         if cached is None:
             raise RuntimeError(f"mask areas: rank {rank} cannot read {file} written by rank 0 (is {cache_dir!r} "
                                "on a file system every rank sees? set data.mask_index_dir to one that is)")
+        return MaskAreas(cached, "read", str(file))
+    cached = _load(file, paths) if file.is_file() else None
+    if cached is not None:
         return MaskAreas(cached, "read", str(file))
     areas = _build(paths, workers, desc)
     _save(file, paths, areas)

@@ -64,3 +64,8 @@ def test_two_gloo_ranks_build_the_areas_once(tmp_path):
     assert [g["source"] for g in got] == ["built", "read"]  # rank 0 counted, rank 1 waited and read
     assert got[0]["areas"] == got[1]["areas"] == mask_areas(paths, None, workers=1).areas
     assert np.sum([len(a) for a in got[0]["areas"]]) > 0
+    # a second run: rank 0 reads the file too, both ranks still meet at the barrier
+    (tmp_path / "again").mkdir()
+    init = f"file://{tempfile.mktemp(dir=tmp_path)}"
+    torch.multiprocessing.spawn(_rank, args=(init, paths, str(tmp_path / "ix"), str(tmp_path / "again")), nprocs=2)
+    assert [torch.load(tmp_path / "again" / f"rank{r}.pt")["source"] for r in (0, 1)] == ["read", "read"]
