@@ -107,8 +107,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _time_once(fn: Callable[[], object], device: str) -> float:
-    """Seconds of one call; on a GPU timed with CUDA events around it and a synchronize (kernels are async)."""
+def _time_once(fn: Callable[[], object], device: str, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds of one call; on a GPU timed with CUDA events around it and a synchronize (kernels are async).
+    ``clock``: the CPU clock read around it (``time.thread_time``: CPU seconds of this thread only)."""
     if device == "cuda":
         import torch
 
@@ -118,9 +119,9 @@ def _time_once(fn: Callable[[], object], device: str) -> float:
         end.record()
         torch.cuda.synchronize()
         return start.elapsed_time(end) / 1000.0
-    t = time.perf_counter()
+    t = clock()
     fn()
-    return time.perf_counter() - t
+    return clock() - t
 
 
 def timeit(fn: Callable[[], object], warmup: int, reps: int, device: str = "cpu") -> dict:
@@ -131,10 +132,11 @@ def timeit(fn: Callable[[], object], warmup: int, reps: int, device: str = "cpu"
     return summarize([_time_once(fn, device) for _ in range(reps)], warmup)
 
 
-def timeit_interleaved(fns: Dict[str, Callable[[], object]], warmup: int, reps: int, device: str = "cpu") -> Dict[str, dict]:
+def timeit_interleaved(fns: Dict[str, Callable[[], object]], warmup: int, reps: int, device: str = "cpu",
+                       clock: Callable[[], float] = time.perf_counter) -> Dict[str, dict]:
     """``timeit`` for several functions compared with each other (fp32 vs bf16 of one model): their
     timed calls alternate (order reversed every round), so a slow minute of a shared machine hits
-    them alike instead of whichever happened to run then."""
+    them alike instead of whichever happened to run then. ``clock`` as in ``_time_once``."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -143,7 +145,7 @@ def timeit_interleaved(fns: Dict[str, Callable[[], object]], warmup: int, reps: 
     keys = list(fns)
     for rep in range(reps):
         for k in keys if rep % 2 == 0 else keys[::-1]:
-            times[k].append(_time_once(fns[k], device))
+            times[k].append(_time_once(fns[k], device, clock))
     return {k: summarize(t, warmup) for k, t in times.items()}
 
 

@@ -51,7 +51,7 @@ def merge_results(paths: List[str]) -> dict:
 def targets(cfg: dict, res: dict) -> List[dict]:
     out = []
     dev = "cpu"
-    inf = res["inference"].get(dev)
+    inf = res.get("inference", {}).get(dev)
     if inf:
         r1 = [r for r in inf["rows"] if r["shots"] == 1 and r["kind"].startswith("fsdino_")]
         worst = min(r1, key=lambda r: r["speedup_vs_dual_sam_h"])
@@ -93,6 +93,12 @@ def targets(cfg: dict, res: dict) -> List[dict]:
                              f"{dist['student_resolution']}; teacher-bound steps: {dist['no_cache']['runs']}")))
     if inf:
         out.extend(precision_targets(inf, res.get("instruction_peak", {}).get(dev)))
+    if res.get("loader"):
+        from bench.loader import target
+
+        t = target(res["loader"])
+        if t:
+            out.append(t)
     return out
 
 
@@ -354,6 +360,11 @@ def write_markdown(cfg: dict, res: dict, path: Path) -> None:
                      f"({fmt_s(f['no_cache']['median_s'])}/step) | {f['warm_cache']['steps_per_s']:.3f} steps/s "
                      f"({fmt_s(f['warm_cache']['median_s'])}/step) | {f['speedup']:.1f}x | frozen DINOv2+adapter "
                      f"features cached (feature_cache='all'); cache-filling step {fmt_s(f['cold_cache_step_s'])} |")
+    if res.get("loader"):
+        from bench.loader import markdown
+
+        _section(L, "## Input pipeline: CPU per training episode vs what a GPU eats")
+        L += markdown(res["loader"])
     sc = res.get("scaling", {})
     if sc:
         _section(L, "## Scaling (FS-DINO full)")
@@ -524,7 +535,7 @@ def finish(cfg: dict, res: dict, outdir: Path) -> None:
 
     fill_pending(res)
     normalize_dual(cfg, res)
-    res["targets"] = targets(cfg, res) if res.get("inference") else []
+    res["targets"] = targets(cfg, res) if res.get("inference") or res.get("loader") else []
     res["plots"] = make_plots(cfg, res, outdir)
     _check_finite(res)
     (outdir / "results.json").write_text(json.dumps(res, indent=1))

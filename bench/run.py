@@ -48,7 +48,7 @@ from bench.common import log, make_config
 # One module per measurement, run in this order by `make bench`; each has
 # `measure(cfg, res, devices, **opts)` and runs alone with `python -m bench.<name>`.
 # `machine` (the matmul peak) always runs first.
-MEASUREMENTS = ["machine", "inference", "training", "reuse", "scaling", "specialized"]
+MEASUREMENTS = ["machine", "inference", "training", "reuse", "scaling", "specialized", "loader"]
 BENCH_DIR = Path(__file__).resolve().parent
 
 

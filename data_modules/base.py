@@ -21,8 +21,8 @@ from .masks import (
     BINARY_MASK_HINT,
     BadSampleError,
     check_same_size,
-    exif_orientation,
     read_image,
+    read_image_oriented,
     read_mask,
     soft_mask_to_binary,
 )
@@ -115,8 +115,7 @@ class FileFewShotDataset(FewShotDataset):
         """Image and masks, the image's EXIF orientation applied to both. A mask already drawn on the
         turned picture (its size matches only unturned) is used as it is."""
         image_path, mask_path = self.records[key]
-        image = read_image(image_path)
-        orientation = exif_orientation(image_path)
+        image, orientation = read_image_oriented(image_path)
         masks = [self._decode(key, c, orientation) for c in class_ids]
         if orientation != 1 and any(m.shape[:2] != image.shape[:2] for m in masks):
             unturned = [self._decode(key, c, 1) for c in class_ids]

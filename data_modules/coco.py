@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 from .base import FileFewShotDataset, stem
-from .layout import SPLIT_ALIASES, classes_by_area, pair_folder, read_lines
-from .masks import read_mask
+from .layout import SPLIT_ALIASES, classes_from_areas, pair_folder, read_lines
+from .mask_index import mask_areas
 
 
 class Coco20i(FileFewShotDataset):
@@ -26,16 +26,19 @@ class Coco20i(FileFewShotDataset):
     relative to root, e.g. ``val2014/COCO_val2014_000000507081.jpg``]}, read without executing
     anything, see ``read_pool_pickle``); sample keys are those paths, masks
     ``root/annotations/<path>.png`` (HSNet data/coco.py:79-81). Reading the pools opens no image.
-    Where classes come from the masks, ``min_pixels`` and ``exclude_novel_images`` apply BAM's rule
-    (``layout.classes_by_area``; ``index.json`` is then not used, it holds no areas). Classes with fewer than K+1 images stay listed but the episode
-    sampler never draws them.
+    ``min_pixels`` and ``exclude_novel_images`` apply BAM's rule (``layout.classes_by_area``) to each
+    mask's class areas: from ``index.json`` when it carries them (``fsseg prepare coco20i`` writes
+    ``{class name: {image stem: pixels}}``; no mask is opened), else counted from the masks once and
+    kept in ``mask_index_dir`` (``mask_index.mask_areas``). An ``index.json`` of plain lists
+    (``{class name: [image stem]}``, coco128's) serves only the unfiltered pools. Classes with fewer
+    than K+1 images stay listed but the episode sampler never draws them.
     """
 
     name = "coco20i"
 
     def __init__(self, root: str, fold: int = 0, split: str = "train", mask_encoding: str = "auto",
                  index_file: Optional[str] = None, list_dir: Optional[str] = None, min_pixels: int = 0,
-                 exclude_novel_images: bool = False) -> None:
+                 exclude_novel_images: bool = False, mask_index_dir: Optional[str] = None) -> None:
         super().__init__(mask_encoding)
         if not 0 <= fold < 4:
             raise ValueError(f"COCO-20i fold must be 0..3, got {fold}")
@@ -69,23 +72,48 @@ class Coco20i(FileFewShotDataset):
         by_stem = {stem(k): k for k in self.records}
         index_file = index_file or os.path.join(root, "index.json")
         members: Dict[int, List[str]] = {c: [] for c in range(80)}
-        if os.path.isfile(index_file) and not (min_pixels or exclude_novel_images):
-            with open(index_file) as f:
-                index = json.load(f)
-            name_to_id = {n: i for i, n in enumerate(names)}
-            for cname, ids in index.items():
-                if cname not in name_to_id:
-                    raise ValueError(f"{index_file}: unknown class name {cname!r}")
-                members[name_to_id[cname]] = [by_stem[i] for i in ids if i in by_stem]
+        index = read_coco_index(index_file, names) if os.path.isfile(index_file) else None
+        filtered = bool(min_pixels or exclude_novel_images)
+        if index is not None and not filtered:
+            for c, ids in index.items():
+                members[c] = [by_stem[i] for i in ids if i in by_stem]
         else:
+            keys = list(self.records)
+            with_areas = index is not None and all(isinstance(v, dict) for v in index.values())
+            if with_areas:  # prepare's areas: no mask opened
+                areas: List[Dict[int, int]] = [{} for _ in keys]
+                row = {stem(k): i for i, k in enumerate(keys)}
+                for c, pixels in index.items():
+                    for i, n in pixels.items():
+                        if i in row:
+                            areas[row[i]][c + 1] = int(n)
+            else:
+                areas = mask_areas([self.records[k][1] for k in keys], mask_index_dir, desc="COCO masks").areas
             wanted = {c + 1 for c in self.class_ids}
-            for key, (_, mp) in self.records.items():
-                for v in classes_by_area(read_mask(mp, "index"), wanted, min_pixels, exclude_novel_images):
+            for key, a in zip(keys, areas):
+                for v in classes_from_areas(a, wanted, min_pixels, exclude_novel_images):
                     members[v - 1].append(key)
         self.samples_by_class = {c: sorted(members[c]) for c in self.class_ids}
 
     def mask_value(self, key: str, class_id: int) -> Optional[int]:
         return class_id + 1
+
+
+def read_coco_index(path: str, names: List[str]) -> Dict[int, Union[List[str], Dict[str, int]]]:
+    """``index.json`` by class id: ``{class name: [image stem]}`` (coco128, older ``fsseg prepare``)
+    or ``{class name: {image stem: pixels of the class}}`` (``fsseg prepare coco20i``)."""
+    with open(path) as f:
+        index = json.load(f)
+    name_to_id = {n: i for i, n in enumerate(names)}
+    out: Dict[int, Union[List[str], Dict[str, int]]] = {}
+    for cname, ids in index.items():
+        if cname not in name_to_id:
+            raise ValueError(f"{path}: unknown class name {cname!r}")
+        if not isinstance(ids, (list, dict)):
+            raise ValueError(f"{path}: class {cname!r} maps to a {type(ids).__name__}; expected a list of image "
+                             "stems or {image stem: pixels} (rewrite it with `fsseg prepare coco20i`)")
+        out[name_to_id[cname]] = ids
+    return out
 
 
 class _NoGlobalsUnpickler(pickle.Unpickler):

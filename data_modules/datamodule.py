@@ -21,6 +21,7 @@ from .episodes import (
     EpisodeDataset,
     StridedDistributedSampler,
     TrainEpisodeSampler,
+    batch_to_model_dtypes,
     collate_dicts,
     fixed_episode_list,
 )
@@ -73,11 +74,12 @@ def build_fewshot_dataset(dataset: str, split: str, root: Optional[str] = None, 
                           split_dir: Optional[str] = None, mask_encoding: str = "auto", seed: int = 0,
                           synthetic_image_size: int = 112, synthetic_images_per_class: int = 50,
                           options: Optional[Dict] = None, holdout_fraction: float = 0.0,
-                          classes: Optional[List[str]] = None) -> FewShotDataset:
+                          classes: Optional[List[str]] = None, mask_index_dir: Optional[str] = None) -> FewShotDataset:
     """Factory used by ``EpisodicDataModule`` (``split`` in train/val/test). ``split_dir`` is the list
     folder of the benchmark (PASCAL-5i: HSNet's, BAM's or PFENet's lists; COCO-20i: HSNet's pickled
     pools; FSS-1000: the class lists). ``options``: the protocol's reader options (area filtering). ``folder`` only:
-    ``classes`` (class-index masks) and ``holdout_fraction`` (``holdout_split``)."""
+    ``classes`` (class-index masks) and ``holdout_fraction`` (``holdout_split``). ``mask_index_dir``
+    (PASCAL-5i, COCO-20i): where class areas counted from the masks are kept (``mask_index``)."""
     options = options or {}
     if dataset == "synthetic":
         return SyntheticFewShot(fold=fold, split=split, seed=seed, image_size=synthetic_image_size,
@@ -87,9 +89,11 @@ def build_fewshot_dataset(dataset: str, split: str, root: Optional[str] = None, 
     if not root:
         raise ValueError(f"dataset {dataset!r} needs data.root (path to the data on disk)")
     if dataset == "pascal5i":
-        return Pascal5i(root, fold, split, list_dir=split_dir, mask_encoding=mask_encoding, **options)
+        return Pascal5i(root, fold, split, list_dir=split_dir, mask_encoding=mask_encoding,
+                        mask_index_dir=mask_index_dir, **options)
     if dataset == "coco20i":
-        return Coco20i(root, fold, split, mask_encoding=mask_encoding, list_dir=split_dir, **options)
+        return Coco20i(root, fold, split, mask_encoding=mask_encoding, list_dir=split_dir,
+                       mask_index_dir=mask_index_dir, **options)
     if dataset == "fss1000":
         return FSS1000(root, split, split_dir=split_dir, mask_encoding=mask_encoding)
     if dataset in CROSS_DOMAIN_READERS:
@@ -165,6 +169,14 @@ class EpisodicDataModule(L.LightningDataModule):
             trainer runs on a CUDA GPU.
         persistent_workers: keep the loader workers between epochs and validations; null: on when
             ``num_workers`` > 0.
+        input_path: training batches' input path: ``fast`` (images and masks travel as uint8 and
+            are converted on the device; ``hdmnet`` as ``FusedHDMNetAugment``, not bit-equal to
+            HDMNet's chain) or ``exact`` (float32 batches, HDMNet's float32 chain bit-equal;
+            docs/protocols/hdmnet.md) or ``device`` (as ``fast``, ``hdmnet``'s image warp and blur
+            run on the device). Val/test batches are always float32.
+        mask_index_dir: where per-mask class areas are kept once counted (PASCAL-5i / COCO-20i pools
+            derived from masks, ``data_modules.mask_index``; keyed by the mask files' names, sizes and
+            mtimes); null: count them on every setup.
     """
 
     def __init__(
@@ -203,6 +215,8 @@ class EpisodicDataModule(L.LightningDataModule):
         classes: Optional[Union[str, List[str]]] = None,
         pin_memory: Optional[bool] = None,
         persistent_workers: Optional[bool] = None,
+        input_path: Literal["fast", "exact", "device"] = "fast",
+        mask_index_dir: Optional[str] = ".cache/fsseg/mask_index",
     ) -> None:
         super().__init__()
         if not 0 <= holdout_fraction < 1:
@@ -235,6 +249,7 @@ class EpisodicDataModule(L.LightningDataModule):
         self._file_seeds: Optional[List[int]] = None
         # Scoring size / training recipe: passed to every EpisodeDataset by ``_recipe``.
         self.scoring_size, self.augmentation = scoring_size, augmentation
+        self.input_path, self.mask_index_dir = input_path, mask_index_dir
         self.augmentation_scale = tuple(augmentation_scale) if augmentation_scale else \
             HDMNET_SCALE["coco" if dataset == "coco20i" else "pascal"]
 
@@ -249,7 +264,8 @@ class EpisodicDataModule(L.LightningDataModule):
                                      self.mask_encoding, self.seed, self.synthetic_image_size,
                                      self.synthetic_images_per_class,
                                      options=self.protocol.dataset_options(self.dataset_name, split),
-                                     holdout_fraction=self.holdout_fraction, classes=self.classes)
+                                     holdout_fraction=self.holdout_fraction, classes=self.classes,
+                                     mask_index_dir=self.mask_index_dir)
 
     @property
     def eval_seeds(self) -> List[int]:
@@ -282,7 +298,7 @@ class EpisodicDataModule(L.LightningDataModule):
         return EpisodeDataset(ds, self.shots, self.n_way, episodes=None, length=length,
                               image_size=self.image_size, train=True, augment=self.augment, seed=self.seed,
                               skip_bad_samples=self.skip_bad_samples, train_draw=draw,
-                              **self._recipe())
+                              input_path=self.input_path, **self._recipe())
 
     def setup(self, stage: Optional[str] = None) -> None:
         if stage in (None, "fit") and "train" not in self.datasets:
@@ -302,6 +318,11 @@ class EpisodicDataModule(L.LightningDataModule):
         """Size of the benchmark's class-id space (all classes the built datasets name; for ``FewShotIoU``)."""
         ids = [c for ds in self.datasets.values() for c in (*ds.dataset.class_ids, *ds.dataset.class_names)]
         return max(ids) + 1 if ids else 0
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        # training batches travel as uint8 (``input_path``); on the device they take the float32
+        # format of docs/CONTRACTS.md (and ``device``'s canvases are augmented there)
+        return batch_to_model_dtypes(batch) if isinstance(batch, dict) else batch
 
     # -- loaders ---------------------------------------------------------------------------------
     def _loader(self, ds: Dataset, batch_size: int, shuffle: bool = False, sampler=None) -> DataLoader:

@@ -37,7 +37,20 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from .base import FewShotDataset
 from .masks import IGNORE_INDEX, BadSampleError
-from .transforms import HDMNET_SCALE, PairTransform, image_to_tensor, scoring_label
+from .transforms import (
+    HDMNET_SCALE,
+    DeferredWarp,
+    PairTransform,
+    image_to_tensor,
+    image_to_uint8_tensor,
+    images_to_float,
+    scoring_label,
+    warp_on_device,
+)
+
+INPUT_PATHS = ("exact", "fast", "device")
+# Canvas the ``device`` input path sends decoded images on (COCO and PASCAL images fit: <= 640 px).
+DEVICE_CANVAS = 640
 
 
 @dataclass(frozen=True)
@@ -161,8 +174,31 @@ def rank_slice(items: Sequence, rank: int, world_size: int) -> list:
     return list(items[rank::world_size])
 
 
-def _binary_support(mask: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy((mask == 1).astype(np.float32))
+def _binary_support(mask: np.ndarray, dtype=np.float32) -> torch.Tensor:
+    return torch.from_numpy((mask == 1).astype(dtype))
+
+
+def batch_to_model_dtypes(batch: Dict) -> Dict:
+    """An episode batch as the models take it (docs/CONTRACTS.md): uint8 images -> float32 in
+    [0, 1], uint8 support masks -> float32, uint8 query masks -> int64. Run where the batch is (the
+    device, ``on_after_batch_transfer``); a batch already in these dtypes is returned as it is.
+    Items of the ``device`` input path carry ``<key>_affine`` / ``<key>_blur``: their canvases are
+    augmented here (``warp_on_device``)."""
+    for key in ("query", "support"):
+        if f"{key}_affine" in batch:
+            canvas, affine, blur = batch[key], batch.pop(f"{key}_affine"), batch.pop(f"{key}_blur")
+            lead = canvas.shape[:-3]
+            size = batch["query_mask"].shape[-1]
+            out = warp_on_device(canvas.reshape(-1, *canvas.shape[-3:]), affine.reshape(-1, 2, 3),
+                                 blur.reshape(-1, 2), size)
+            batch[key] = out.reshape(*lead, *out.shape[1:])
+        if key in batch and isinstance(batch[key], torch.Tensor):
+            batch[key] = images_to_float(batch[key])
+    if isinstance(batch.get("support_masks"), torch.Tensor) and batch["support_masks"].dtype == torch.uint8:
+        batch["support_masks"] = batch["support_masks"].float()
+    if isinstance(batch.get("query_mask"), torch.Tensor) and batch["query_mask"].dtype == torch.uint8:
+        batch["query_mask"] = batch["query_mask"].long()
+    return batch
 
 
 def query_index_mask(masks: Sequence[np.ndarray]) -> np.ndarray:
@@ -190,13 +226,23 @@ class EpisodeDataset(Dataset):
     ``scoring_size`` (val/test): ``model``, an int or ``original`` -- the last two add the item key
     ``query_label_orig`` (``transforms.scoring_label``, docs/protocols/scoring.md).
     ``augmentation`` (train): ``fsseg`` or ``hdmnet`` (``transforms.HDMNetAugment`` with ``hdmnet_scale``).
+    ``input_path``: ``exact`` -- images float32 in [0, 1], masks float32/int64, ``hdmnet`` as
+    HDMNet's float32 chain; ``fast`` -- images and masks leave as uint8 (a quarter / an eighth of the
+    bytes; ``batch_to_model_dtypes`` converts them on the device, bit-equal) and ``hdmnet`` runs
+    ``FusedHDMNetAugment`` (uint8, one resampling; not bit-equal to HDMNet's chain); ``device`` --
+    as ``fast``, but ``hdmnet``'s image warp and blur run on the device (``warp_on_device``): images
+    leave decoded on a ``DEVICE_CANVAS`` square with their map (``<key>_affine``, ``<key>_blur``).
     """
 
     def __init__(self, dataset: FewShotDataset, shots: int = 1, n_way: int = 1,
                  episodes: Optional[List[Episode]] = None, length: int = 1000, image_size: int = 518,
                  train: bool = False, augment: bool = True, seed: int = 0, skip_bad_samples: bool = False,
                  max_retries: int = 20, train_draw=None, scoring_size: Union[str, int] = "model",
-                 augmentation: str = "fsseg", hdmnet_scale: Tuple[float, float] = HDMNET_SCALE["pascal"]) -> None:
+                 augmentation: str = "fsseg", hdmnet_scale: Tuple[float, float] = HDMNET_SCALE["pascal"],
+                 input_path: str = "exact") -> None:
+        if input_path not in INPUT_PATHS:
+            raise ValueError(f"input_path must be one of {INPUT_PATHS}, got {input_path!r}")
+        self.input_path = input_path
         self.dataset, self.shots, self.n_way = dataset, shots, n_way
         self.train_draw = train_draw
         self.episodes = episodes
@@ -206,7 +252,8 @@ class EpisodeDataset(Dataset):
         self.draws_per_epoch = length
         self.train = train
         self.transform = PairTransform(image_size, train=train and augment, augmentation=augmentation,
-                                       hdmnet_scale=hdmnet_scale)
+                                       hdmnet_scale=hdmnet_scale, exact=input_path == "exact",
+                                       device=input_path == "device")
         if scoring_size != "model":
             scoring_label(np.zeros((1, 1), np.uint8), scoring_size)  # validates the value early
         # Training batches are scored by the loss at the model size: no scoring label there.
@@ -263,6 +310,17 @@ class EpisodeDataset(Dataset):
 
     def _load(self, ep: Episode, index: int, attempt: int) -> Dict:
         ds = self.dataset
+        fast = self.input_path != "exact"
+        deferred = self.input_path == "device" and self.transform.hdmnet is not None
+        to_tensor = image_to_uint8_tensor if fast else image_to_tensor
+        warps: list = []
+        if deferred:  # every image as a canvas + map (a draw that fell back to the plain resize: identity)
+            def to_tensor(img):
+                warp = img if isinstance(img, DeferredWarp) else DeferredWarp(img, np.eye(2, 3, dtype=np.float32), (0.0, 0.0))
+                canvas, matrix = warp.on_canvas(DEVICE_CANVAS)
+                warps.append((matrix, torch.tensor(warp.blur, dtype=torch.float32)))
+                return canvas
+        mask_dtype, label_dtype = (np.uint8, np.uint8) if fast else (np.float32, np.int64)
         base_seed = None
         if self.transform.train:
             base_seed = int(np.random.default_rng([self.seed, index, attempt, 1]).integers(2**31))
@@ -282,22 +340,23 @@ class EpisodeDataset(Dataset):
                                          f"empty support mask: no foreground pixels for class "
                                          f"{ds.class_names.get(c, c)!r} (image {ds.describe(key)})")
                 img, (m,) = self.transform(img, [m], None if base_seed is None else base_seed + 1 + w * 1000 + s)
-                wi.append(image_to_tensor(img))
-                wm.append(_binary_support(m))
+                wi.append(to_tensor(img))
+                wm.append(_binary_support(m, mask_dtype))
             sup_imgs.append(torch.stack(wi))
             sup_masks.append(torch.stack(wm))
         if self.n_way == 1:
-            qm = torch.from_numpy(q_masks[0].astype(np.int64))
+            qm = torch.from_numpy(q_masks[0].astype(label_dtype))
             support, support_masks = sup_imgs[0], sup_masks[0]
             class_id = torch.tensor(ep.class_ids[0], dtype=torch.int64)
             support_names = [ds.describe(k) for k in ep.supports[0]]
         else:
-            qm = torch.from_numpy(query_index_mask(q_masks))
+            qm = torch.from_numpy(query_index_mask(q_masks).astype(label_dtype))
             support, support_masks = torch.stack(sup_imgs), torch.stack(sup_masks)
             class_id = torch.tensor(ep.class_ids, dtype=torch.int64)
             support_names = [[ds.describe(k) for k in keys] for keys in ep.supports]
+        n_support = len(warps)
         item = {
-            "query": image_to_tensor(q_img),
+            "query": to_tensor(q_img),
             "query_mask": qm,
             "support": support,
             "support_masks": support_masks,
@@ -308,6 +367,11 @@ class EpisodeDataset(Dataset):
         }
         if label_orig is not None:
             item["query_label_orig"] = label_orig
+        if deferred:  # warps: supports in order, then the query
+            item["query_affine"], item["query_blur"] = warps[-1]
+            shape = support.shape[:-3]
+            item["support_affine"] = torch.stack([m for m, _ in warps[:n_support]]).view(*shape, 2, 3)
+            item["support_blur"] = torch.stack([b for _, b in warps[:n_support]]).view(*shape, 2)
         return item
 
 

@@ -85,7 +85,12 @@ def classes_by_area(label, wanted, min_pixels: int = 0, drop_if_unwanted: bool =
     import numpy as np
 
     values, counts = np.unique(label, return_counts=True)
-    present = {int(v): int(n) for v, n in zip(values, counts) if v not in (0, 255)}
+    return classes_from_areas({int(v): int(n) for v, n in zip(values, counts)}, wanted, min_pixels, drop_if_unwanted)
+
+
+def classes_from_areas(areas: Dict[int, int], wanted, min_pixels: int = 0, drop_if_unwanted: bool = False) -> List[int]:
+    """``classes_by_area``'s rule on a label's ``{value: pixels}`` (``mask_index.mask_areas``)."""
+    present = {v: n for v, n in areas.items() if v not in (0, 255) and n > 0}
     if drop_if_unwanted and not set(present) <= set(wanted):
         return []
-    return [v for v, n in present.items() if v in wanted and n >= min_pixels]
+    return [v for v, n in sorted(present.items()) if v in wanted and n >= min_pixels]

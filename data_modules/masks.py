@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -123,13 +123,20 @@ def read_image(path: Union[str, os.PathLike]) -> np.ndarray:
     The EXIF orientation is applied (the picture as every viewer shows it); ``read_mask`` applies
     the same turn to the image's mask (``orientation``), so both stay aligned.
     """
-    img = apply_orientation(_open(path), exif_orientation(path))
+    return read_image_oriented(path)[0]
+
+
+def read_image_oriented(path: Union[str, os.PathLike]) -> Tuple[np.ndarray, int]:
+    """``read_image`` and the EXIF orientation it applied, from one opening of the file."""
+    img = _open(path)
+    orientation = exif_orientation(img)
+    img = apply_orientation(img, orientation)
     if img.mode in HIGH_BIT_DEPTH_MODES:
         grey = high_bit_depth_to_uint8(img)
-        return np.repeat(grey[..., None], 3, axis=2)
+        return np.repeat(grey[..., None], 3, axis=2), orientation
     if img.mode != "RGB":
         img = img.convert("RGB")
-    return np.asarray(img, dtype=np.uint8).copy()
+    return np.array(img, dtype=np.uint8), orientation
 
 
 def image_size(path: Union[str, os.PathLike]) -> tuple:

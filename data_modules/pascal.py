@@ -7,8 +7,8 @@ import os
 from typing import Dict, List, Optional
 
 from .base import FileFewShotDataset, stem
-from .layout import SPLIT_ALIASES, classes_by_area, read_lines
-from .masks import read_mask
+from .layout import SPLIT_ALIASES, classes_from_areas, read_lines
+from .mask_index import mask_areas
 
 ALL_CLASSES_FOLD = 4  # Pascal5i(fold=4): every class in every split (PATNet's source training)
 
@@ -31,7 +31,8 @@ class Pascal5i(FileFewShotDataset):
     Without ``list_dir`` the pairs are derived from the masks, using
     ``root/ImageSets/Segmentation/{train_aug,train,val}.txt`` to choose images when present, else all
     masks. Wherever classes come from masks, ``min_pixels`` and ``exclude_novel_images`` apply BAM's
-    rule (``layout.classes_by_area``). Train split = base classes, val/test = the fold's novel classes.
+    rule (``layout.classes_by_area``) on areas counted once and kept in ``mask_index_dir``
+    (``mask_index.mask_areas``). Train split = base classes, val/test = the fold's novel classes.
 
     ``fold=4`` (``ALL_CLASSES_FOLD``): all 20 classes in every split -- the source training of
     cross-domain FSS, where PATNet trains with ``--fold 4`` (github slei109/PATNet ``data/pascal.py:106-108``:
@@ -54,8 +55,9 @@ class Pascal5i(FileFewShotDataset):
     def __init__(self, root: str, fold: int = 0, split: str = "train", list_dir: Optional[str] = None,
                  mask_encoding: str = "auto", image_dir: str = "JPEGImages",
                  mask_dir: str = "SegmentationClassAug", min_pixels: int = 0,
-                 exclude_novel_images: bool = False) -> None:
+                 exclude_novel_images: bool = False, mask_index_dir: Optional[str] = None) -> None:
         super().__init__(mask_encoding)
+        self.mask_index_dir = mask_index_dir
         if not 0 <= fold <= ALL_CLASSES_FOLD:
             raise ValueError(f"PASCAL-5i fold must be 0..3 (or {ALL_CLASSES_FOLD} = all 20 classes), got {fold}")
         self.root, self.fold, self.split = root, fold, SPLIT_ALIASES[split]
@@ -156,10 +158,11 @@ class Pascal5i(FileFewShotDataset):
 
     def _derive_pairs(self, ids: List[str]):
         wanted = {c + 1 for c in self.class_ids}
+        paths = [os.path.join(self.mask_dir, img_id + ".png") for img_id in ids]
+        areas = mask_areas(paths, self.mask_index_dir, desc="PASCAL masks").areas
         pairs = []
-        for img_id in ids:
-            m = read_mask(os.path.join(self.mask_dir, img_id + ".png"), "index")
-            for v in sorted(classes_by_area(m, wanted, self.min_pixels, self.exclude_novel_images)):
+        for img_id, a in zip(ids, areas):
+            for v in classes_from_areas(a, wanted, self.min_pixels, self.exclude_novel_images):
                 pairs.append((img_id, v - 1))
         return pairs
 

@@ -14,6 +14,7 @@ albumentations' global state, worker count or process count.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import List, Literal, Optional, Sequence, Tuple, Union
 
@@ -127,15 +128,180 @@ class HDMNetAugment:
         return image, [cv2.resize(m, size, interpolation=cv2.INTER_NEAREST) for m in masks]
 
 
+class FusedHDMNetAugment(HDMNetAugment):
+    """``HDMNetAugment``'s chain with the same random draws, in uint8 and one resampling: the
+    scale, rotation, flip and final resize are one affine map (``chain_matrix``) applied by a
+    single ``cv2.warpAffine`` from the decoded image straight to ``image_size`` (image bilinear,
+    masks nearest, padding = the mean rounded to uint8 / 255), and the 5x5 blur runs after it with
+    the spread it has at the scaled size (OpenCV's 5-tap binomial kernel: 1 px, ``kernel_sigma``)
+    carried to the output size (a 5-tap Gaussian). NOT bit-equal to HDMNet's chain (``HDMNetAugment``): one
+    interpolation instead of three, uint8 rounding, blur after the resize (docs/protocols/hdmnet.md
+    gives the measured difference); the geometry of every draw is the same map."""
+
+    @staticmethod
+    def kernel_sigma(ksize: int) -> float:
+        """The standard deviation (px) of the kernel ``cv2.GaussianBlur(image, (ksize, ksize), 0)``
+        applies (for 5 taps OpenCV's fixed binomial [1, 4, 6, 4, 1] / 16: exactly 1 px)."""
+        w = cv2.getGaussianKernel(ksize, 0, cv2.CV_64F)[:, 0]
+        x = np.arange(ksize) - (ksize - 1) / 2
+        return float(np.sqrt((w * x * x).sum()))
+
+    def chain_matrix(self, h: int, w: int, rng: np.random.Generator
+                     ) -> Tuple[np.ndarray, Tuple[int, int], bool, bool]:
+        """The 3x3 map from pixel centres of an ``h x w`` image to the output, drawn as
+        ``HDMNetAugment`` draws (scale; rotate p, angle; blur p; flip p); also the scaled size
+        (h1, w1) the blur acts at, whether to blur and whether the map flips."""
+        s = self.scale[0] + (self.scale[1] - self.scale[0]) * rng.random()
+        # cv2.resize(fx=s, fy=s): size rounded, map x1 = s * (x0 + 0.5) - 0.5 (imgproc resize.cpp)
+        w1, h1 = int(round(w * s)), int(round(h * s))
+        m = np.array([[s, 0, 0.5 * (s - 1)], [0, s, 0.5 * (s - 1)], [0, 0, 1]], np.float64)
+        if rng.random() < self.p_rotate:
+            angle = self.rotate[0] + (self.rotate[1] - self.rotate[0]) * rng.random()
+            m = np.vstack([cv2.getRotationMatrix2D((w1 / 2, h1 / 2), angle, 1), [0, 0, 1]]) @ m
+        blur = rng.random() < self.p_blur
+        flip = rng.random() < self.p_flip
+        if flip:
+            m = np.array([[-1, 0, w1 - 1], [0, 1, 0], [0, 0, 1]], np.float64) @ m
+        S = self.image_size  # resize (w1, h1) -> (S, S): x = (S / w1) * (x3 + 0.5) - 0.5
+        m = np.array([[S / w1, 0, 0.5 * (S / w1 - 1)], [0, S / h1, 0.5 * (S / h1 - 1)], [0, 0, 1]]) @ m
+        return m, (h1, w1), blur, flip
+
+    def __call__(self, image: np.ndarray, masks: Sequence[np.ndarray], rng: np.random.Generator
+                 ) -> Tuple[np.ndarray, List[np.ndarray]]:
+        h, w = masks[0].shape
+        m, (h1, w1), blur, flip = self.chain_matrix(h, w, rng)
+        out = self._warp(image, m, flip, cv2.INTER_LINEAR, tuple(int(round(v)) for v in self.padding))
+        if blur:  # 5 taps: at 518 the carried spread is 0.65-1.35 px for 640x480 COCO images
+            k = self.blur_kernel
+            sx, sy = self.blur_sigmas(h1, w1)
+            out = cv2.GaussianBlur(out, (k, k), sigmaX=sx, sigmaY=sy)
+        return out, [self._warp(k, m, flip, cv2.INTER_NEAREST, self.ignore_label) for k in masks]
+
+    def _warp(self, a: np.ndarray, m: np.ndarray, flip: bool, interpolation: int, border) -> np.ndarray:
+        S = self.image_size
+        if m[0, 1] == 0 and m[1, 0] == 0:
+            # no rotation: the map is the whole image onto the whole output (scale x S/w1 = S/w up
+            # to the rounding of w1, < 0.5 output px), i.e. a plain resize (3x cheaper than a warp)
+            a = cv2.resize(a, (S, S), interpolation=interpolation)
+            return cv2.flip(a, 1) if flip else a
+        return cv2.warpAffine(a, m[:2], (S, S), flags=interpolation, borderMode=cv2.BORDER_CONSTANT,
+                              borderValue=border)
+
+
+    def blur_sigmas(self, h1: int, w1: int) -> Tuple[float, float]:
+        """(sigma_x, sigma_y) in output pixels of the 5x5 blur HDMNet applies at the scaled size."""
+        sigma, S = self.kernel_sigma(self.blur_kernel), self.image_size
+        return sigma * S / w1, sigma * S / h1
+
+    def deferred(self, image: np.ndarray, masks: Sequence[np.ndarray], rng: np.random.Generator
+                 ) -> Tuple["DeferredWarp", List[np.ndarray]]:
+        """The same draws and map, the masks warped here (nearest, as ``__call__``) and the image left
+        for ``warp_on_device``: a ``DeferredWarp`` of the decoded image, the map and the blur."""
+        h, w = masks[0].shape
+        m, (h1, w1), blur, flip = self.chain_matrix(h, w, rng)
+        masks = [self._warp(k, m, flip, cv2.INTER_NEAREST, self.ignore_label) for k in masks]
+        if m[0, 1] == 0 and m[1, 0] == 0:  # the map ``_warp``'s plain resize (+ flip) applies
+            S = self.image_size
+            m = np.array([[S / w, 0, 0.5 * (S / w - 1)], [0, S / h, 0.5 * (S / h - 1)], [0, 0, 1]])
+            if flip:
+                m = np.array([[-1, 0, S - 1], [0, 1, 0], [0, 0, 1]]) @ m
+        return DeferredWarp(image, m[:2].astype(np.float32), self.blur_sigmas(h1, w1) if blur else (0.0, 0.0)), masks
+
+
+class DeferredWarp:
+    """An image whose augmentation runs on the device (``warp_on_device``): the decoded uint8 image,
+    the 2x3 map from its pixel centres to the output's and the blur sigmas (0: no blur)."""
+
+    def __init__(self, image: np.ndarray, matrix: np.ndarray, blur: Tuple[float, float]) -> None:
+        self.image, self.matrix, self.blur = image, matrix, blur
+
+    def on_canvas(self, canvas: int, pad: Sequence[float] = IMAGENET_MEAN_255) -> Tuple[torch.Tensor, torch.Tensor]:
+        """uint8 [canvas, canvas, 3] (the image at the top left, the rest the padding colour) and the
+        map from canvas pixels to the output, float32 [2, 3]. An image larger than the canvas is
+        shrunk to fit first (``cv2.INTER_AREA``; the map composed with it)."""
+        image, m = self.image, self.matrix.astype(np.float64)
+        h, w = image.shape[:2]
+        if max(h, w) > canvas:
+            f = canvas / max(h, w)
+            nw, nh = min(canvas, max(1, int(round(w * f)))), min(canvas, max(1, int(round(h * f))))
+            image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+            fx, fy = nw / w, nh / h  # canvas pixel centre -> image pixel centre: x0 = (x + 0.5) / f - 0.5
+            m = m @ np.array([[1 / fx, 0, 0.5 / fx - 0.5], [0, 1 / fy, 0.5 / fy - 0.5], [0, 0, 1]])
+            h, w = nh, nw
+        out = _pad_canvas(canvas, tuple(int(round(v)) for v in pad)).copy()  # channels last: no transpose
+        out[:h, :w] = image
+        return torch.from_numpy(out), torch.from_numpy(m.astype(np.float32))
+
+
+@functools.lru_cache(maxsize=4)
+def _pad_canvas(canvas: int, colour: Tuple[int, int, int]) -> np.ndarray:
+    """A [canvas, canvas, 3] uint8 square of one colour (copied per image: a memcpy, where filling a
+    3-wide last axis by broadcasting costs ~5x more)."""
+    out = np.empty((canvas, canvas, 3), np.uint8)
+    out[:] = np.asarray(colour, np.uint8)
+    out.setflags(write=False)
+    return out
+
+
+def _gaussian_taps(sigma: torch.Tensor, taps: int = 5) -> torch.Tensor:
+    """[N] sigmas -> [N, taps] normalised Gaussian weights (cv2.getGaussianKernel's formula); sigma 0
+    -> the identity kernel."""
+    x = torch.arange(taps, device=sigma.device, dtype=torch.float32) - (taps - 1) / 2
+    s = sigma.clamp_min(1e-6)[:, None]
+    w = torch.exp(-(x[None] ** 2) / (2 * s * s))
+    w = w / w.sum(1, keepdim=True)
+    ident = (x == 0).float()[None].expand_as(w)
+    return torch.where(sigma[:, None] > 0, w, ident)
+
+
+def warp_on_device(canvas: torch.Tensor, matrix: torch.Tensor, blur: torch.Tensor, size: int,
+                   pad: Sequence[float] = IMAGENET_MEAN_255) -> torch.Tensor:
+    """``FusedHDMNetAugment`` on a batch where it lies (the GPU): uint8 canvases [N, H, W, 3], maps
+    [N, 2, 3] (canvas pixel centres -> output pixel centres, cv2's convention), blur sigmas [N, 2]
+    -> float32 [N, 3, size, size] in [0, 1]. Bilinear ``grid_sample`` (outside the canvas: the
+    padding colour, as cv2's ``BORDER_CONSTANT``), then the 5-tap Gaussian with reflect-101 borders
+    (cv2's default). Equal to the CPU fused chain up to its uint8 rounding (tests measure it)."""
+    import torch.nn.functional as F
+
+    canvas = canvas.permute(0, 3, 1, 2)
+    n, _, hc, wc = canvas.shape
+    dev = canvas.device
+    full = torch.cat([matrix.double(), torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64, device=dev)
+                      .expand(n, 1, 3)], dim=1)
+    inv = torch.linalg.inv(full)[:, :2].float()  # output pixel -> canvas pixel
+    ys, xs = torch.meshgrid(torch.arange(size, device=dev, dtype=torch.float32),
+                            torch.arange(size, device=dev, dtype=torch.float32), indexing="ij")
+    pts = torch.stack([xs, ys, torch.ones_like(xs)], -1).reshape(-1, 3)
+    src = torch.einsum("nij,pj->npi", inv, pts)
+    grid = torch.stack([(2 * src[..., 0] + 1) / wc - 1, (2 * src[..., 1] + 1) / hc - 1], -1).view(n, size, size, 2)
+    pad_t = torch.tensor([v / 255.0 for v in pad], device=dev).view(1, 3, 1, 1)
+    out = F.grid_sample(canvas.float().div_(255.0) - pad_t, grid, mode="bilinear", padding_mode="zeros",
+                        align_corners=False) + pad_t
+    if bool((blur > 0).any()):
+        wx, wy = _gaussian_taps(blur[:, 0].float()), _gaussian_taps(blur[:, 1].float())
+        flat = out.reshape(1, n * 3, size, size)
+        k = wx.shape[1] // 2
+        flat = F.conv2d(F.pad(flat, (k, k, 0, 0), mode="reflect"), wx.repeat_interleave(3, 0).view(n * 3, 1, 1, -1),
+                        groups=n * 3)
+        flat = F.conv2d(F.pad(flat, (0, 0, k, k), mode="reflect"), wy.repeat_interleave(3, 0).view(n * 3, 1, -1, 1),
+                        groups=n * 3)
+        out = flat.view(n, 3, size, size)
+    return out
+
+
 class PairTransform:
     """Callable ``(image, masks, seed) -> (image, masks)``; masks is a list of [H, W] uint8.
 
     ``augmentation`` (training only): ``fsseg`` (random resized crop, flip, colour jitter) or
     ``hdmnet`` (``HDMNetAugment`` with ``hdmnet_scale``); the image comes back uint8 or, for
-    ``hdmnet``, float32 in 0-255."""
+    ``hdmnet``, float32 in 0-255. ``exact=False``: ``hdmnet`` runs ``FusedHDMNetAugment`` (uint8,
+    one resampling; not bit-equal to HDMNet's chain), the image then comes back uint8 too;
+    ``device=True`` (with ``exact=False``): the image comes back as a ``DeferredWarp`` for
+    ``warp_on_device``, the masks warped here."""
 
     def __init__(self, image_size: int, train: bool, augmentation: Literal["fsseg", "hdmnet"] = "fsseg",
-                 hdmnet_scale: Tuple[float, float] = HDMNET_SCALE["pascal"]) -> None:
+                 hdmnet_scale: Tuple[float, float] = HDMNET_SCALE["pascal"], exact: bool = True,
+                 device: bool = False) -> None:
         if augmentation not in ("fsseg", "hdmnet"):
             raise ValueError(f"augmentation must be 'fsseg' or 'hdmnet', got {augmentation!r}")
         self.image_size = image_size
@@ -143,7 +309,9 @@ class PairTransform:
         self.augmentation = augmentation
         self.resize = build_test_transform(image_size)
         self.aug = build_train_transform(image_size) if train and augmentation == "fsseg" else None
-        self.hdmnet = HDMNetAugment(image_size, scale=hdmnet_scale) if train and augmentation == "hdmnet" else None
+        chain = HDMNetAugment if exact else FusedHDMNetAugment
+        self.device = device and not exact
+        self.hdmnet = chain(image_size, scale=hdmnet_scale) if train and augmentation == "hdmnet" else None
 
     def __call__(self, image: np.ndarray, masks: Sequence[np.ndarray], seed: Optional[int] = None,
                  keep_foreground: bool = True) -> Tuple[np.ndarray, List[np.ndarray]]:
@@ -165,7 +333,7 @@ class PairTransform:
 
     def _augment(self, image, masks, rng) -> Tuple[np.ndarray, List[np.ndarray]]:
         if self.hdmnet is not None:
-            return self.hdmnet(image, masks, rng)
+            return self.hdmnet.deferred(image, masks, rng) if self.device else self.hdmnet(image, masks, rng)
         out = self.aug(image=image, masks=list(masks))
         return out["image"], list(out["masks"])
 
@@ -187,6 +355,19 @@ def scoring_label(mask: np.ndarray, scoring_size: Union[str, int]) -> torch.Tens
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 (or float32 in 0-255) [H, W, 3] -> float32 [3, H, W] in [0, 1] (not normalised)."""
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+
+
+def image_to_uint8_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W, 3] -> uint8 [3, H, W] (a view of the array: no copy); ``images_to_float`` turns
+    it into ``image_to_tensor``'s float32 on the device, bit-equal (one IEEE division by 255 each)."""
+    if image.dtype != np.uint8:
+        raise TypeError(f"image_to_uint8_tensor: expected a uint8 image, got {image.dtype}")
+    return torch.from_numpy(image).permute(2, 0, 1)
+
+
+def images_to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (0-255) -> float32 in [0, 1], where they are (the device); float images unchanged."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
 
 
 def resize_image(image: np.ndarray, image_size: int) -> np.ndarray:

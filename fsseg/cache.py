@@ -54,15 +54,16 @@ class TensorDiskCache:
         return self.dir / d[:2] / f"{d}.pt"
 
     def get(self, key: str) -> dict[str, torch.Tensor] | None:
+        """The entry, its tensors memory-mapped from the file (``torch.load(mmap=True)``): no Python
+        bytes copy and no copy into fresh storage; the caller's ``.to(device, dtype)`` is the only
+        one. A published file is never rewritten in place (``atomic_write`` renames a new inode over
+        it), so a mapping stays valid."""
         path = self._path(key)
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            value = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except FileNotFoundError:
             self.misses += 1
             return None
-        try:
-            value = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception:
             # A file that does not parse (a disk fault, a foreign file): recompute rather than fail.
             self.misses += 1
@@ -70,16 +71,28 @@ class TensorDiskCache:
         self.hits += 1
         return value
 
-    def put(self, key: str, value: dict[str, torch.Tensor]) -> None:
+    def _stored(self, value: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         stored = {}
         for name, t in value.items():
             t = t.detach().cpu()
             if self.dtype is not None and t.is_floating_point():
                 t = t.to(self.dtype)
-            stored[name] = t.contiguous().clone()
+            t = t.contiguous()
+            # a view of a batch would save the whole batch's storage: copy only then
+            stored[name] = t.clone() if t.untyped_storage().nbytes() != t.nbytes else t
+        return stored
+
+    def put(self, key: str, value: dict[str, torch.Tensor]) -> None:
         buf = io.BytesIO()
-        torch.save(stored, buf)
+        torch.save(self._stored(value), buf)
         atomic_write(self._path(key), buf.getvalue())
+
+    def entry_bytes(self, value: dict[str, torch.Tensor]) -> int:
+        """Bytes one entry like ``value`` takes on disk in this cache's storage dtype (the file as
+        ``put`` writes it: tensors plus the zip container)."""
+        buf = io.BytesIO()
+        torch.save(self._stored(value), buf)
+        return len(buf.getvalue())
 
     def __contains__(self, key: str) -> bool:
         return self._path(key).exists()

@@ -93,16 +93,16 @@ def _find_instances(src: str, split: str) -> str:
 
 def prepare_coco20i(src: str, dst: str, splits: Iterable[str] = COCO_SPLITS, quiet: bool = False) -> dict:
     """Write ``dst/annotations/<split>/<image name>.png`` (HSNet's layout, ``data/coco.py:79-82``),
-    plus ``dst/classes.txt`` (80 names, line k = value k) and ``dst/index.json`` (class name -> image
-    stems whose mask holds the class), which fsseg's ``Coco20i`` reader uses instead of scanning
-    every mask."""
+    plus ``dst/classes.txt`` (80 names, line k = value k) and ``dst/index.json`` (class name ->
+    {image stem: pixels of the class in its mask}), which fsseg's ``Coco20i`` reader uses instead of
+    opening every mask, also for BAM/HDMNet's area rule (``protocol: hdmnet``)."""
     try:
         from pycocotools.coco import COCO
     except ImportError as e:  # pragma: no cover - a dependency of fsseg
         raise SystemExit("fsseg prepare coco20i needs pycocotools (pip install pycocotools)") from e
     summary = {"written": 0, "skipped": 0, "splits": {}}
     names: Optional[List[str]] = None
-    members: Dict[str, List[str]] = {}
+    members: Dict[str, Dict[str, int]] = {}
     for split in splits:
         if split not in COCO_SPLITS:
             raise ValueError(f"unknown COCO split {split!r}; choose from {COCO_SPLITS}")
@@ -126,9 +126,9 @@ def prepare_coco20i(src: str, dst: str, splits: Iterable[str] = COCO_SPLITS, qui
                 label = coco_label_map(coco, image_id, value_of)
                 _save(Image.fromarray(label, mode="L"), path)
                 written += 1
-            for v in np.unique(label):
-                if 1 <= v <= 80:
-                    members.setdefault(names[int(v) - 1], []).append(stem)
+            counts = np.bincount(label.ravel(), minlength=256)
+            for v in np.flatnonzero(counts[1:81]) + 1:
+                members.setdefault(names[int(v) - 1], {})[stem] = int(counts[v])
         summary["splits"][split] = {"written": written, "skipped": skipped, "images": len(coco.imgs), "dir": out_dir}
         summary["written"] += written
         summary["skipped"] += skipped
@@ -136,7 +136,7 @@ def prepare_coco20i(src: str, dst: str, splits: Iterable[str] = COCO_SPLITS, qui
         f.write("".join(n + "\n" for n in names or []))
     tmp = os.path.join(dst, "index.json.tmp")
     with open(tmp, "w") as f:
-        json.dump({n: sorted(members.get(n, [])) for n in names or []}, f)
+        json.dump({n: dict(sorted(members.get(n, {}).items())) for n in names or []}, f)
     os.replace(tmp, os.path.join(dst, "index.json"))
     return summary
 

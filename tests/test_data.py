@@ -28,6 +28,7 @@ from data_modules import (
     read_image,
     read_mask,
 )
+from data_modules.episodes import batch_to_model_dtypes
 from data_modules.synthetic import NUM_CLASSES, class_attributes, render
 
 
@@ -103,8 +104,11 @@ def _dm(**kw):
 @pytest.mark.parametrize("shots", [1, 5])
 def test_k_shot_batch_format(shots):
     dm = _dm(shots=shots)
-    for loader in (dm.train_dataloader(), dm.test_dataloader()):
-        b = next(iter(loader))
+    for loader, sent in ((dm.train_dataloader(), torch.uint8), (dm.test_dataloader(), torch.float32)):
+        raw = next(iter(loader))
+        # training batches travel as uint8 (input_path: fast) and take this format on the device
+        assert raw["query"].dtype == raw["support"].dtype == sent
+        b = batch_to_model_dtypes(raw)
         B = 3
         assert b["query"].shape == (B, 3, 48, 48) and b["query"].dtype == torch.float32
         assert 0 <= b["query"].min() and b["query"].max() <= 1

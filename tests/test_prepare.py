@@ -63,7 +63,7 @@ def _write_instances(path, split):
         json.dump({"images": images, "annotations": anns, "categories": cats}, f)
 
 
-def test_prepare_coco20i_overlaps_crowd_and_restart(tmp_path, capsys):
+def test_prepare_coco20i_overlaps_crowd_and_restart(tmp_path, capsys, monkeypatch):
     src, dst = tmp_path / "annotations", tmp_path / "COCO2014"
     for split in ("train2014", "val2014"):
         _write_instances(str(src / f"instances_{split}.json"), split)
@@ -79,9 +79,10 @@ def test_prepare_coco20i_overlaps_crowd_and_restart(tmp_path, capsys):
     assert poly[3, 4] == 2 and poly[0, 0] == 0 and poly[7, 9] == 0 and set(np.unique(poly).tolist()) == {0, 2}
     names = (dst / "classes.txt").read_text().split()
     assert len(names) == 80 and names[0] == "cat1" and names[11] == "cat13" and names[79] == "cat90"
-    index = json.loads((dst / "index.json").read_text())
-    assert index["cat1"] == ["COCO_train2014_000000000007", "COCO_val2014_000000000007"]
-    assert index["cat2"] == ["COCO_train2014_000000000011", "COCO_val2014_000000000011"] and index["cat90"] == []
+    index = json.loads((dst / "index.json").read_text())  # class -> {image stem: pixels of the class}
+    assert index["cat1"] == {"COCO_train2014_000000000007": 18, "COCO_val2014_000000000007": 18}  # 24 - 6 under B
+    assert index["cat2"] == {"COCO_train2014_000000000011": int((poly == 2).sum()),
+                             "COCO_val2014_000000000011": int((poly == 2).sum())} and index["cat90"] == {}
     # restartable: a second run writes nothing; a deleted mask is rewritten
     os.remove(dst / "annotations" / "train2014" / "COCO_train2014_000000000003.png")
     main(["--quiet", "coco20i", str(src), str(dst)])
@@ -96,6 +97,15 @@ def test_prepare_coco20i_overlaps_crowd_and_restart(tmp_path, capsys):
     ds = Coco20i(str(dst), fold=0, split="test")
     assert [os.path.basename(k) for k in ds.samples_by_class[0]] == ["COCO_val2014_000000000007.jpg"]
     assert ds.class_names[0] == "cat1"
+    # the area rule from index.json alone: no mask is opened
+    import data_modules.mask_index as mask_index
+
+    def no_mask(path):
+        raise AssertionError(f"mask opened: {path}")
+
+    monkeypatch.setattr(mask_index, "areas_of", no_mask)
+    assert len(Coco20i(str(dst), fold=0, split="test", min_pixels=18).samples_by_class[0]) == 1
+    assert Coco20i(str(dst), fold=0, split="test", min_pixels=19).samples_by_class[0] == []
 
 
 def test_prepare_coco20i_bad_input(tmp_path):

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from data_modules import EpisodicDataModule
 from data_modules.base import FewShotDataset
-from data_modules.episodes import EpisodeDataset, collate_dicts, fixed_episode_list
+from data_modules.episodes import EpisodeDataset, batch_to_model_dtypes, collate_dicts, fixed_episode_list
 from data_modules.transforms import HDMNetAugment, scoring_label
 from fsseg.metrics import FewShotIoU, update_scored
 from fsseg.modules import FewShotModule
@@ -315,7 +315,7 @@ def test_hdmnet_chain_resizes_to_model_size_and_episodes_use_it():
     dm.setup("fit")
     assert dm.datasets["train"].transform.hdmnet.scale == (0.9, 1.1)
     assert EpisodicDataModule(dataset="coco20i", augmentation="hdmnet").augmentation_scale == (0.8, 1.25)
-    batch = next(iter(dm.train_dataloader()))
+    batch = batch_to_model_dtypes(next(iter(dm.train_dataloader())))  # uint8 batches -> float32 [0, 1]
     assert batch["query"].shape == (2, 3, 48, 48) and 0 <= batch["query"].min() and batch["query"].max() <= 1
 
 

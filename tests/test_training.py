@@ -72,13 +72,13 @@ def test_teacher_cache_warm_epoch_never_runs_teacher_and_losses_match(tmp_path):
     L.seed_everything(0)
     cold = _distill_module()
     rec_cold = _LossRecorder()
-    _fit(cold, dm, tmp_path, [TeacherEmbeddingCache(cache_dir=str(tmp_path / "cache")), rec_cold])
+    _fit(cold, dm, tmp_path, [TeacherEmbeddingCache(cache_dir=str(tmp_path / "cache"), dtype="float32"), rec_cold])
     assert cold.teacher_calls == 12 and cold.teacher_cache.misses == 12
 
     L.seed_everything(0)
     warm = _distill_module()
     rec_warm = _LossRecorder()
-    _fit(warm, dm, tmp_path, [TeacherEmbeddingCache(cache_dir=str(tmp_path / "cache")), rec_warm], epochs=2)
+    _fit(warm, dm, tmp_path, [TeacherEmbeddingCache(cache_dir=str(tmp_path / "cache"), dtype="float32"), rec_warm], epochs=2)
     assert warm.teacher_calls == 0, "a warm cache must not run the teacher at all"
     assert warm.teacher_cache.hits == 24
 

@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional
 import lightning as L
 import torch
 
+from data_modules.episodes import batch_to_model_dtypes
 from fsseg.cache import TensorDiskCache, module_fingerprint
 from fsseg.losses import dice_bce_loss
 from fsseg.metrics import FewShotIoU, update_scored
@@ -212,6 +213,8 @@ class FewShotModule(SupportSetPredictionMixin, GuardedStepMixin, LeanCheckpointM
         return loss, {"loss_final": final.detach(), "loss_prior": prior.detach()}
 
     def training_step(self, batch: dict, batch_idx: int):
+        # uint8 training batches (EpisodicDataModule's ``input_path``) become float32 here, on the device
+        batch = batch_to_model_dtypes(batch)
         if batch["support"].dim() == 6:
             raise ValueError("episodic training uses 1-way episodes (data.n_way=1); N-way is for evaluation")
         out = self.forward_episode(batch)
