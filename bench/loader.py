@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from bench.common import REPO, log, rand_inputs, timeit, timeit_interleaved
+from bench.common import REPO, log, timeit, timeit_interleaved
 
 NAME = "loader"
 PATHS = ("exact", "fast", "device")  # data_modules.episodes.INPUT_PATHS, in report order
@@ -124,27 +124,15 @@ def episode_costs(root: str, size: int, shots_list, reps: int) -> list:
 def model_costs(cfg: dict, shots_list, device: str) -> dict:
     """FLOPs of one training episode (frozen forward + trainable forward/backward) and the trainable
     part's step time here (frozen features from a warm cache)."""
-    import torch
-
-    from bench.inference import count_flops
+    from bench.training import compact_training_setup, training_batch
     from fsseg.cache import TensorDiskCache
-    from fsseg.modules import FewShotModule
+    from fsseg.flops import count_flops
 
     size = cfg["size"]
-    mk = dict(cfg["model_kwargs"])
-    dec = {k: mk.pop(k) for k in ("decoder_dim", "decoder_depth", "decoder_mlp_dim", "decoder_heads") if k in mk}
-    fm = FewShotModule(variant="compact", backbone=cfg["backbone"], image_size=size, feature_cache="all",
-                       model_kwargs=mk, lr_schedule="none", **dec).to(device)
-    fm.log = lambda *a, **k: None
-    fm.log_dict = lambda *a, **k: None
-    fm.train()
-    opt = torch.optim.AdamW([p for p in fm.parameters() if p.requires_grad], lr=1e-4)
+    fm, opt = compact_training_setup(cfg, device)
     out = dict(variant="compact", backbone=cfg["backbone"], size=size, batch=1, by_shots={})
     for shots in shots_list:
-        q, s, m = rand_inputs(1, shots, size, device)
-        batch = dict(query=q, query_mask=(torch.rand(1, size, size) > 0.5).long().to(device), support=s,
-                     support_masks=m, class_id=torch.tensor([0]), episode_index=torch.tensor([0]),
-                     query_name=["q0.jpg"], support_names=[[f"s{i}.jpg" for i in range(shots)]])
+        batch = training_batch(size, shots, device)
 
         def step(batch=batch):
             opt.zero_grad(set_to_none=True)

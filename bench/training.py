@@ -64,25 +64,39 @@ def distillation_composed(dm, cfg: dict, device: str, teacher: dict) -> dict:
     return res
 
 
-def fewshot_training_bench(cfg: dict, device: str) -> dict:
+def compact_training_setup(cfg: dict, device: str):
+    """The stage-2 module the training rows time (FS-DINO ``compact``, frozen-feature cache on, logging
+    off) and its AdamW over the trainable parameters."""
     import torch
 
-    from fsseg.cache import TensorDiskCache
     from fsseg.modules import FewShotModule
 
-    size = cfg["size"]
     mk = dict(cfg["model_kwargs"])
     dec = {k: mk.pop(k) for k in ("decoder_dim", "decoder_depth", "decoder_mlp_dim", "decoder_heads") if k in mk}
-    fm = FewShotModule(variant="compact", backbone=cfg["backbone"], image_size=size, feature_cache="all",
+    fm = FewShotModule(variant="compact", backbone=cfg["backbone"], image_size=cfg["size"], feature_cache="all",
                        model_kwargs=mk, lr_schedule="none", **dec).to(device)
     fm.log = lambda *a, **k: None
     fm.log_dict = lambda *a, **k: None
     fm.train()
-    opt = torch.optim.AdamW([p for p in fm.parameters() if p.requires_grad], lr=1e-4)
-    q, s, m = rand_inputs(1, 1, size, device)
-    batch = dict(query=q, query_mask=(torch.rand(1, size, size) > 0.5).long().to(device), support=s,
-                 support_masks=m, class_id=torch.tensor([0]), episode_index=torch.tensor([0]),
-                 query_name=["q0.jpg"], support_names=[["s0.jpg"]])
+    return fm, torch.optim.AdamW([p for p in fm.parameters() if p.requires_grad], lr=1e-4)
+
+
+def training_batch(size: int, shots: int, device: str) -> dict:
+    """One random 1-query episode in the training batch layout."""
+    import torch
+
+    q, s, m = rand_inputs(1, shots, size, device)
+    return dict(query=q, query_mask=(torch.rand(1, size, size) > 0.5).long().to(device), support=s,
+                support_masks=m, class_id=torch.tensor([0]), episode_index=torch.tensor([0]),
+                query_name=["q0.jpg"], support_names=[[f"s{i}.jpg" for i in range(shots)]])
+
+
+def fewshot_training_bench(cfg: dict, device: str) -> dict:
+    from fsseg.cache import TensorDiskCache
+
+    size = cfg["size"]
+    fm, opt = compact_training_setup(cfg, device)
+    batch = training_batch(size, 1, device)
 
     def step():
         opt.zero_grad(set_to_none=True)
