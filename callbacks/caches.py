@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Literal, Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_only
 
 from fsseg.cache import TensorDiskCache
 from fsseg.precision import run_device
@@ -46,8 +47,10 @@ class TeacherEmbeddingCache(L.Callback):
         ns = pl_module.teacher_namespace((size, size)) + f"|{self.dtype}"
         pl_module.teacher_cache = TensorDiskCache(self.cache_dir, ns, dtype=_DTYPES[self.dtype])
         if stage == "fit":
-            rank_zero_info(projected_size_line(pl_module.teacher_cache, pl_module.teacher, self.dtype,
-                                               _train_images(trainer)))
+            # printed, not logged: the disk cost must show in fsseg's quiet default (Lightning's logger is
+            # at WARNING there)
+            _print_rank_zero(projected_size_line(pl_module.teacher_cache, pl_module.teacher, self.dtype,
+                                                 _train_images(trainer)))
 
 
 # The paper's stage 1: 1% of SA-1B, ~110k images (SPEC sec. 2)
@@ -58,6 +61,11 @@ def _train_images(trainer) -> Optional[int]:
     dm = getattr(trainer, "datamodule", None) if trainer is not None else None
     indices = getattr(dm, "train_indices", None)
     return len(indices) if indices is not None else None
+
+
+@rank_zero_only
+def _print_rank_zero(line: str) -> None:
+    print(f"fsseg: {line}", file=sys.stderr, flush=True)
 
 
 def projected_size_line(cache: TensorDiskCache, teacher, dtype: str, images: Optional[int]) -> str:

@@ -54,7 +54,7 @@ class TensorDiskCache:
         return self.dir / d[:2] / f"{d}.pt"
 
     def get(self, key: str) -> dict[str, torch.Tensor] | None:
-        """The entry, its tensors memory-mapped from the file (``torch.load(mmap=True)``): no Python
+        """The entry, its tensors memory-mapped from the file (``torch.load`` with ``mmap=True``): no Python
         bytes copy and no copy into fresh storage; the caller's ``.to(device, dtype)`` is the only
         one. A published file is never rewritten in place (``atomic_write`` renames a new inode over
         it), so a mapping stays valid."""
