@@ -83,37 +83,26 @@ def mask_from_upload(mask: Optional[np.ndarray], size: tuple[int, int]) -> Optio
 
 def pair_uploaded_supports(images: Optional[list], masks: Optional[list]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Uploaded support files -> ``[(RGB [H,W,3], mask bool [H,W])]``: masks matched to images by file
-    stem, read (EXIF orientation, encodings) as ``fsseg predict`` reads a support folder. An image
-    without a mask, or a mask of another size, is a ``ValueError`` naming the file."""
-    from data_modules.masks import read_image
+    stem, each pair read by the same ``FileFewShotDataset.load`` that reads ``fsseg predict``'s support
+    folder (EXIF orientation applied to both, mask encodings, the soft-mask rule, the size check). An
+    image without a mask, or an unreadable pair, is a ``ValueError`` naming the file."""
+    from data_modules.base import FileFewShotDataset, stem
 
     images, masks = [str(p) for p in images or []], [str(p) for p in masks or []]
     if not images and not masks:
         return []
-    stems = {os.path.splitext(os.path.basename(m))[0].lower(): m for m in masks}
-    shots = []
+    by_stem = {stem(m).lower(): m for m in masks}
+    pairs = FileFewShotDataset("auto")
     for path in sorted(images):
-        stem = os.path.splitext(os.path.basename(path))[0].lower()
-        if stem not in stems:
+        if stem(path).lower() not in by_stem:
             raise ValueError(f"support image {os.path.basename(path)}: no mask with the same file name among the "
                              f"uploaded masks ({', '.join(os.path.basename(m) for m in masks) or 'none'})")
-        img = read_image(path)
-        m = binary_mask_from_file(stems[stem])
-        if m.shape != img.shape[:2]:
-            raise ValueError(f"mask {os.path.basename(stems[stem])} is {m.shape[1]}x{m.shape[0]}, its image "
-                             f"{img.shape[1]}x{img.shape[0]}")
-        shots.append((img, m))
+        pairs.records[path] = (path, by_stem[stem(path).lower()])
+    shots = []
+    for path in sorted(images):
+        image, (mask,) = pairs.load(path, [0])
+        shots.append((image, mask == 1))
     return shots
-
-
-def binary_mask_from_file(path: str) -> np.ndarray:
-    """A mask file -> bool, by ``fsseg predict``'s rules (``read_mask`` auto, then the soft-mask rule)."""
-    from data_modules.masks import binary_mask_from_array, read_mask
-
-    m = read_mask(path, "auto")
-    if set(np.unique(m).tolist()) <= {0, 1}:
-        return m.astype(bool)
-    return binary_mask_from_array(m, os.path.basename(path)) > 0
 
 
 def _to_tensor(img: np.ndarray, size: int) -> torch.Tensor:
