@@ -47,7 +47,7 @@ COCO128 = Path(os.environ.get("FSSEG_SHARED_DATA", REPO.parent / "shared" / "dat
 
 def write_coco_tree(root: str | os.PathLike, n: int, size=(480, 640), seed: int = 0, quality: int = 90) -> Path:
     """A coco128-style tree (``images/<id>.jpg``, ``masks/<id>.png`` class-index, 0 = background) of
-    ``n`` generated images: 1-3 filled rectangles of random COCO classes on a noisy background."""
+    ``n`` generated images: 1-3 filled rectangles of six COCO classes on a noisy background."""
     import numpy as np
     from PIL import Image
 
@@ -56,12 +56,16 @@ def write_coco_tree(root: str | os.PathLike, n: int, size=(480, 640), seed: int 
     (root / "masks").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     h, w = size
+    # four fold-0 training and two fold-0 novel classes (mask value v is class v - 1; fold 0 holds out
+    # range(0, 80, 4), data_modules/coco.py): even a small tree gives both splits classes with the K + 1
+    # images a 5-shot episode needs
+    pool = [v for v in range(1, 81) if (v - 1) % 4 != 0][:4] + [v for v in range(1, 81) if (v - 1) % 4 == 0][:2]
     for i in range(n):
         mask = np.zeros((h, w), np.uint8)
         for _ in range(int(rng.integers(1, 4))):
             y0, x0 = int(rng.integers(0, h - h // 4)), int(rng.integers(0, w - w // 4))
             y1, x1 = y0 + int(rng.integers(h // 8, h // 2)), x0 + int(rng.integers(w // 8, w // 2))
-            mask[y0:y1, x0:x1] = int(rng.integers(1, 81))
+            mask[y0:y1, x0:x1] = pool[int(rng.integers(len(pool)))]
         base = rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8)
         image = np.asarray(Image.fromarray(base).resize((w, h), Image.BILINEAR)).copy()
         image[mask > 0] = (image[mask > 0] // 2 + (mask[mask > 0, None] * 3) % 128).astype(np.uint8)
