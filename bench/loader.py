@@ -10,9 +10,11 @@ Method
   class-index PNG masks (``write_coco_tree``); the report names which.
 * CPU ms per episode: ``time.thread_time`` around ``dataset[i]`` (CPU seconds of this thread, so other
   jobs on a shared machine do not count), median over ``loader_reps`` episodes; the two input paths
-  (``exact``: HDMNet's float32 chain and float32 batches; ``fast``: uint8 batches, ``FusedHDMNetAugment``)
+  (``exact``: HDMNet's float32 chain and float32 batches; ``fast``: uint8 batches, ``FusedHDMNetAugment``;
+  ``device``: JPEG bytes, decoded and augmented on the device)
   are timed in alternation on the same episode ids (``bench.common.timeit_interleaved``).
-* Floor: decoding the episode's 1+K JPEGs alone (``read_image``), the same episodes, same clock.
+* Floors: decoding the episode's 1+K JPEGs alone (``read_image``) and its 1+K PNG masks alone
+  (``read_mask``), the same episodes, same clock.
 * Bytes to the device: the tensors of one collated episode (``collate_dicts``) as the loader hands them over.
 * GPU side: FLOPs of one training step (batch 1, the frozen DINOv2 forward + the trainable part's
   forward and backward) counted with ``FlopCounterMode`` on the bench model (``compact`` variant), and
@@ -77,10 +79,12 @@ def write_coco_tree(root: str | os.PathLike, n: int, size=(480, 640), seed: int 
 def _episode_bytes(item: dict) -> int:
     import torch
 
+    from data_modules.device_decode import DeviceImages
     from data_modules.episodes import collate_dicts
 
     batch = collate_dicts([item])
-    return sum(v.nbytes for v in batch.values() if isinstance(v, torch.Tensor))
+    return sum(v.nbytes for v in batch.values() if isinstance(v, torch.Tensor)) + sum(
+        im.nbytes for v in batch.values() if isinstance(v, list) for im in v if isinstance(im, DeviceImages))
 
 
 def episode_costs(root: str, size: int, shots_list, reps: int) -> list:
@@ -89,7 +93,7 @@ def episode_costs(root: str, size: int, shots_list, reps: int) -> list:
 
     from data_modules.coco import Coco20i
     from data_modules.episodes import INPUT_PATHS, EpisodeDataset
-    from data_modules.masks import read_image
+    from data_modules.masks import read_image, read_mask
     from data_modules.transforms import HDMNET_SCALE
 
     threads = torch.get_num_threads(), cv2.getNumThreads()
@@ -104,12 +108,14 @@ def episode_costs(root: str, size: int, shots_list, reps: int) -> list:
                                            hdmnet_scale=HDMNET_SCALE["coco"], input_path=p) for p in INPUT_PATHS}
                 fns = {p: (lambda d=d, ids=itertools.count(): d[next(ids)]) for p, d in dsets.items()}
                 t = timeit_interleaved(fns, 2, reps, clock=time.thread_time)
-                files = [ds.records[k][0] for i in range(2, 2 + reps)
+                files = [ds.records[k] for i in range(2, 2 + reps)
                          for ep in [dsets["exact"].episode(i)] for k in (ep.query, *ep.supports[0])]
-                decode = timeit_interleaved({"decode": lambda it=itertools.cycle(files): read_image(next(it))},
-                                            1, len(files), clock=time.thread_time)["decode"]
+                decode = timeit_interleaved({"jpeg": lambda it=itertools.cycle(files): read_image(next(it)[0]),
+                                             "mask": lambda it=itertools.cycle(files): read_mask(next(it)[1])},
+                                            1, len(files), clock=time.thread_time)
                 row = dict(augmentation=aug, shots=shots, size=size,
-                           floor_jpeg_decode_ms=1e3 * decode["median_s"] * (1 + shots))
+                           floor_jpeg_decode_ms=1e3 * decode["jpeg"]["median_s"] * (1 + shots),
+                           floor_mask_decode_ms=1e3 * decode["mask"]["median_s"] * (1 + shots))
                 for p in INPUT_PATHS:
                     row[p] = dict(cpu_ms=1e3 * t[p]["median_s"], min_ms=1e3 * t[p]["min_s"], runs=t[p]["runs"],
                                   bytes=_episode_bytes(dsets[p][0]))
@@ -118,7 +124,8 @@ def episode_costs(root: str, size: int, shots_list, reps: int) -> list:
                 rows.append(row)
                 log(f"loader {aug} {shots}-shot @{size}: " + ", ".join(
                     f"{p} {row[p]['cpu_ms']:.1f} ms ({row[p]['bytes'] / 1e6:.2f} MB, {row[p]['speedup_vs_exact']:.2f}x)"
-                    for p in INPUT_PATHS) + f"; JPEG decode floor {row['floor_jpeg_decode_ms']:.1f} ms")
+                    for p in INPUT_PATHS) + f"; decode floors: JPEG {row['floor_jpeg_decode_ms']:.1f} ms, "
+                    f"PNG masks {row['floor_mask_decode_ms']:.1f} ms")
     finally:
         torch.set_num_threads(threads[0])
         cv2.setNumThreads(threads[1])
@@ -221,15 +228,18 @@ def markdown(ld: dict) -> list:
          "float32 chain, float32 images / int64 labels (each image file now opened once instead of three times, "
          "in every path: the before figure is, if anything, low); `fast`: uint8 images and masks (converted on the device), "
          "`hdmnet` as one fused uint8 warp (not bit-equal, docs/protocols/hdmnet.md); `device`: as `fast`, "
-         "`hdmnet`'s image warp + blur on the device (decoded images sent on a 640x640 canvas). Floor: the "
-         "episode's JPEG decodes alone.",
-         "", "| augmentation | K | CPU ms exact / fast / device | exact / fast, exact / device | JPEG decode floor ms "
-             "| MB to device exact / fast / device |",
+         "`hdmnet`'s JPEGs sent as their bytes and decoded on the device (`data_modules/device_decode.py`: nvJPEG "
+         "through `torchvision.io.decode_jpeg` on a GPU; here, without one, the training process decodes them, "
+         "outside the loader's CPU counted in this table), then warped and blurred there on a 640x640 canvas. "
+         "Floors: the episode's JPEG decodes alone (the CPU paths' floor) and its PNG mask decodes alone (the "
+         "device path's: masks stay on the CPU, where the episode's sampling rules read them).",
+         "", "| augmentation | K | CPU ms exact / fast / device | exact / fast, exact / device | decode floor ms "
+             "JPEG / PNG masks | MB to device exact / fast / device |",
          "|---|---|---|---|---|---|"]
     for r in ld["rows"]:
         L.append(f"| {r['augmentation']} | {r['shots']} | " + " / ".join(f"{r[p]['cpu_ms']:.1f}" for p in PATHS)
                  + f" | {r['fast']['speedup_vs_exact']:.2f}x, {r['device']['speedup_vs_exact']:.2f}x | "
-                 f"{r['floor_jpeg_decode_ms']:.1f} | " + " / ".join(f"{r[p]['bytes'] / 1e6:.2f}" for p in PATHS) + " |")
+                 f"{r['floor_jpeg_decode_ms']:.1f} / {r.get('floor_mask_decode_ms', float('nan')):.1f} | " + " / ".join(f"{r[p]['bytes'] / 1e6:.2f}" for p in PATHS) + " |")
     m = ld["model"]
     L += ["", f"Model ({m['variant']}, `{m['backbone']}` at {m['size']}, batch 1): "
           + "; ".join(f"{k}-shot {v['gflop_episode']:.0f} GFLOP per training episode ({v['gflop_trainable']:.1f} in "
@@ -273,8 +283,8 @@ def target(ld: dict) -> Optional[dict]:
                                    f"{r['device']['speedup_vs_exact']:.2f}x; JPEG floor {r['floor_jpeg_decode_ms']:.1f} ms)"
                                    for r in rows),
                 why="fast: uint8 throughout, one affine warp for scale+rotate+flip+resize, uint8 batches; device: "
-                    "the image warp and blur on the device, the CPU decodes, warps the masks and copies onto a canvas; "
-                    "what remains is mostly the JPEG and PNG decodes")
+                    "JPEGs travel as bytes and are decoded, warped and blurred on the device; the CPU reads the files "
+                    "and decodes and warps the masks: what remains is mostly the PNG mask decodes")
 
 
 if __name__ == "__main__":

@@ -37,10 +37,11 @@ def merge_results(paths: List[str]) -> dict:
     res = json.loads(Path(paths[0]).read_text())
     for p in paths[1:]:
         other = json.loads(Path(p).read_text())
+        measured = set(other.get("sections", []))  # a later run's sections replace the earlier figures
         for k, v in other.items():
             if k == "training":
                 res.setdefault("training", {}).update(v)
-            elif k in ("reuse", "scaling", "specialized_vs_episodic") or k not in res:
+            elif k in measured or k in ("reuse", "scaling", "specialized_vs_episodic") or k not in res:
                 res[k] = v
         res.setdefault("skipped", []).extend(x for x in other.get("skipped", []) if x not in res.get("skipped", []))
         res["runtime_s"] = res.get("runtime_s", 0) + other.get("runtime_s", 0)

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .device_decode import read_encoded_jpeg
 from .masks import (
     BINARY_MASK_HINT,
     BadSampleError,
@@ -51,6 +52,11 @@ class FewShotDataset:
         image = self.load_image(key)
         masks = [self.load_mask(key, c) for c in class_ids]
         return image, masks
+
+    def load_for_device(self, key: str, class_ids: Sequence[int]):
+        """``load``, with the image as an ``EncodedJPEG`` where the device can decode it
+        (``device_decode``); a reader without image files decodes as ``load``."""
+        return self.load(key, class_ids)
 
     # -- helpers ---------------------------------------------------------------------------
     def num_samples(self, class_id: int) -> int:
@@ -110,6 +116,17 @@ class FileFewShotDataset(FewShotDataset):
 
     def load_mask(self, key: str, class_id: int) -> np.ndarray:
         return self.load(key, [class_id])[1][0]
+
+    def load_for_device(self, key: str, class_ids: Sequence[int]):
+        # a reader that reads its images its own way (an override of ``load``/``load_image``) decodes them
+        own = type(self).load is not FileFewShotDataset.load or type(self).load_image is not FileFewShotDataset.load_image
+        encoded = None if own else read_encoded_jpeg(self.records[key][0])
+        if encoded is None:
+            return self.load(key, class_ids)
+        masks = [self._decode(key, c, 1) for c in class_ids]  # an encoded image has no EXIF turn
+        for m in masks:
+            check_same_size(encoded, m, encoded.path, self.records[key][1])
+        return encoded, masks
 
     def load(self, key: str, class_ids: Sequence[int]):
         """Image and masks, the image's EXIF orientation applied to both. A mask already drawn on the

@@ -36,9 +36,11 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 
 from .base import FewShotDataset
+from .device_decode import DeviceImages, canvases_on_device
 from .masks import IGNORE_INDEX, BadSampleError
 from .transforms import (
     HDMNET_SCALE,
+    IMAGENET_MEAN_255,
     DeferredWarp,
     PairTransform,
     image_to_tensor,
@@ -49,7 +51,7 @@ from .transforms import (
 )
 
 INPUT_PATHS = ("exact", "fast", "device")
-# Canvas the ``device`` input path sends decoded images on (COCO and PASCAL images fit: <= 640 px).
+# Canvas the ``device`` input path places images on (COCO and PASCAL images fit: <= 640 px).
 DEVICE_CANVAS = 640
 
 
@@ -182,11 +184,13 @@ def batch_to_model_dtypes(batch: Dict) -> Dict:
     """An episode batch as the models take it (docs/CONTRACTS.md): uint8 images -> float32 in
     [0, 1], uint8 support masks -> float32, uint8 query masks -> int64. Run where the batch is (the
     device, ``on_after_batch_transfer``); a batch already in these dtypes is returned as it is.
-    Items of the ``device`` input path carry ``<key>_affine`` / ``<key>_blur``: their canvases are
-    augmented here (``warp_on_device``)."""
+    Items of the ``device`` input path carry ``DeviceImages`` and ``<key>_affine`` / ``<key>_blur``:
+    their JPEGs are decoded and the canvases augmented here (``canvases_on_device``, ``warp_on_device``)."""
     for key in ("query", "support"):
         if f"{key}_affine" in batch:
             canvas, affine, blur = batch[key], batch.pop(f"{key}_affine"), batch.pop(f"{key}_blur")
+            if not isinstance(canvas, torch.Tensor):  # the items' DeviceImages: decode and place here
+                canvas = canvases_on_device(canvas, DEVICE_CANVAS, IMAGENET_MEAN_255, affine.device)
             lead = canvas.shape[:-3]
             size = batch["query_mask"].shape[-1]
             out = warp_on_device(canvas.reshape(-1, *canvas.shape[-3:]), affine.reshape(-1, 2, 3),
@@ -231,7 +235,8 @@ class EpisodeDataset(Dataset):
     bytes; ``batch_to_model_dtypes`` converts them on the device, bit-equal) and ``hdmnet`` runs
     ``FusedHDMNetAugment`` (uint8, one resampling; not bit-equal to HDMNet's chain); ``device`` --
     as ``fast``, but ``hdmnet``'s image warp and blur run on the device (``warp_on_device``): images
-    leave decoded on a ``DEVICE_CANVAS`` square with their map (``<key>_affine``, ``<key>_blur``).
+    leave as ``DeviceImages`` (JPEG bytes where the device decodes them, ``device_decode``; else decoded,
+    at most ``DEVICE_CANVAS`` square) with their map (``<key>_affine``, ``<key>_blur``).
     """
 
     def __init__(self, dataset: FewShotDataset, shots: int = 1, n_way: int = 1,
@@ -312,19 +317,20 @@ class EpisodeDataset(Dataset):
         ds = self.dataset
         fast = self.input_path != "exact"
         deferred = self.input_path == "device" and self.transform.hdmnet is not None
-        to_tensor = image_to_uint8_tensor if fast else image_to_tensor
+        to_tensor, stack, load = image_to_uint8_tensor if fast else image_to_tensor, torch.stack, ds.load
         warps: list = []
-        if deferred:  # every image as a canvas + map (a draw that fell back to the plain resize: identity)
+        if deferred:  # every image fitted for a device canvas + its map (a draw that fell back to the plain resize: identity)
             def to_tensor(img):
                 warp = img if isinstance(img, DeferredWarp) else DeferredWarp(img, np.eye(2, 3, dtype=np.float32), (0.0, 0.0))
-                canvas, matrix = warp.on_canvas(DEVICE_CANVAS)
+                image, matrix = warp.fit(DEVICE_CANVAS)
                 warps.append((matrix, torch.tensor(warp.blur, dtype=torch.float32)))
-                return canvas
+                return image
+            stack, load = list, ds.load_for_device  # JPEGs travel encoded (device_decode)
         mask_dtype, label_dtype = (np.uint8, np.uint8) if fast else (np.float32, np.int64)
         base_seed = None
         if self.transform.train:
             base_seed = int(np.random.default_rng([self.seed, index, attempt, 1]).integers(2**31))
-        q_img, q_masks = ds.load(ep.query, ep.class_ids)
+        q_img, q_masks = load(ep.query, ep.class_ids)
         label_orig = None
         if self.scoring_size != "model":  # the label at the original size, before any resize
             label_orig = scoring_label(q_masks[0] if self.n_way == 1 else query_index_mask(q_masks),
@@ -334,7 +340,7 @@ class EpisodeDataset(Dataset):
         for w, (c, keys) in enumerate(zip(ep.class_ids, ep.supports)):
             wi, wm = [], []
             for s, key in enumerate(keys):
-                img, (m,) = ds.load(key, [c])
+                img, (m,) = load(key, [c])
                 if not (m == 1).any():  # a support without foreground gives the model no prototype
                     raise BadSampleError(getattr(ds, "records", {}).get(key, (None, ds.describe(key)))[1],
                                          f"empty support mask: no foreground pixels for class "
@@ -342,7 +348,7 @@ class EpisodeDataset(Dataset):
                 img, (m,) = self.transform(img, [m], None if base_seed is None else base_seed + 1 + w * 1000 + s)
                 wi.append(to_tensor(img))
                 wm.append(_binary_support(m, mask_dtype))
-            sup_imgs.append(torch.stack(wi))
+            sup_imgs.append(stack(wi))
             sup_masks.append(torch.stack(wm))
         if self.n_way == 1:
             qm = torch.from_numpy(q_masks[0].astype(label_dtype))
@@ -351,7 +357,7 @@ class EpisodeDataset(Dataset):
             support_names = [ds.describe(k) for k in ep.supports[0]]
         else:
             qm = torch.from_numpy(query_index_mask(q_masks).astype(label_dtype))
-            support, support_masks = torch.stack(sup_imgs), torch.stack(sup_masks)
+            support, support_masks = stack(sup_imgs), torch.stack(sup_masks)
             class_id = torch.tensor(ep.class_ids, dtype=torch.int64)
             support_names = [[ds.describe(k) for k in keys] for keys in ep.supports]
         n_support = len(warps)
@@ -368,8 +374,10 @@ class EpisodeDataset(Dataset):
         if label_orig is not None:
             item["query_label_orig"] = label_orig
         if deferred:  # warps: supports in order, then the query
+            shape = support_masks.shape[:-2]
+            item["query"] = DeviceImages([item["query"]], ())
+            item["support"] = DeviceImages([im for way in ([support] if self.n_way == 1 else support) for im in way], shape)
             item["query_affine"], item["query_blur"] = warps[-1]
-            shape = support.shape[:-3]
             item["support_affine"] = torch.stack([m for m, _ in warps[:n_support]]).view(*shape, 2, 3)
             item["support_blur"] = torch.stack([b for _, b in warps[:n_support]]).view(*shape, 2)
         return item

@@ -14,7 +14,6 @@ albumentations' global state, worker count or process count.
 
 from __future__ import annotations
 
-import functools
 import warnings
 from typing import List, Literal, Optional, Sequence, Tuple, Union
 
@@ -22,6 +21,8 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
+
+from .device_decode import EncodedJPEG
 
 
 def build_train_transform(image_size: int) -> A.Compose:
@@ -214,38 +215,28 @@ class FusedHDMNetAugment(HDMNetAugment):
 
 
 class DeferredWarp:
-    """An image whose augmentation runs on the device (``warp_on_device``): the decoded uint8 image,
-    the 2x3 map from its pixel centres to the output's and the blur sigmas (0: no blur)."""
+    """An image whose augmentation runs on the device (``warp_on_device``): the uint8 image (decoded,
+    or an ``EncodedJPEG`` the device decodes), the 2x3 map from its pixel centres to the output's
+    and the blur sigmas (0: no blur)."""
 
-    def __init__(self, image: np.ndarray, matrix: np.ndarray, blur: Tuple[float, float]) -> None:
+    def __init__(self, image: Union[np.ndarray, EncodedJPEG], matrix: np.ndarray, blur: Tuple[float, float]) -> None:
         self.image, self.matrix, self.blur = image, matrix, blur
 
-    def on_canvas(self, canvas: int, pad: Sequence[float] = IMAGENET_MEAN_255) -> Tuple[torch.Tensor, torch.Tensor]:
-        """uint8 [canvas, canvas, 3] (the image at the top left, the rest the padding colour) and the
-        map from canvas pixels to the output, float32 [2, 3]. An image larger than the canvas is
-        shrunk to fit first (``cv2.INTER_AREA``; the map composed with it)."""
+    def fit(self, canvas: int) -> Tuple[Union[np.ndarray, EncodedJPEG], torch.Tensor]:
+        """The image as it goes to the device, at most ``canvas`` square (``canvases_on_device`` puts
+        it at the top left of one), and the map from those pixels to the output, float32 [2, 3]. An
+        image larger than the canvas is decoded and shrunk here first (``cv2.INTER_AREA``; the map
+        composed with it)."""
         image, m = self.image, self.matrix.astype(np.float64)
         h, w = image.shape[:2]
         if max(h, w) > canvas:
+            image = image.decode() if isinstance(image, EncodedJPEG) else image
             f = canvas / max(h, w)
             nw, nh = min(canvas, max(1, int(round(w * f)))), min(canvas, max(1, int(round(h * f))))
             image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
             fx, fy = nw / w, nh / h  # canvas pixel centre -> image pixel centre: x0 = (x + 0.5) / f - 0.5
             m = m @ np.array([[1 / fx, 0, 0.5 / fx - 0.5], [0, 1 / fy, 0.5 / fy - 0.5], [0, 0, 1]])
-            h, w = nh, nw
-        out = _pad_canvas(canvas, tuple(int(round(v)) for v in pad)).copy()  # channels last: no transpose
-        out[:h, :w] = image
-        return torch.from_numpy(out), torch.from_numpy(m.astype(np.float32))
-
-
-@functools.lru_cache(maxsize=4)
-def _pad_canvas(canvas: int, colour: Tuple[int, int, int]) -> np.ndarray:
-    """A [canvas, canvas, 3] uint8 square of one colour (copied per image: a memcpy, where filling a
-    3-wide last axis by broadcasting costs ~5x more)."""
-    out = np.empty((canvas, canvas, 3), np.uint8)
-    out[:] = np.asarray(colour, np.uint8)
-    out.setflags(write=False)
-    return out
+        return image, torch.from_numpy(m.astype(np.float32))
 
 
 def _gaussian_taps(sigma: torch.Tensor, taps: int = 5) -> torch.Tensor:
@@ -333,6 +324,8 @@ class PairTransform:
                 if not keep_foreground or all((m == 1).any() for m in out[:1]) \
                         or not all((m == 1).any() for m in masks[:1]):
                     return img, out
+        if isinstance(image, EncodedJPEG):  # the plain resize runs here
+            image = image.decode()
         out = self.resize(image=image, masks=list(masks))
         return out["image"], list(out["masks"])
 

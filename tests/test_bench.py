@@ -175,3 +175,17 @@ def test_instruction_bound_worked_by_hand():
     assert "2.00x the FLOPs" in text and "at 90% of its instruction rate" in text
     assert "bf16 at 90% of its own (it runs at 75%)" in text
     assert _instruction_bound({}, full1, {"skipped": "no AVX512-BF16"}) == "" and _instruction_bound({}, full1, None) == ""
+
+
+def test_merge_results_takes_a_later_runs_sections(tmp_path):
+    import json
+
+    from bench.report import merge_results
+
+    full = dict(sections=["inference", "loader"], inference={"cpu": 1}, loader={"rows": ["old"]}, runtime_s=60)
+    part = dict(sections=["loader"], inference={}, loader={"rows": ["new"]}, runtime_s=30)
+    (tmp_path / "a.json").write_text(json.dumps(full))
+    (tmp_path / "b.json").write_text(json.dumps(part))
+    res = merge_results([str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    # the partial run measured the loader again: its rows replace the old ones; it did not run inference
+    assert res["loader"] == {"rows": ["new"]} and res["inference"] == {"cpu": 1} and res["runtime_s"] == 90

@@ -73,8 +73,10 @@ def test_device_path_masks_equal_fast_and_images_within_rounding():
     kw = dict(shots=2, length=8, image_size=64, train=True, augmentation="hdmnet", hdmnet_scale=(0.8, 1.25))
     f, d = EpisodeDataset(ds, input_path="fast", **kw), EpisodeDataset(ds, input_path="device", **kw)
     raw = d[0]
-    assert raw["query"].shape == (640, 640, 3) and raw["query_affine"].shape == (2, 3)
-    assert raw["support"].shape == (2, 640, 640, 3) and raw["support_blur"].shape == (2, 2)
+    # generated images (no files): sent decoded, placed on the device's canvas there
+    assert raw["query"].lead == () and [im.shape for im in raw["query"].images] == [(96, 96, 3)]
+    assert raw["support"].lead == (2,) and len(raw["support"].images) == 2 and raw["support_blur"].shape == (2, 2)
+    assert raw["query_affine"].shape == (2, 3)
     a = batch_to_model_dtypes(collate_dicts([f[i] for i in range(4)]))
     b = batch_to_model_dtypes(collate_dicts([d[i] for i in range(4)]))
     assert "query_affine" not in b and b["query"].shape == a["query"].shape == (4, 3, 64, 64)
@@ -83,6 +85,60 @@ def test_device_path_masks_equal_fast_and_images_within_rounding():
     for k in ("query", "support"):
         diff = (a[k] - b[k]).abs() * 255
         assert diff.mean() < 1.0, (k, diff.mean())  # the CPU chain rounds to uint8, the device one does not
+
+
+def _jpeg(path, size=(48, 64), **save):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path, **save)
+    return str(path)
+
+
+def test_encoded_jpegs_only_where_the_device_decode_equals_read_image(tmp_path):
+    from PIL import Image
+
+    from data_modules.device_decode import EncodedJPEG, read_encoded_jpeg
+    from data_modules.masks import read_image
+
+    plain = read_encoded_jpeg(_jpeg(tmp_path / "a.jpg", quality=90))
+    assert isinstance(plain, EncodedJPEG) and plain.shape == (48, 64, 3)
+    assert np.array_equal(plain.decode(), read_image(tmp_path / "a.jpg"))
+    grey = tmp_path / "g.jpg"
+    Image.fromarray(np.arange(48 * 64, dtype=np.uint8).reshape(48, 64)).save(grey)
+    assert np.array_equal(read_encoded_jpeg(grey).decode(), read_image(grey))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    assert read_encoded_jpeg(_jpeg(tmp_path / "turned.jpg", exif=exif)) is None  # read_image turns it
+    assert read_encoded_jpeg(_jpeg(tmp_path / "p.jpg", progressive=True)) is None
+    assert read_encoded_jpeg(_jpeg(tmp_path / "a.png")) is None
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "a.jpg").read_bytes()[:-40])
+    assert read_encoded_jpeg(tmp_path / "cut.jpg") is None  # truncated: the loader's decode names it
+
+
+def test_device_path_sends_jpeg_bytes_and_decodes_them_on_the_device(tmp_path, monkeypatch):
+    from bench.loader import write_coco_tree
+    from data_modules import device_decode
+    from data_modules.device_decode import EncodedJPEG, canvases_on_device
+
+    root = write_coco_tree(tmp_path / "coco", 16, size=(120, 160))
+    ds = Coco20i(str(root), fold=0, split="train")
+    kw = dict(shots=2, length=8, image_size=64, train=True, augmentation="hdmnet", hdmnet_scale=(0.8, 1.25),
+              input_path="device")
+    items = [EpisodeDataset(ds, **kw)[i] for i in range(3)]
+    assert all(isinstance(im, EncodedJPEG) for it in items for k in ("query", "support") for im in it[k].images)
+    got = batch_to_model_dtypes(collate_dicts(items))
+    monkeypatch.setattr("data_modules.base.read_encoded_jpeg", lambda path: None)  # decode in the loader
+    decoded = [EpisodeDataset(ds, **kw)[i] for i in range(3)]
+    assert all(isinstance(im, np.ndarray) for it in decoded for im in it["support"].images)
+    # torchvision's decode equals PIL's (read_image): the batches are equal, with a fraction of the bytes sent
+    want = batch_to_model_dtypes(collate_dicts(decoded))
+    for k in ("query", "support", "support_masks", "query_mask"):
+        assert torch.equal(got[k], want[k]), k
+    assert items[0]["support"].nbytes * 5 < decoded[0]["support"].nbytes
+    bad = EncodedJPEG("broken.jpg", np.frombuffer(b"\xff\xd8not a jpeg\xff\xd9", np.uint8), 4, 4)
+    with pytest.raises(RuntimeError, match="broken.jpg: cannot decode the JPEG on cpu"):
+        canvases_on_device([device_decode.DeviceImages([bad], ())], 8, (0, 0, 0), "cpu")
 
 
 def test_fast_and_device_batches_train_through_the_module():
