@@ -186,3 +186,17 @@ def test_loader_bench_on_a_generated_tree(tmp_path):
     assert "| hdmnet | 1 |" in md and "RTX A6000" in md and "10.0 episodes/s" in md
     t = target(ld)
     assert t["value"] == pytest.approx(rows[1]["device"]["speedup_vs_exact"]) and t["passed"] == (t["value"] >= 2)
+
+
+def test_device_path_through_loader_workers(tmp_path):
+    from bench.loader import write_coco_tree
+    from data_modules.device_decode import DeviceImages
+
+    root = write_coco_tree(tmp_path / "coco", 24, size=(120, 160))
+    dm = EpisodicDataModule(dataset="coco20i", root=str(root), image_size=64, batch_size=2, num_workers=1,
+                            train_episodes_per_epoch=2, augmentation="hdmnet", input_path="device")
+    raw = next(iter(dm.train_dataloader()))  # the bytes crossed a worker process
+    assert all(isinstance(x, DeviceImages) for x in raw["query"]) and len(raw["support"]) == 2
+    batch = dm.on_after_batch_transfer(raw, 0)
+    assert batch["query"].shape == (2, 3, 64, 64) and batch["query"].dtype == torch.float32
+    assert batch["support"].shape == (2, 1, 3, 64, 64) and "support_affine" not in batch
