@@ -87,8 +87,8 @@ def worker(spec: dict) -> dict:
         import copy
 
         from bench.machine import matmul_peak
+        from fsseg.kernels.onednn_linear import packed_weight_bytes
         from fsseg.models import DINOv2Encoder
-        from fsseg.models.onednn_linear import packed_weight_bytes
         from fsseg.precision import hold_frozen_in
 
         precs = spec["precisions"]

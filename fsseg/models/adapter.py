@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cpu_attention import cpu_attention_kernel
+from fsseg.kernels.cpu_attention import cpu_attention_kernel
 
 
 def sine_pos_2d(h: int, w: int, dim: int, device=None, dtype=None, temperature: float = 10000.0) -> torch.Tensor:

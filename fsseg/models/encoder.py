@@ -35,10 +35,10 @@ from timm.layers import Attention as TimmAttention
 from timm.layers import Mlp as TimmMlp
 from torch import nn
 
-import fsseg.kernels  # noqa: F401  (defines the kernels' ops and FLOP formulas; builds nothing)
+# importing fsseg.kernels defines the kernels' ops and FLOP formulas (it builds nothing)
+from fsseg.kernels.cpu_attention import cpu_attention_kernel
+from fsseg.kernels.onednn_linear import OneDNNLinear, use_onednn_linears
 
-from .cpu_attention import cpu_attention_kernel
-from .onednn_linear import OneDNNLinear, use_onednn_linears
 from .weights import CheckpointMismatchError, load_state_dict_file, resolve_checkpoint, strict_load
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -112,8 +112,8 @@ def interpolate_pos_encoding(patch_pos: torch.Tensor, grid: tuple[int, int], off
 
 class DINOv2Attention(TimmAttention):
     """timm's ViT attention (same parameters and state-dict keys) whose CPU inference passes run
-    ``fsseg.kernels.bf16_attention`` / ``fp32_attention`` (issue 15; ``cpu_attention.py`` says when and
-    why). Every other case (GPU, gradients, masks, fp16, no AVX512-BF16, tracing for export) is timm's
+    ``fsseg.kernels.bf16_attention`` / ``fp32_attention`` (``fsseg/kernels/cpu_attention.py`` says when
+    and why). Every other case (GPU, gradients, masks, fp16, no AVX512-BF16, tracing for export) is timm's
     forward. ``cpu_kernel=False`` keeps timm's forward everywhere (``DINOv2Encoder(attention_kernel=...)``)."""
 
     cpu_kernel: bool = True

@@ -1,4 +1,4 @@
-"""Which CPU inference calls of an attention layer run ``fsseg.kernels``' attention (issue 15), shared
+"""Which CPU inference calls of an attention layer run ``fsseg.kernels``' attention, shared
 by DINOv2's blocks (``DINOv2Attention``) and the adapter's (``SelfAttentionBlock``).
 
 torch's CPU attention kernel is no faster in bf16 than in fp32 on CPUs without AMX, and slow for
