@@ -11,9 +11,10 @@ from typing import Optional
 import torch
 
 from .adapter import BottleneckAdapter
+from .backbones import BACKBONES
 from .correlation import Correlation4D
 from .decoder import FewShotMaskDecoder
-from .encoder import DINOV2_ARCHS, DINOv2Encoder
+from .encoder import DINOv2Encoder
 from .fsdino import FSDINO, VARIANTS
 from .hypercorrelation import CompactMambaHyperCorrelation, MambaHyperCorrelation
 from .prompts import MaskDownscaling, RandomFourierPositionEncoding, SemanticVisualPrompt
@@ -198,8 +199,7 @@ def build_fsdino(
     ``adapter_kwargs`` / ``tap_norm``: taken from a stage-1 ``adapter_checkpoint`` when it records
     them (a differing explicit value is an error); otherwise today's adapter and the raw block tap."""
     variant = canonical_variant(variant)
-    if backbone not in DINOV2_ARCHS:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(DINOV2_ARCHS)}")
+    BACKBONES.canonical(backbone)  # an unknown name fails here, naming the registered ones
     adapter_kwargs, tap_norm = resolve_adapter_settings(adapter_checkpoint, adapter_kwargs, tap_norm,
                                                         sha256=adapter_sha256, cache_dir=cache_dir)
     encoder = build_encoder(backbone, image_size, dinov2_checkpoint, dinov2_sha256, tap_block, cache_dir,
