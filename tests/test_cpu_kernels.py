@@ -116,7 +116,7 @@ def test_scaled_dot_matches_an_fp32_matmul_of_the_bf16_values():
 
 def _tiny_encoder_with_live_attention(**kw):
     # 64-dim heads as every DINOv2; layer scale 1 (the random init's 1e-5 would hide the attention)
-    enc = DINOv2Encoder("dinov2_tiny", img_size=56, tap_block=1, embed_dim=128, num_heads=2, depth=2, **kw)
+    enc = DINOv2Encoder("dinov2_tiny", tap_block=1, embed_dim=128, num_heads=2, depth=2, **kw)
     for blk in enc.vit.blocks:
         blk.ls1.gamma.data.fill_(1.0)
         blk.ls2.gamma.data.fill_(1.0)

@@ -47,8 +47,10 @@ def canonical_variant(name: str) -> str:
 def build_encoder(backbone: str = "dinov2_vitb14", image_size: int = 518, checkpoint: Optional[str] = None,
                   sha256: Optional[str] = None, tap_block: int = 3, cache_dir: Optional[str] = None,
                   tap_norm: bool = False, pos_interpolation: str = "official", **overrides) -> DINOv2Encoder:
-    return DINOv2Encoder(backbone, tap_block=tap_block, img_size=image_size, checkpoint=checkpoint, sha256=sha256,
-                         cache_dir=cache_dir, tap_norm=tap_norm, pos_interpolation=pos_interpolation, **overrides)
+    if pos_interpolation != "official":  # the encoder resamples its 518 table as the dinov2 hub models do
+        raise ValueError(f"pos_interpolation {pos_interpolation!r}: only 'official' exists")
+    return DINOv2Encoder(backbone, tap_block=tap_block, checkpoint=checkpoint, sha256=sha256,
+                         cache_dir=cache_dir, tap_norm=tap_norm, **overrides)
 
 
 def build_teacher(variant: str = "vit_h", checkpoint: Optional[str] = None, sha256: Optional[str] = None,

@@ -3,18 +3,15 @@
 Built from an architecture of the backbone table (``fsseg.models.backbones.BACKBONES``: the official
 DINOv2 ViT-S/B/L/g 14 and ``dinov2_tiny``). Any input whose height and width are multiples of 14 works.
 
-Position embeddings at other sizes than 518 (``pos_interpolation='official'``, default): the table
-keeps the checkpoint's 37x37 grid (the hub models are built with ``img_size=518``) and is resampled
-per input as facebookresearch/dinov2 ``dinov2/models/vision_transformer.py:180-212``
-``interpolate_pos_encoding`` does: bicubic, in float32; models without registers use
-``interpolate_offset=0.1`` through ``scale_factor=((h+0.1)/37, (w+0.1)/37)`` and no antialias
-(``dinov2/hub/backbones.py:27-28``, the ``_make_dinov2_model`` defaults the four plain builders keep),
-``_reg4`` models an output ``size`` with antialias (``backbones.py:107-108, 122-123, 137-138,
-153-154``: ``interpolate_antialias=True, interpolate_offset=0.0``). At the native grid the table is
-used as is (official ``npatch == N and w == h`` early return), so 518 is bit-identical to before.
-``pos_interpolation='timm'`` is fsseg's behaviour before this option existed (table resampled to
-``img_size`` when loading, then timm's antialiased bicubic without offset): checkpoints written
-before it keep their outputs.
+Position embeddings at other sizes than 518: the table keeps the checkpoint's 37x37 grid (the hub
+models are built with ``img_size=518``) and is resampled per input as facebookresearch/dinov2
+``dinov2/models/vision_transformer.py:180-212`` ``interpolate_pos_encoding`` does: bicubic, in
+float32; models without registers use ``interpolate_offset=0.1`` through
+``scale_factor=((h+0.1)/37, (w+0.1)/37)`` and no antialias (``dinov2/hub/backbones.py:27-28``, the
+``_make_dinov2_model`` defaults the four plain builders keep), ``_reg4`` models an output ``size``
+with antialias (``backbones.py:107-108, 122-123, 137-138, 153-154``: ``interpolate_antialias=True,
+interpolate_offset=0.0``). At the native grid the table is used as is (official ``npatch == N and
+w == h`` early return).
 
 Loading an official checkpoint (``dinov2_vitb14_pretrain.pth`` etc.): the state dict goes through
 ``timm.models.vision_transformer.checkpoint_filter_fn`` (drops ``mask_token``, maps
@@ -42,9 +39,6 @@ from .weights import CheckpointMismatchError, load_state_dict_file, resolve_chec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-POS_INTERPOLATIONS = ("official", "timm")
-
 
 class EncoderFeatures(NamedTuple):
     early: torch.Tensor  # [B, C, H/14, W/14], output of block `tap_block` (final norm if tap_norm)
@@ -105,16 +99,15 @@ class DINOv2Mlp(TimmMlp):
         return self.drop2(self.fc2(self.norm(self.drop1(x))))
 
 
-def build_dinov2_vit(arch: str | DINOv2Arch = "dinov2_vitb14", img_size: Optional[int] = None,
-                     **overrides) -> nn.Module:
-    """timm's ``VisionTransformer`` for a ``BACKBONES`` name (or an architecture); ``img_size``: the
-    position table's grid (default the checkpoints' 518); ``overrides`` go to ``VisionTransformer``."""
+def build_dinov2_vit(arch: str | DINOv2Arch = "dinov2_vitb14", **overrides) -> nn.Module:
+    """timm's ``VisionTransformer`` for a ``BACKBONES`` name (or an architecture), with the
+    checkpoints' 518 position table; ``overrides`` go to ``VisionTransformer``."""
     from timm.layers import SwiGLUPacked
     from timm.models.vision_transformer import VisionTransformer
 
     a = arch if isinstance(arch, DINOv2Arch) else BACKBONES.get(arch)
     kw = dict(
-        img_size=img_size or a.img_size,
+        img_size=a.img_size,
         patch_size=a.patch_size,
         embed_dim=a.embed_dim,
         depth=a.depth,
@@ -141,13 +134,12 @@ class DINOv2Encoder(nn.Module):
 
     Input: images ``[B,3,H,W]`` in ``[0,1]`` (ImageNet normalisation happens here), H, W multiples of 14.
 
-    ``arch``: a ``BACKBONES`` name (``module:name`` for one registered outside fsseg).
-    ``img_size``: the position table's grid with ``pos_interpolation='timm'`` only; the official
-    mode keeps the checkpoints' 518 (37x37) table whatever the input size.
+    ``arch``: a ``BACKBONES`` name (``module:name`` for one registered outside fsseg). The position
+    table keeps the checkpoints' 518 (37x37) grid whatever the input size (module docstring).
     ``tap_norm``: pass the block-``tap_block`` tokens through the final LayerNorm, as the official
     ``get_intermediate_layers(norm=True)`` default does (``vision_transformer.py:304,310``). FS-DINO
     does not say; False (default) keeps the raw block output, which is what every stage-1
-    checkpoint so far was distilled from. ``pos_interpolation``: see the module docstring.
+    checkpoint so far was distilled from.
     ``attention_kernel`` / ``onednn_linears``: CPU inference speed only (``DINOv2Attention``,
     ``OneDNNLinear``); False gives torch's default ops, the same function to float rounding.
     """
@@ -156,27 +148,20 @@ class DINOv2Encoder(nn.Module):
         self,
         arch: str = "dinov2_vitb14",
         tap_block: int = 3,
-        img_size: int = 518,
         checkpoint: Optional[str] = None,
         sha256: Optional[str] = None,
         frozen: bool = True,
         cache_dir: Optional[str] = None,
         tap_norm: bool = False,
-        pos_interpolation: str = "official",
         attention_kernel: bool = True,
         onednn_linears: bool = True,
         **overrides,
     ):
         super().__init__()
-        if pos_interpolation not in POS_INTERPOLATIONS:
-            raise ValueError(f"pos_interpolation must be one of {POS_INTERPOLATIONS}, got {pos_interpolation!r}")
         self.arch = arch  # as given: a plugin's ``module:name`` is imported again when rebuilt
         self.arch_spec: DINOv2Arch = BACKBONES.get(arch)
         self.tap_norm = tap_norm
-        self.pos_interpolation = pos_interpolation
-        if pos_interpolation == "official":
-            img_size = self.arch_spec.img_size  # keep the checkpoint's table; resample per input size
-        self.vit = build_dinov2_vit(self.arch_spec, img_size=img_size, **overrides)
+        self.vit = build_dinov2_vit(self.arch_spec, **overrides)
         for blk in self.vit.blocks:
             if isinstance(blk.attn, DINOv2Attention):
                 blk.attn.cpu_kernel = attention_kernel
@@ -242,7 +227,7 @@ class DINOv2Encoder(nn.Module):
         """``[B,h,w,C]`` patch tokens -> ``[B, prefix + h*w, C]`` with prefix tokens and positions."""
         v = self.vit
         h, w = x.shape[1], x.shape[2]
-        if self.pos_interpolation == "timm" or (h, w) == tuple(v.patch_embed.grid_size):
+        if (h, w) == tuple(v.patch_embed.grid_size):
             return v._pos_embed(x)  # native grid: the table as is (official early return)
         a = self.arch_spec
         n_cls = 0 if v.no_embed_class else v.num_prefix_tokens  # timm keeps no cls slot for reg4
