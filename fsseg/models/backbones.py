@@ -17,7 +17,7 @@ kept apart from the architectures (as timm's ``default_cfgs``):
 A new backbone is one registration in any module, e.g.
 ``BACKBONES.register("my_vits14")(DINOv2Arch(embed_dim=384, depth=12, num_heads=6))``; a config then
 names it ``my_package.my_module:my_vits14``, which imports the module in every process that reads
-the config. Importing this file needs no torch.
+the config.
 """
 from __future__ import annotations
 
