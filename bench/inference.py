@@ -87,12 +87,12 @@ def worker(spec: dict) -> dict:
         import copy
 
         from bench.machine import matmul_peak
+        from fsseg.kernels.onednn_linear import packed_weight_bytes
         from fsseg.models import DINOv2Encoder
-        from fsseg.models.onednn_linear import packed_weight_bytes
         from fsseg.precision import hold_frozen_in
 
         precs = spec["precisions"]
-        enc = DINOv2Encoder(cfg["backbone"], img_size=size).to(device)
+        enc = DINOv2Encoder(cfg["backbone"]).to(device)
         models = {v: build_fsdino_cfg(cfg, v, size).to(device) for v in cfg["variants"]}
         inputs = {K: rand_inputs(1, K, size, device) for K in cfg["shots"]}
         out["floor"] = dict(params=n_params(enc), configs={p: {} for p in precs}, flops={})
@@ -172,7 +172,7 @@ def worker(spec: dict) -> dict:
 
         variant = spec["variant"]
         sam = dm.teacher if dm is not None else SAMImageEncoder(variant).to(device)
-        dino = DINOv2Encoder(cfg["backbone"], img_size=size).to(device)  # reference pass, same window
+        dino = DINOv2Encoder(cfg["backbone"]).to(device)  # reference pass, same window
         out["params"] = n_params(sam)
         out["img_size"] = sam.img_size
         x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)

@@ -54,7 +54,7 @@ def matmul_peak(dtype_name: str, device: str = "cpu", n: int = 2048, reps: int =
     169-189 vs 214-219 GFLOP/s in fp32), so a peak taken from ``torch.mm`` alone would flatter every row."""
     import torch
 
-    from fsseg.models.onednn_linear import onednn_linear_available, onednn_matmul
+    from fsseg.kernels.onednn_linear import onednn_linear_available, onednn_matmul
 
     dtype = {"32": torch.float32, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}[dtype_name]
     g = torch.Generator().manual_seed(0)

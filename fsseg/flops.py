@@ -8,7 +8,7 @@ and go: 2.14.1 counts CPU ``scaled_dot_product_attention`` (``_scaled_dot_produc
 as 0, 2.15.0 counts it. Every attention path fsseg runs therefore gets its count here, from one formula
 (``attention_flops``), passed to the counter as ``custom_mapping`` (which wins over torch's registry):
 torch's SDPA kernels on CPU and CUDA (forward and backward), fsseg's CPU kernels
-(``fsseg/kernels/cpu_kernels.py``) and the fused oneDNN linear (``fsseg/models/onednn_linear.py``).
+(``fsseg/kernels/cpu_kernels.py``) and the fused oneDNN linear (``fsseg/kernels/onednn_linear.py``).
 SAM's attention (``segment_anything/modeling/image_encoder.py``, ``transformer.py``) and the
 decomposed-relative-position terms are plain ``matmul``/``einsum`` calls, which every release counts as
 ``bmm``/``mm`` (``tests/test_flops.py`` checks a SAM block against a count by hand).

@@ -16,10 +16,13 @@ def main(argv: Optional[list[str]] = None, prog: str = "fsseg params") -> None:
     args = ap.parse_args(argv)
     # torch and the models only now: `fsseg params --help` answers without them
     from fsseg.models.__main__ import parameter_table
-    from fsseg.models.encoder import DINOV2_ARCHS
+    from fsseg.models.backbones import BACKBONES
+    from fsseg.registry import RegistryError
 
-    if args.backbone not in DINOV2_ARCHS:
-        ap.error(f"--backbone {args.backbone!r}: choose one of {', '.join(sorted(DINOV2_ARCHS))}")
+    try:
+        BACKBONES.canonical(args.backbone)
+    except RegistryError as e:
+        ap.error(str(e))
     print(parameter_table(args.backbone, args.image_size, args.device))
 
 

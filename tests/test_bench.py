@@ -142,7 +142,7 @@ def test_quick_run_reports_both_peak_measurements(quick_run):
     assert "higher of two measurements" in (out / "results.md").read_text()
     # every GEMM library torch reaches is measured and the faster one is the peak (MKL alone would
     # flatter every row on AMD CPUs)
-    from fsseg.models.onednn_linear import onednn_linear_available
+    from fsseg.kernels.onednn_linear import onednn_linear_available
 
     for p in res["peak"]["cpu"].values():
         libs = p["by_library"]

@@ -9,8 +9,6 @@ import pytest
 import yaml
 
 from fsseg.models.build import require_previous_stage
-from fsseg.models.encoder import DINOV2_ARCHS
-from fsseg.models.teacher import SAM_URLS
 from fsseg.models.weights import CheckpointNotFoundError, WeightsError
 from fsseg.modules.checkpoints import resolve_official_weights
 from tests.cli_utils import CONFIGS
@@ -47,8 +45,9 @@ def test_base_files_exist_and_weights_are_named_once():
 
 def test_official_keyword_resolves_to_the_registries():
     args = {"backbone": "dinov2_vitb14", "dinov2_checkpoint": "official", "sam_checkpoint": "official"}
-    assert resolve_official_weights(args) == {"dinov2_checkpoint": DINOV2_ARCHS["dinov2_vitb14"].url,
-                                              "sam_checkpoint": SAM_URLS["vit_h"]}
+    assert resolve_official_weights(args) == {
+        "dinov2_checkpoint": "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth",
+        "sam_checkpoint": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"}
     assert args["dinov2_checkpoint"].endswith("dinov2_vitb14_pretrain.pth")
     with pytest.raises(WeightsError, match="backbone 'dinov2_tiny' has no official DINOv2 weights"):
         resolve_official_weights({"backbone": "dinov2_tiny", "dinov2_checkpoint": "official"})

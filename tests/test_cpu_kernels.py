@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import fsseg.kernels
-from fsseg.kernels import cpu_kernels_status
+from fsseg.kernels import cosine_volume, cpu_kernels_status
 from fsseg.kernels.cpu_kernels import REQUIRED_CPU_FLAGS, missing_cpu_flags
 from fsseg.models import DINOv2Encoder
 from fsseg.models import correlation as corr_mod
@@ -116,7 +116,7 @@ def test_scaled_dot_matches_an_fp32_matmul_of_the_bf16_values():
 
 def _tiny_encoder_with_live_attention(**kw):
     # 64-dim heads as every DINOv2; layer scale 1 (the random init's 1e-5 would hide the attention)
-    enc = DINOv2Encoder("dinov2_tiny", img_size=56, tap_block=1, embed_dim=128, num_heads=2, depth=2, **kw)
+    enc = DINOv2Encoder("dinov2_tiny", tap_block=1, embed_dim=128, num_heads=2, depth=2, **kw)
     for blk in enc.vit.blocks:
         blk.ls1.gamma.data.fill_(1.0)
         blk.ls2.gamma.data.fill_(1.0)
@@ -257,7 +257,7 @@ def test_correlation_volume_bf16_path_equals_fp32_path(kernel_calls, monkeypatch
         for _ in range(2):
             assert torch.equal(corr_mod.correlation_volume(fq, fs, masks, g, masking, memo=memo), ours)
     assert kernel_calls["dot"] == 3 and list(memo._terms) == [("bf16_rows", 2, g, masking)]
-    monkeypatch.setattr(corr_mod, "_bf16_dot_applies", lambda *a: False)
+    monkeypatch.setattr(cosine_volume, "bf16_dot_applies", lambda *a: False)
     ref = corr_mod.correlation_volume(fq, fs, masks, g, masking)
     assert ours.shape == ref.shape == (2, 3, g * g, g, g) and ours.dtype == torch.float32
     assert (ours - ref).abs().max() < 2e-6  # cosines: both fp32 sums of the same products
@@ -275,8 +275,8 @@ def test_correlation_volume_keeps_fp32_for_values_bf16_cannot_hold(kernel_calls)
 
 
 # --- OneDNNLinear: DINOv2's linear layers on oneDNN for CPU inference ---------------------------------
-from fsseg.models import onednn_linear as onednn_mod  # noqa: E402
-from fsseg.models.onednn_linear import OneDNNLinear  # noqa: E402
+from fsseg.kernels import onednn_linear as onednn_mod  # noqa: E402
+from fsseg.kernels.onednn_linear import OneDNNLinear  # noqa: E402
 
 needs_onednn = pytest.mark.skipif(not onednn_mod.onednn_linear_available(), reason="no oneDNN linear op here")
 
@@ -387,7 +387,7 @@ def test_bf16_linear_where_onednn_has_no_bf16_falls_back_to_torch():
 
     code = textwrap.dedent("""
         import torch, torch.nn.functional as F
-        from fsseg.models.onednn_linear import OneDNNLinear, onednn_dtypes
+        from fsseg.kernels.onednn_linear import OneDNNLinear, onednn_dtypes
         from fsseg.models import build_fsdino
         assert onednn_dtypes() == (torch.float32,), onednn_dtypes()
         lin = OneDNNLinear(64, 32).bfloat16()

@@ -37,7 +37,7 @@ def test_hand_count_of_a_tiny_vit():
 def test_dinov2_counts_the_same_on_every_attention_path(path):
     """fsseg's kernels + oneDNN linears, torch's fused CPU attention (0 FLOPs in torch 2.14.1's own
     counter), and torch's decomposed attention (plain bmm) all count the hand figure."""
-    enc = DINOv2Encoder("dinov2_tiny", img_size=56, tap_block=1, embed_dim=128, num_heads=2, depth=2,
+    enc = DINOv2Encoder("dinov2_tiny", tap_block=1, embed_dim=128, num_heads=2, depth=2,
                         onednn_linears=path == "fsseg", attention_kernel=path == "fsseg").eval()
     x = torch.rand(1, 3, 56, 56, generator=torch.Generator().manual_seed(0))
     backend = SDPBackend.MATH if path == "torch_math" else SDPBackend.FLASH_ATTENTION

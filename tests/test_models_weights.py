@@ -58,7 +58,7 @@ def http_root(tmp_path_factory):
 def test_dinov2_official_layout_path_and_http(tmp_path, http_root, reg):
     torch.manual_seed(0)
     over = dict(reg_tokens=4, no_embed_class=True) if reg else {}
-    src = DINOv2Encoder("dinov2_tiny", img_size=518, **over)
+    src = DINOv2Encoder("dinov2_tiny", **over)
     sd = official_dinov2_layout(src)
     assert sd["pos_embed"].shape[1] == 37 * 37 + 1
     root, base = http_root
@@ -69,7 +69,7 @@ def test_dinov2_official_layout_path_and_http(tmp_path, http_root, reg):
     with torch.no_grad():
         ref = src(x)
         for ck in (str(path), f"{base}/{name}"):
-            enc = DINOv2Encoder("dinov2_tiny", img_size=518, checkpoint=ck, sha256=sha(path),
+            enc = DINOv2Encoder("dinov2_tiny", checkpoint=ck, sha256=sha(path),
                                 cache_dir=str(tmp_path / "cache"), **over)
             out = enc(x)
             assert torch.equal(out.early, ref.early) and torch.equal(out.last, ref.last)
@@ -80,7 +80,7 @@ def test_dinov2_official_layout_path_and_http(tmp_path, http_root, reg):
 
 def test_checkpoint_errors(tmp_path, http_root):
     root, base = http_root
-    src = DINOv2Encoder("dinov2_tiny", img_size=518)
+    src = DINOv2Encoder("dinov2_tiny")
     path = root / "err_pretrain.pth"
     torch.save(official_dinov2_layout(src), path)
     # wrong checksum (local and remote) names expected and actual
@@ -100,10 +100,10 @@ def test_checkpoint_errors(tmp_path, http_root):
         resolve_checkpoint(f"{base}/absent.pth", cache_dir=tmp_path / "c")
     # another architecture: deeper model -> missing keys, named file
     with pytest.raises(CheckpointMismatchError, match=r"missing keys: blocks\.4\..*err_pretrain|err_pretrain.*missing keys: blocks\.4\."):
-        DINOv2Encoder("dinov2_tiny", img_size=518, checkpoint=str(path), depth=5)
+        DINOv2Encoder("dinov2_tiny", checkpoint=str(path), depth=5)
     # another width -> shape mismatch / conversion failure, still a CheckpointMismatchError
     with pytest.raises(CheckpointMismatchError, match="err_pretrain.pth"):
-        DINOv2Encoder("dinov2_tiny", img_size=518, checkpoint=str(path), embed_dim=96)
+        DINOv2Encoder("dinov2_tiny", checkpoint=str(path), embed_dim=96)
     # a SAM-like checkpoint fed to the DINOv2 loader
     other = tmp_path / "sam_like.pth"
     torch.save({"image_encoder.patch_embed.proj.weight": torch.zeros(1)}, other)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fsseg.models.correlation import SupportMemo, _support_query_products, correlation_volume
+from fsseg.kernels.cosine_volume import onednn_support_query_products
+from fsseg.kernels.onednn_linear import onednn_linear_available
+from fsseg.models.correlation import SupportMemo, correlation_volume
 from tests.test_models import rand_masks, tiny
 
 
@@ -65,7 +67,10 @@ def test_support_query_products_equal_einsum():
     s, q = torch.randn(2, 3, 50, 64, generator=g), torch.randn(2, 64, 49, generator=g)
     ref = torch.einsum("bksc,bcq->bksq", s.double(), q.double())
     with torch.inference_mode():
-        out = _support_query_products(s, q)
+        out = onednn_support_query_products(s, q)
+    if out is None:  # no oneDNN here: the volume below runs einsum either way
+        assert not onednn_linear_available()
+        out = torch.einsum("bksc,bcq->bksq", s, q)
     assert out.shape == (2, 3, 50, 49) and (out.double() - ref).abs().max() < 1e-4
     # and through the volume, for a batch > 1 and K > 1 (shot mean)
     fq, fs, masks = torch.randn(2, 64, 7, 7, generator=g), torch.randn(2, 3, 64, 7, 7, generator=g), rand_masks(2, 3, 28, 28)

@@ -173,40 +173,6 @@ def test_stage2_builds_the_literal_adapter_from_the_stage1_checkpoint(tmp_path):
     assert chained.adapter.pos_encoding == "none" and chained.hparams.tap_norm is True
 
 
-def test_checkpoint_without_the_new_hparams_loads_with_the_old_behaviour(tmp_path):
-    """A checkpoint written before pos_interpolation / teacher_preprocess / gkd_attention existed."""
-    from fsseg.modules import DistillationModule, FewShotModule
-
-    ckpt = _stage1_checkpoint(tmp_path, objective="gkd")
-    state = torch.load(ckpt, weights_only=True)
-    for k in ("pos_interpolation", "teacher_preprocess", "gkd_attention", "adapter_kwargs", "tap_norm"):
-        state["hyper_parameters"].pop(k)
-    state["state_dict"].pop("gkd.log_scale")
-    old = tmp_path / "old.ckpt"
-    torch.save(state, old)
-    m = DistillationModule.load_from_checkpoint(str(old), weights_only=True)
-    assert (m.encoder.pos_interpolation, m.hparams.teacher_preprocess, m.gkd.attention_objective) == \
-        ("timm", "squash", "shared")
-    assert m.adapter.pos_encoding == "sine" and m.encoder.tap_norm is False
-    # stage 2: an old uino checkpoint is today's uino_large at the old position resampling
-    fs = FewShotModule(variant="uino_large", backbone="dinov2_tiny", image_size=56, decoder_dim=32,
-                       decoder_mlp_dim=64, decoder_heads=2, pos_interpolation="timm", model_kwargs={"mamba_backend": "torch"})
-    import lightning as L
-
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
-    trainer.strategy.connect(fs)
-    path = tmp_path / "fs.ckpt"
-    trainer.save_checkpoint(str(path))
-    state = torch.load(path, weights_only=True)
-    state["hyper_parameters"]["variant"] = "uino"
-    state["hyper_parameters"].pop("pos_interpolation")
-    torch.save(state, path)
-    loaded = FewShotModule.load_from_checkpoint(str(path), weights_only=True)
-    assert loaded.hparams.variant == "uino_large" and loaded.model.encoder.pos_interpolation == "timm"
-    for k, v in fs.state_dict().items():
-        assert torch.equal(v, loaded.state_dict()[k]), k
-
-
 def test_fsseg_params_lists_both_uino_sizes_the_compact_one_within_budget(tmp_path):
     from tests.cli_utils import run_fsseg
 

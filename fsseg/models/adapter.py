@@ -21,10 +21,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .cpu_attention import cpu_attention_kernel
+from fsseg.kernels.cpu_attention import cpu_multihead_attention
 
 
 def sine_pos_2d(h: int, w: int, dim: int, device=None, dtype=None, temperature: float = 10000.0) -> torch.Tensor:
@@ -61,33 +60,11 @@ class SelfAttentionBlock(nn.Module):
 
     def _sa(self, x, pos):
         qk = x if pos is None else x + pos
-        kernel = self._cpu_kernel(x)
-        if kernel is not None:
-            return self.drop(self._kernel_attention(qk, x, kernel))
-        return self.drop(self.attn(qk, qk, x, need_weights=False)[0])
-
-    def _cpu_kernel(self, x: torch.Tensor):
-        """``fsseg.kernels``' attention for this call (CPU inference, ``cpu_attention.py``), or None for
-        ``nn.MultiheadAttention``: the adapter's 16-wide heads run at about 90 GFLOP/s in torch's CPU
-        kernel, a third of the adapter's time per query at 518."""
-        a = self.attn
-        if not (a.batch_first and a._qkv_same_embed_dim) or a.bias_k is not None or a.add_zero_attn:
-            return None
-        if self.training and a.dropout > 0:
-            return None
-        return cpu_attention_kernel(x, a.in_proj_weight, a.num_heads, a.head_dim, a.head_dim ** -0.5)
-
-    def _kernel_attention(self, qk: torch.Tensor, x: torch.Tensor, kernel) -> torch.Tensor:
-        """``nn.MultiheadAttention(qk, qk, x)`` by ``kernel``: its packed projection gives q and k from
-        ``qk`` and v from ``x``, laid out [q | k | v] x heads x head_dim as the kernel reads."""
-        a, E = self.attn, self.attn.embed_dim
-        w, b = a.in_proj_weight, a.in_proj_bias
-        if qk is x:
-            qkv = F.linear(x, w, b)
-        else:
-            qkv = torch.cat([F.linear(qk, w[: 2 * E], None if b is None else b[: 2 * E]),
-                             F.linear(x, w[2 * E:], None if b is None else b[2 * E:])], dim=-1)
-        return a.out_proj(kernel(qkv))
+        # CPU inference runs the same attention in fsseg.kernels (fsseg/kernels/cpu_attention.py)
+        out = cpu_multihead_attention(self.attn, qk, x)
+        if out is None:
+            out = self.attn(qk, qk, x, need_weights=False)[0]
+        return self.drop(out)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
         if self.norm_first:

@@ -11,9 +11,10 @@ from typing import Optional
 import torch
 
 from .adapter import BottleneckAdapter
+from .backbones import BACKBONES
 from .correlation import Correlation4D
 from .decoder import FewShotMaskDecoder
-from .encoder import DINOV2_ARCHS, DINOv2Encoder
+from .encoder import DINOv2Encoder
 from .fsdino import FSDINO, VARIANTS
 from .hypercorrelation import CompactMambaHyperCorrelation, MambaHyperCorrelation
 from .prompts import MaskDownscaling, RandomFourierPositionEncoding, SemanticVisualPrompt
@@ -46,8 +47,10 @@ def canonical_variant(name: str) -> str:
 def build_encoder(backbone: str = "dinov2_vitb14", image_size: int = 518, checkpoint: Optional[str] = None,
                   sha256: Optional[str] = None, tap_block: int = 3, cache_dir: Optional[str] = None,
                   tap_norm: bool = False, pos_interpolation: str = "official", **overrides) -> DINOv2Encoder:
-    return DINOv2Encoder(backbone, tap_block=tap_block, img_size=image_size, checkpoint=checkpoint, sha256=sha256,
-                         cache_dir=cache_dir, tap_norm=tap_norm, pos_interpolation=pos_interpolation, **overrides)
+    if pos_interpolation != "official":  # the encoder resamples its 518 table as the dinov2 hub models do
+        raise ValueError(f"pos_interpolation {pos_interpolation!r}: only 'official' exists")
+    return DINOv2Encoder(backbone, tap_block=tap_block, checkpoint=checkpoint, sha256=sha256,
+                         cache_dir=cache_dir, tap_norm=tap_norm, **overrides)
 
 
 def build_teacher(variant: str = "vit_h", checkpoint: Optional[str] = None, sha256: Optional[str] = None,
@@ -198,8 +201,7 @@ def build_fsdino(
     ``adapter_kwargs`` / ``tap_norm``: taken from a stage-1 ``adapter_checkpoint`` when it records
     them (a differing explicit value is an error); otherwise today's adapter and the raw block tap."""
     variant = canonical_variant(variant)
-    if backbone not in DINOV2_ARCHS:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(DINOV2_ARCHS)}")
+    BACKBONES.canonical(backbone)  # an unknown name fails here, naming the registered ones
     adapter_kwargs, tap_norm = resolve_adapter_settings(adapter_checkpoint, adapter_kwargs, tap_norm,
                                                         sha256=adapter_sha256, cache_dir=cache_dir)
     encoder = build_encoder(backbone, image_size, dinov2_checkpoint, dinov2_sha256, tap_block, cache_dir,

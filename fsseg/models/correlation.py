@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fsseg.kernels.cosine_volume import bf16_cosine_volume, onednn_support_query_products
+
 from .prompts import resize_masks
 
 SHOT_FUSIONS = ("mean_corr", "mean_prior")
@@ -85,107 +87,45 @@ def correlation_volume(fq: torch.Tensor, fs: torch.Tensor, masks: torch.Tensor, 
     correlation is linear in the (normalised, masked) support features, so the mean of the K volumes
     is the volume of the mean support features: one product instead of K (K=5 at 518: 2.9 instead of
     14.4 GFLOP), equal up to fp32 rounding. ``memo``: the support set's ``SupportMemo`` (support-side
-    terms computed once per support set)."""
+    terms computed once per support set).
+
+    CPU inference runs the same cosines through ``fsseg.kernels.cosine_volume`` where it applies."""
     B, K, C = fs.shape[:3]
     # fp32 cosines (fsseg.precision): in bf16 (8-bit mantissa) the dot products of normalised
     # C=768 vectors round to ~0.004, the size of the differences the 4D convs read
     with torch.autocast(fq.device.type, enabled=False):
         if not (shot_mean and K > 1):
-            corr = _bf16_cosine_volume(fq, fs, masks, g, support_masking, memo) if _bf16_dot_applies(fq, fs, g) else None
+            corr = bf16_cosine_volume(fq, fs, g, lambda: _support_mask_weights(masks, g, support_masking),
+                                      memo, memo_key=(B, g, support_masking))
             if corr is not None:
                 return corr
         q = F.normalize(_resize(fq.float(), (g, g)), dim=1).flatten(2)  # [B,C,g*g]
         s = memoised(memo, ("support_features", B, g, support_masking, shot_mean),
                      lambda: _support_features(fs, masks, g, support_masking, shot_mean))
-        corr = _support_query_products(s, q)  # support positions as channels
+        corr = onednn_support_query_products(s, q)
+        if corr is None:
+            corr = torch.einsum("bksc,bcq->bksq", s, q)  # support positions as channels
     return corr.reshape(B, s.shape[1], g * g, g, g)
 
 
-def _support_query_products(s: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """``s [B,K,S,C]``, ``q [B,C,Q]`` fp32 -> ``[B,K,S,Q]``. CPU inference: oneDNN's fp32 matmul, whose
-    ``[Q, K*S]`` result is the volume with its channels (support positions) last in memory, the layout
-    the reduction convs read best (torch's bmm is MKL's sgemm, which on AMD CPUs runs at about half the
-    cores' fp32 rate: 26 vs 14 ms for one 1369 x 768 x 1369 product here). Elsewhere ``einsum``."""
-    from .onednn_linear import cpu_inference_call, onednn_linear_available, onednn_matmul
-
-    if not (onednn_linear_available() and cpu_inference_call(q, s) and q.dtype == s.dtype == torch.float32):
-        return torch.einsum("bksc,bcq->bksq", s, q)
-    B, K, S, C = s.shape
-    out = torch.stack([onednn_matmul(q[b].t().contiguous(), s[b].reshape(K * S, C)) for b in range(B)])  # [B, Q, K*S]
-    return out.view(B, -1, K, S).permute(0, 2, 3, 1)
+def _support_mask_weights(masks: torch.Tensor, g: int, support_masking: str) -> Optional[torch.Tensor]:
+    """The support masks area-resized to the grid, ``[B*K,1,g,g]`` (None for an unmasked volume)."""
+    return resize_masks(masks.flatten(0, 1), (g, g)) if support_masking == "features" else None
 
 
 def _support_features(fs: torch.Tensor, masks: torch.Tensor, g: int, support_masking: str,
                       shot_mean: bool) -> torch.Tensor:
-    """The support side of the fp32 volume: normalised (and masked) features on the g x g grid,
+    """The support side of the volume: normalised (and masked) features on the g x g grid,
     ``[B, K (1 with shot_mean), g*g, C]`` fp32 (a support position's features contiguous)."""
     B, K, C = fs.shape[:3]
     s = F.normalize(_resize(fs.float().flatten(0, 1), (g, g)), dim=1)  # [BK,C,g,g]
-    if support_masking == "features":
-        s = s * resize_masks(masks.flatten(0, 1), (g, g)).to(s.dtype)
+    weights = _support_mask_weights(masks, g, support_masking)
+    if weights is not None:
+        s = s * weights.to(s.dtype)
     s = s.flatten(2).view(B, K, C, g * g)
     if shot_mean:
         s = s.mean(dim=1, keepdim=True)
     return s.transpose(2, 3).contiguous()
-
-
-def _bf16_dot_applies(fq: torch.Tensor, fs: torch.Tensor, g: int) -> bool:
-    """CPU features already on the g x g grid, no gradient wanted, AVX512-BF16 kernels here: try
-    ``_bf16_cosine_volume`` (which still checks that the values are bf16 numbers)."""
-    if fq.device.type != "cpu" or fq.shape[1] % 2 or fq.dtype not in (torch.float32, torch.bfloat16):
-        return False
-    if tuple(fq.shape[-2:]) != (g, g) or tuple(fs.shape[-2:]) != (g, g):
-        return False
-    if torch.is_grad_enabled() and (fq.requires_grad or fs.requires_grad):
-        return False
-    from fsseg.kernels import cpu_kernels_status
-
-    return cpu_kernels_status()[0]
-
-
-def _as_bf16_exactly(x: torch.Tensor) -> Optional[torch.Tensor]:
-    """``x`` in bf16 if every value is a bf16 number (features of an encoder that ran in bf16, upcast
-    to fp32 by the decoder), else None: rounding would change the cosines."""
-    if x.dtype == torch.bfloat16:
-        return x
-    y = x.to(torch.bfloat16)
-    return y if torch.equal(y.to(x.dtype), x) else None
-
-
-def _bf16_cosine_volume(fq: torch.Tensor, fs: torch.Tensor, masks: torch.Tensor, g: int,
-                        support_masking: str, memo: Optional[SupportMemo] = None) -> Optional[torch.Tensor]:
-    """``correlation_volume`` for features whose values are bf16 numbers, the same numbers as its
-    fp32 path: their dot products are summed in fp32 by ``fsseg.kernels.bf16_scaled_dot`` at the bf16
-    matmul rate, then scaled by 1 / max(|f|, 1e-12) (``F.normalize``'s eps) and the support mask.
-    None when the values are not bf16 numbers (an fp32 encoder)."""
-    from fsseg.kernels import bf16_scaled_dot
-
-    B, K, C = fs.shape[:3]
-    q16 = _as_bf16_exactly(fq)
-    if q16 is None:  # before the support side: an fp32 query never needs its bf16 rows
-        return None
-    support = memoised(memo, ("bf16_rows", B, g, support_masking), lambda: _bf16_support_rows(fs, masks, g, support_masking))
-    if support is None:
-        return None
-    rows, row_scale = support
-    col_scale = 1.0 / torch.linalg.vector_norm(fq.float(), dim=1).clamp_min(1e-12)  # [B,g,g]
-    cols = q16.flatten(2).transpose(1, 2)  # query position x C
-    corr = bf16_scaled_dot(rows, cols, row_scale, col_scale.reshape(B, -1))
-    return corr.view(B, K, g * g, g, g)
-
-
-def _bf16_support_rows(fs: torch.Tensor, masks: torch.Tensor, g: int, support_masking: str):
-    """The support side of ``_bf16_cosine_volume``: ``(rows [B, K*g*g, C] bf16, row scales [B, K*g*g])``,
-    or None when the support features are not bf16 numbers."""
-    B, K, C = fs.shape[:3]
-    s16 = _as_bf16_exactly(fs)
-    if s16 is None:
-        return None
-    row_scale = 1.0 / torch.linalg.vector_norm(fs.float(), dim=2).clamp_min(1e-12)  # [B,K,g,g]
-    if support_masking == "features":
-        row_scale = row_scale * resize_masks(masks.flatten(0, 1), (g, g)).float().view(B, K, g, g)
-    rows = s16.flatten(3).transpose(-1, -2).reshape(B, K * g * g, C)  # (shot, support position) x C
-    return rows, row_scale.reshape(B, -1)
 
 
 class CorrelationVolume(nn.Module):

@@ -1,21 +1,17 @@
 """Frozen DINOv2 encoder (timm ``VisionTransformer``) with two taps: block ``tap_block`` and last layer.
 
-Built from a registry of the official DINOv2 architectures (timm's ``vit_*_patch14[_reg4]_dinov2``
-settings) plus ``dinov2_tiny`` for tests and demos. Any input whose height and width are multiples
-of 14 works.
+Built from an architecture of the backbone table (``fsseg.models.backbones.BACKBONES``: the official
+DINOv2 ViT-S/B/L/g 14 and ``dinov2_tiny``). Any input whose height and width are multiples of 14 works.
 
-Position embeddings at other sizes than 518 (``pos_interpolation='official'``, default): the table
-keeps the checkpoint's 37x37 grid (the hub models are built with ``img_size=518``) and is resampled
-per input as facebookresearch/dinov2 ``dinov2/models/vision_transformer.py:180-212``
-``interpolate_pos_encoding`` does: bicubic, in float32; models without registers use
-``interpolate_offset=0.1`` through ``scale_factor=((h+0.1)/37, (w+0.1)/37)`` and no antialias
-(``dinov2/hub/backbones.py:27-28``, the ``_make_dinov2_model`` defaults the four plain builders keep),
-``_reg4`` models an output ``size`` with antialias (``backbones.py:107-108, 122-123, 137-138,
-153-154``: ``interpolate_antialias=True, interpolate_offset=0.0``). At the native grid the table is
-used as is (official ``npatch == N and w == h`` early return), so 518 is bit-identical to before.
-``pos_interpolation='timm'`` is fsseg's behaviour before this option existed (table resampled to
-``img_size`` when loading, then timm's antialiased bicubic without offset): checkpoints written
-before it keep their outputs.
+Position embeddings at other sizes than 518: the table keeps the checkpoint's 37x37 grid (the hub
+models are built with ``img_size=518``) and is resampled per input as facebookresearch/dinov2
+``dinov2/models/vision_transformer.py:180-212`` ``interpolate_pos_encoding`` does: bicubic, in
+float32; models without registers use ``interpolate_offset=0.1`` through
+``scale_factor=((h+0.1)/37, (w+0.1)/37)`` and no antialias (``dinov2/hub/backbones.py:27-28``, the
+``_make_dinov2_model`` defaults the four plain builders keep), ``_reg4`` models an output ``size``
+with antialias (``backbones.py:107-108, 122-123, 137-138, 153-154``: ``interpolate_antialias=True,
+interpolate_offset=0.0``). At the native grid the table is used as is (official ``npatch == N and
+w == h`` early return).
 
 Loading an official checkpoint (``dinov2_vitb14_pretrain.pth`` etc.): the state dict goes through
 ``timm.models.vision_transformer.checkpoint_filter_fn`` (drops ``mask_token``, maps
@@ -26,7 +22,6 @@ and is then loaded strictly; a checkpoint of another architecture raises
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 import torch
@@ -35,58 +30,15 @@ from timm.layers import Attention as TimmAttention
 from timm.layers import Mlp as TimmMlp
 from torch import nn
 
-import fsseg.kernels  # noqa: F401  (defines the kernels' ops and FLOP formulas; builds nothing)
+# importing fsseg.kernels defines the kernels' ops and FLOP formulas (it builds nothing)
+from fsseg.kernels.cpu_attention import cpu_attention_kernel
+from fsseg.kernels.onednn_linear import OneDNNLinear, use_onednn_linears
 
-from .cpu_attention import cpu_attention_kernel
-from .onednn_linear import OneDNNLinear, use_onednn_linears
+from .backbones import BACKBONES, DINOv2Arch
 from .weights import CheckpointMismatchError, load_state_dict_file, resolve_checkpoint, strict_load
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-_URL = "https://dl.fbaipublicfiles.com/dinov2/{a}/{a}{r}_pretrain.pth"
-
-
-@dataclass(frozen=True)
-class DINOv2Arch:
-    embed_dim: int
-    depth: int
-    num_heads: int
-    reg_tokens: int = 0
-    swiglu: bool = False
-    url: Optional[str] = None
-
-    @property
-    def interpolate_offset(self) -> float:
-        # dinov2/hub/backbones.py:28 (plain) vs :108 (reg4)
-        return 0.0 if self.reg_tokens else 0.1
-
-    @property
-    def interpolate_antialias(self) -> bool:
-        # dinov2/hub/backbones.py:27 (plain) vs :107 (reg4)
-        return bool(self.reg_tokens)
-
-
-def _arch(base: str, dim: int, depth: int, heads: int, swiglu: bool = False) -> dict:
-    return {
-        base: DINOv2Arch(dim, depth, heads, 0, swiglu, _URL.format(a=base, r="")),
-        base + "_reg4": DINOv2Arch(dim, depth, heads, 4, swiglu, _URL.format(a=base, r="_reg4")),
-    }
-
-
-DINOV2_ARCHS: dict[str, DINOv2Arch] = {
-    **_arch("dinov2_vits14", 384, 12, 6),
-    **_arch("dinov2_vitb14", 768, 12, 12),
-    **_arch("dinov2_vitl14", 1024, 24, 16),
-    **_arch("dinov2_vitg14", 1536, 40, 24, swiglu=True),
-    # random-weight toy model for tests/demos (no official weights)
-    "dinov2_tiny": DINOv2Arch(48, 4, 3),
-}
-
-
-PRETRAIN_IMG_SIZE = 518  # dinov2/hub/backbones.py:20 `img_size: int = 518`: the checkpoints' 37x37 grid
-POS_INTERPOLATIONS = ("official", "timm")
-
 
 class EncoderFeatures(NamedTuple):
     early: torch.Tensor  # [B, C, H/14, W/14], output of block `tap_block` (final norm if tap_norm)
@@ -112,8 +64,8 @@ def interpolate_pos_encoding(patch_pos: torch.Tensor, grid: tuple[int, int], off
 
 class DINOv2Attention(TimmAttention):
     """timm's ViT attention (same parameters and state-dict keys) whose CPU inference passes run
-    ``fsseg.kernels.bf16_attention`` / ``fp32_attention`` (issue 15; ``cpu_attention.py`` says when and
-    why). Every other case (GPU, gradients, masks, fp16, no AVX512-BF16, tracing for export) is timm's
+    ``fsseg.kernels.bf16_attention`` / ``fp32_attention`` (``fsseg/kernels/cpu_attention.py`` says when
+    and why). Every other case (GPU, gradients, masks, fp16, no AVX512-BF16, tracing for export) is timm's
     forward. ``cpu_kernel=False`` keeps timm's forward everywhere (``DINOv2Encoder(attention_kernel=...)``)."""
 
     cpu_kernel: bool = True
@@ -147,16 +99,16 @@ class DINOv2Mlp(TimmMlp):
         return self.drop2(self.fc2(self.norm(self.drop1(x))))
 
 
-def build_dinov2_vit(arch: str = "dinov2_vitb14", img_size: int = 518, **overrides) -> nn.Module:
+def build_dinov2_vit(arch: str | DINOv2Arch = "dinov2_vitb14", **overrides) -> nn.Module:
+    """timm's ``VisionTransformer`` for a ``BACKBONES`` name (or an architecture), with the
+    checkpoints' 518 position table; ``overrides`` go to ``VisionTransformer``."""
     from timm.layers import SwiGLUPacked
     from timm.models.vision_transformer import VisionTransformer
 
-    if arch not in DINOV2_ARCHS:
-        raise ValueError(f"unknown DINOv2 arch {arch!r}; choose one of {sorted(DINOV2_ARCHS)}")
-    a = DINOV2_ARCHS[arch]
+    a = arch if isinstance(arch, DINOv2Arch) else BACKBONES.get(arch)
     kw = dict(
-        img_size=img_size,
-        patch_size=14,
+        img_size=a.img_size,
+        patch_size=a.patch_size,
         embed_dim=a.embed_dim,
         depth=a.depth,
         num_heads=a.num_heads,
@@ -182,12 +134,12 @@ class DINOv2Encoder(nn.Module):
 
     Input: images ``[B,3,H,W]`` in ``[0,1]`` (ImageNet normalisation happens here), H, W multiples of 14.
 
-    ``img_size``: the position table's grid with ``pos_interpolation='timm'`` only; the official
-    mode keeps the checkpoints' 518 (37x37) table whatever the input size.
+    ``arch``: a ``BACKBONES`` name (``module:name`` for one registered outside fsseg). The position
+    table keeps the checkpoints' 518 (37x37) grid whatever the input size (module docstring).
     ``tap_norm``: pass the block-``tap_block`` tokens through the final LayerNorm, as the official
     ``get_intermediate_layers(norm=True)`` default does (``vision_transformer.py:304,310``). FS-DINO
     does not say; False (default) keeps the raw block output, which is what every stage-1
-    checkpoint so far was distilled from. ``pos_interpolation``: see the module docstring.
+    checkpoint so far was distilled from.
     ``attention_kernel`` / ``onednn_linears``: CPU inference speed only (``DINOv2Attention``,
     ``OneDNNLinear``); False gives torch's default ops, the same function to float rounding.
     """
@@ -196,26 +148,20 @@ class DINOv2Encoder(nn.Module):
         self,
         arch: str = "dinov2_vitb14",
         tap_block: int = 3,
-        img_size: int = 518,
         checkpoint: Optional[str] = None,
         sha256: Optional[str] = None,
         frozen: bool = True,
         cache_dir: Optional[str] = None,
         tap_norm: bool = False,
-        pos_interpolation: str = "official",
         attention_kernel: bool = True,
         onednn_linears: bool = True,
         **overrides,
     ):
         super().__init__()
-        if pos_interpolation not in POS_INTERPOLATIONS:
-            raise ValueError(f"pos_interpolation must be one of {POS_INTERPOLATIONS}, got {pos_interpolation!r}")
-        self.arch = arch
+        self.arch = arch  # as given: a plugin's ``module:name`` is imported again when rebuilt
+        self.arch_spec: DINOv2Arch = BACKBONES.get(arch)
         self.tap_norm = tap_norm
-        self.pos_interpolation = pos_interpolation
-        if pos_interpolation == "official":
-            img_size = PRETRAIN_IMG_SIZE  # keep the checkpoint's table; resample per input size
-        self.vit = build_dinov2_vit(arch, img_size=img_size, **overrides)
+        self.vit = build_dinov2_vit(self.arch_spec, **overrides)
         for blk in self.vit.blocks:
             if isinstance(blk.attn, DINOv2Attention):
                 blk.attn.cpu_kernel = attention_kernel
@@ -227,7 +173,7 @@ class DINOv2Encoder(nn.Module):
             raise ValueError(f"tap_block must be in [1, {depth}], got {tap_block}")
         self.tap_block = tap_block
         self.embed_dim = self.vit.embed_dim
-        self.patch_size = 14
+        self.patch_size = self.arch_spec.patch_size
         self.frozen = frozen
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -237,10 +183,6 @@ class DINOv2Encoder(nn.Module):
         if frozen:
             self.requires_grad_(False)
             self.eval()
-
-    @property
-    def official_url(self) -> Optional[str]:
-        return DINOV2_ARCHS[self.arch].url
 
     def load_checkpoint(self, path_or_url: str, sha256: Optional[str] = None, cache_dir: Optional[str] = None):
         from timm.models.vision_transformer import checkpoint_filter_fn
@@ -267,8 +209,8 @@ class DINOv2Encoder(nn.Module):
         return super().train(False if self.frozen else mode)
 
     def _tokens(self, images: torch.Tensor):
-        if images.shape[-1] % 14 or images.shape[-2] % 14:
-            raise ValueError(f"DINOv2 input H, W must be multiples of 14, got {tuple(images.shape[-2:])}")
+        if images.shape[-1] % self.patch_size or images.shape[-2] % self.patch_size:
+            raise ValueError(f"DINOv2 input H, W must be multiples of {self.patch_size}, got {tuple(images.shape[-2:])}")
         v = self.vit
         # normalise in fp32, then into the weights' dtype (bf16 when held in bf16: fsseg.precision).
         # Inside the blocks bf16 keeps its accuracy where it matters: LayerNorm statistics and the
@@ -285,9 +227,9 @@ class DINOv2Encoder(nn.Module):
         """``[B,h,w,C]`` patch tokens -> ``[B, prefix + h*w, C]`` with prefix tokens and positions."""
         v = self.vit
         h, w = x.shape[1], x.shape[2]
-        if self.pos_interpolation == "timm" or (h, w) == tuple(v.patch_embed.grid_size):
+        if (h, w) == tuple(v.patch_embed.grid_size):
             return v._pos_embed(x)  # native grid: the table as is (official early return)
-        a = DINOV2_ARCHS[self.arch]
+        a = self.arch_spec
         n_cls = 0 if v.no_embed_class else v.num_prefix_tokens  # timm keeps no cls slot for reg4
         table = v.pos_embed
         pos = interpolate_pos_encoding(table[:, n_cls:], (h, w), a.interpolate_offset, a.interpolate_antialias)

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 from fsseg.atomic import atomic_write
-from fsseg.models.encoder import DINOV2_ARCHS
 
 
 def official_dinov2_state_dict(encoder) -> dict:
@@ -26,7 +25,7 @@ def official_dinov2_state_dict(encoder) -> dict:
     official ``mlp.w12`` / ``mlp.w3`` names (dinov2 ``layers/swiglu_ffn.py`` ``SwiGLUFFN``)."""
     sd = {}
     for k, v in encoder.vit.state_dict().items():
-        if ".mlp." in k and DINOV2_ARCHS[encoder.arch].swiglu:
+        if ".mlp." in k and encoder.arch_spec.swiglu:
             k = k.replace(".mlp.fc1.", ".mlp.w12.").replace(".mlp.fc2.", ".mlp.w3.")
         sd[k] = v.detach().clone()
     cls = sd["cls_token"]
@@ -58,15 +57,16 @@ def write_sam_checkpoint(path: str | os.PathLike, variant: str = "tiny", decoder
     ``prompt_encoder.*``, ``mask_decoder.*``), built with segment-anything's own classes."""
     from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-    from fsseg.models.teacher import SAM_ENCODER_CONFIGS, build_sam_image_encoder
+    from fsseg.models.backbones import TEACHERS
+    from fsseg.models.teacher import build_sam_image_encoder
 
     torch.manual_seed(seed)
-    cfg = SAM_ENCODER_CONFIGS[variant]
-    grid = cfg["img_size"] // cfg["patch_size"]
+    arch = TEACHERS.get(variant)
+    grid = arch.img_size // arch.patch_size
     sam = Sam(
         image_encoder=build_sam_image_encoder(variant),
         prompt_encoder=PromptEncoder(embed_dim=decoder_dim, image_embedding_size=(grid, grid),
-                                     input_image_size=(cfg["img_size"], cfg["img_size"]),
+                                     input_image_size=(arch.img_size, arch.img_size),
                                      mask_in_chans=mask_in_chans),
         mask_decoder=MaskDecoder(transformer_dim=decoder_dim,
                                  transformer=TwoWayTransformer(depth=decoder_depth, embedding_dim=decoder_dim,

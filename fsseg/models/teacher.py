@@ -1,8 +1,8 @@
 """Frozen SAM image encoder used as the distillation teacher.
 
-Official settings copied from ``segment_anything/build_sam.py`` (vit_h / vit_l / vit_b) plus a
-``tiny`` configuration for tests. Loads the ``image_encoder.*`` keys of an official SAM checkpoint
-(plain state dict) strictly.
+Architectures from the backbone table (``fsseg.models.backbones.TEACHERS``: segment-anything
+``build_sam.py``'s vit_h / vit_l / vit_b, and ``tiny`` for tests). Loads the ``image_encoder.*`` keys
+of an official SAM checkpoint (plain state dict) strictly.
 
 Input handling (``forward``): images ``[B,3,H,W]`` in ``[0,1]``, any size. As SAM's
 ``ResizeLongestSide`` + ``Sam.preprocess`` (``segment_anything/utils/transforms.py:94-102``,
@@ -24,36 +24,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbones import TEACHERS
 from .weights import load_state_dict_file, resolve_checkpoint, strict_load
 
 SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 
-SAM_URLS = {
-    "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
-    "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
-    "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
-}
-
-_COMMON = dict(img_size=1024, patch_size=16, mlp_ratio=4, qkv_bias=True, use_rel_pos=True, window_size=14, out_chans=256)
-SAM_ENCODER_CONFIGS: dict[str, dict] = {
-    "vit_h": dict(_COMMON, embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=(7, 15, 23, 31)),
-    "vit_l": dict(_COMMON, embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=(5, 11, 17, 23)),
-    "vit_b": dict(_COMMON, embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),
-    "tiny": dict(
-        img_size=256, patch_size=16, mlp_ratio=4, qkv_bias=True, use_rel_pos=True, window_size=4,
-        out_chans=32, embed_dim=32, depth=2, num_heads=2, global_attn_indexes=(1,),
-    ),
-}
-
 
 def build_sam_image_encoder(variant: str = "vit_h", **overrides) -> nn.Module:
+    """segment-anything's ``ImageEncoderViT`` for a ``TEACHERS`` name; ``overrides`` change its arguments."""
     from segment_anything.modeling import ImageEncoderViT
 
-    if variant not in SAM_ENCODER_CONFIGS:
-        raise ValueError(f"unknown SAM variant {variant!r}; choose one of {sorted(SAM_ENCODER_CONFIGS)}")
-    cfg = dict(SAM_ENCODER_CONFIGS[variant], **overrides)
-    cfg["global_attn_indexes"] = tuple(cfg["global_attn_indexes"])
+    cfg = TEACHERS.get(variant).kwargs(**overrides)
     return ImageEncoderViT(norm_layer=partial(nn.LayerNorm, eps=1e-6), **cfg)
 
 
@@ -76,7 +58,7 @@ class SAMImageEncoder(nn.Module):
         self.variant = variant
         self.encoder = build_sam_image_encoder(variant, **overrides)
         self.img_size = self.encoder.img_size
-        cfg = dict(SAM_ENCODER_CONFIGS[variant], **overrides)
+        cfg = TEACHERS.get(variant).kwargs(**overrides)
         self.out_chans = cfg["out_chans"]
         self.embed_dim = cfg["embed_dim"]
         self.depth = cfg["depth"]
@@ -89,10 +71,6 @@ class SAMImageEncoder(nn.Module):
             self.load_checkpoint(checkpoint, sha256=sha256, cache_dir=cache_dir)
         self.requires_grad_(False)
         self.eval()
-
-    @property
-    def official_url(self) -> Optional[str]:
-        return SAM_URLS.get(self.variant)
 
     @property
     def embedding_size(self) -> int:

@@ -69,18 +69,16 @@ def _basename(source: str) -> str:
 
 def official_url(arg: str, name: str, hparams: Mapping[str, Any]) -> Optional[str]:
     """The official download address of a frozen file called ``name``, when fsseg knows it."""
+    from fsseg.models.backbones import backbone_weights, weights_by_file_name
+
     if arg == "dinov2_checkpoint":
-        from fsseg.models.encoder import DINOV2_ARCHS
-
-        arch = DINOV2_ARCHS.get(str(hparams.get("backbone")))
-        if arch is not None and arch.url and _basename(arch.url) == name:
-            return arch.url
+        weights = backbone_weights(str(hparams.get("backbone")))
+        if weights is not None and weights.file_name == name:
+            return weights.url
     if arg == "sam_checkpoint":
-        from fsseg.models.teacher import SAM_URLS
-
-        for url in SAM_URLS.values():
-            if _basename(url) == name:
-                return url
+        weights = weights_by_file_name(name, "teacher")
+        if weights is not None:
+            return weights.url
     return None
 
 
@@ -263,27 +261,27 @@ OFFICIAL = "official"
 
 def resolve_official_weights(init_args: Any) -> dict:
     """Replace ``official`` in ``dinov2_checkpoint`` / ``sam_checkpoint`` by the official download
-    address of the configured backbone (``DINOV2_ARCHS[backbone].url``) and SAM encoder
-    (``SAM_URLS[teacher]``, ViT-H when the module has no ``teacher``), so configs name the weights
-    once (``fsseg.models.encoder`` and ``fsseg.models.teacher`` hold the addresses). Returns what
-    was replaced; changes ``init_args`` in place."""
-    from fsseg.models.encoder import DINOV2_ARCHS
-    from fsseg.models.teacher import SAM_URLS
+    address of the configured backbone and SAM encoder (ViT-H when the module has no ``teacher``),
+    so configs name the weights once (``fsseg.models.backbones.OFFICIAL_WEIGHTS`` holds the
+    addresses). Returns what was replaced; changes ``init_args`` in place."""
+    from fsseg.models.backbones import OFFICIAL_WEIGHTS, backbone_weights, teacher_weights
 
     done = {}
     if init_args is None:
         return done
     if init_args.get("dinov2_checkpoint") == OFFICIAL:
         backbone = str(init_args.get("backbone"))
-        arch = DINOV2_ARCHS.get(backbone)
-        if arch is None or not arch.url:
+        weights = backbone_weights(backbone)
+        if weights is None:
             raise WeightsError(f"--model.init_args.dinov2_checkpoint official: backbone {backbone!r} has no official "
                                "DINOv2 weights; give a path or URL (or null for random weights)")
-        init_args["dinov2_checkpoint"] = done["dinov2_checkpoint"] = arch.url
+        init_args["dinov2_checkpoint"] = done["dinov2_checkpoint"] = weights.url
     if init_args.get("sam_checkpoint") == OFFICIAL:
         teacher = str(init_args.get("teacher") or "vit_h")
-        if teacher not in SAM_URLS:
+        weights = teacher_weights(teacher)
+        if weights is None:
+            official = [w.arch for w in OFFICIAL_WEIGHTS.values() if w.table == "teacher"]
             raise WeightsError(f"--model.init_args.sam_checkpoint official: SAM encoder {teacher!r} has no official "
-                               f"weights (official ones: {', '.join(SAM_URLS)}); give a path or URL")
-        init_args["sam_checkpoint"] = done["sam_checkpoint"] = SAM_URLS[teacher]
+                               f"weights (official ones: {', '.join(official)}); give a path or URL")
+        init_args["sam_checkpoint"] = done["sam_checkpoint"] = weights.url
     return done

@@ -134,7 +134,7 @@ class DistillationModule(GuardedStepMixin, LeanCheckpointMixin, L.LightningModul
         adapter_kwargs, tap_norm = resolve_adapter_settings(adapter_init, adapter_kwargs, tap_norm)
         self.hparams["adapter_kwargs"], self.hparams["tap_norm"] = adapter_kwargs, tap_norm
         self.encoder = DINOv2Encoder(arch=backbone, tap_block=tap_block, checkpoint=dinov2_checkpoint,
-                                     sha256=dinov2_sha256, tap_norm=tap_norm, pos_interpolation=pos_interpolation)
+                                     sha256=dinov2_sha256, tap_norm=tap_norm)
         self.teacher = SAMImageEncoder(variant=teacher, checkpoint=sam_checkpoint, sha256=sam_sha256)
         self.adapter = BottleneckAdapter(in_dim=self.encoder.embed_dim, out_dim=self.teacher.out_chans,
                                          **adapter_kwargs)

@@ -155,7 +155,7 @@ class FewShotModule(SupportSetPredictionMixin, GuardedStepMixin, LeanCheckpointM
     def feature_namespace(self) -> str:
         m = self.model
         # settings that change the features without being weights (not in the fingerprint)
-        settings = (f"pos={m.encoder.pos_interpolation}|tap_norm={m.encoder.tap_norm}|"
+        settings = (f"pos=official|tap_norm={m.encoder.tap_norm}|"
                     f"adapter_pe={m.adapter.pos_encoding}|adapter_act={type(m.adapter.reduce[1]).__name__}")
         return (f"fsdino-frozen|{m.encoder.arch}|adapter-frozen={m.freeze_adapter}|{settings}|"
                 f"{module_fingerprint(m.encoder, m.adapter)}{dtype_key(m.encoder_dtype)}")

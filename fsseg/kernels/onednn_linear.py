@@ -1,7 +1,7 @@
 """``OneDNNLinear``: an ``nn.Linear`` (same parameters, same state-dict keys) whose CPU inference runs
 oneDNN's matmul with the bias, and optionally the exact (erf) GELU, fused into it.
 
-Why (issue 15): on an x86 CPU torch's fp32 ``F.linear`` calls MKL's sgemm. On this machine's AMD EPYC
+Why: on an x86 CPU torch's fp32 ``F.linear`` calls MKL's sgemm. On this machine's AMD EPYC
 (Zen 4) MKL reaches 169-189 GFLOP/s on a 2048^3 product where oneDNN's matmul reaches 214-219 (the two
 timed in alternation, 2 threads), and a DINOv2-B pass at 518 with its four linear layers per block
 on oneDNN takes 0.78-0.81x the time (medians of 12-16 interleaved passes, outputs within 1e-6). bf16
