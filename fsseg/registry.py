@@ -37,7 +37,7 @@ class Registry:
             for key in (name, *aliases):
                 k = self._key(key)
                 owner = self._aliases.get(k)
-                if owner is not None and self._entries[owner] is not obj and owner != name:
+                if owner is not None and owner != name and self._entries[owner] is not obj:
                     raise RegistryError(f"{self.kind} name {key!r} is already registered for {owner!r}")
                 self._aliases[k] = name
             self._entries[name] = obj

@@ -9,7 +9,7 @@ from fsseg.registry import Registry, RegistryError
 def test_names_aliases_and_errors():
     reg = Registry("segmenter", flag="--model.init_args.segmenter.name")
 
-    @reg.register("compact", aliases=("BA+SVP+PCS",))
+    @reg.register("compact", aliases=("BA+SVP+PCS", "ba-svp-pcs", "BA_SVP_PCS"))  # the last two: one key
     def compact():
         return "compact"
 
