@@ -69,7 +69,7 @@ DEBUG_ENV = "FSSEG_DEBUG"
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "lightning_configs"
 CKPT_KEYWORDS = ("best", "last", "hpc", "registry")
 # Model settings a checkpoint decides (its weights were trained with them) unless given on the command line.
-CHECKPOINT_WINS = ("variant", "backbone", "image_size")
+CHECKPOINT_WINS = ("segmenter", "image_size")
 
 
 # ------------------------------------------------------------------------------------- help
@@ -125,10 +125,10 @@ def main_help() -> str:
 # ----------------------------------------------------------------------------- LightningCLI
 def _explicit_model_args(args: list[str]) -> set[str]:
     """Constructor arguments of the model given on the command line (``--model.init_args.x`` or
-    ``--model.x``, ``=value`` or separate value)."""
+    ``--model.x``, ``=value`` or separate value; ``--model.init_args.segmenter.name`` counts as ``segmenter``)."""
     found = set()
     for a in args:
-        m = re.match(r"^--model\.(?:init_args\.)?([A-Za-z_][A-Za-z0-9_]*)(?:=|$)", a)
+        m = re.match(r"^--model\.(?:init_args\.)?([A-Za-z_][A-Za-z0-9_]*)(?:[.=]|$)", a)
         if m and m.group(1) not in ("class_path", "init_args", "dict_kwargs", "help"):
             found.add(m.group(1))
     return found
@@ -451,7 +451,7 @@ def _given_on_command_line(raw: list[str], section: str, key: str) -> bool:
 
 
 def report_checkpoint_settings(ckpt_path, config_model: dict, ckpt_model: dict, explicit: set, cfg, raw: list) -> None:
-    """Say which image size, variant and backbone the run uses when the checkpoint's differ from the
+    """Say which image size and model spec the run uses when the checkpoint's differ from the
     config's (the checkpoint's win unless given on the command line), and load the data at the model's
     image size unless ``--data.init_args.image_size`` is given."""
     for key in CHECKPOINT_WINS:
