@@ -134,6 +134,25 @@ def _explicit_model_args(args: list[str]) -> set[str]:
     return found
 
 
+def _explicit_spec_keys(args: list[str]) -> set[str]:
+    """Keys of the model spec given on the command line: ``--model.init_args.segmenter.KEY`` flags, and
+    the keys of a whole ``--model.init_args.segmenter '{...}'``."""
+    import yaml
+
+    keys = set()
+    for i, a in enumerate(args):
+        m = re.match(r"^--model\.(?:init_args\.)?segmenter(?:\.([A-Za-z_][A-Za-z0-9_]*))?(=.*|$)", a)
+        if not m:
+            continue
+        if m.group(1):
+            keys.add(m.group(1))
+            continue
+        value = m.group(2)[1:] if m.group(2) else (args[i + 1] if i + 1 < len(args) else "")
+        spec = yaml.safe_load(value) if value else None
+        keys |= set(spec) if isinstance(spec, dict) else {"name"}
+    return keys
+
+
 def _lightning_cli_class():
     from lightning.pytorch.cli import LightningCLI
 
@@ -309,6 +328,12 @@ def _lightning_cli_class():
             explicit = _explicit_model_args(raw)
             init_args = cfg.model.get("init_args") if cfg.get("model") is not None else None
             given = {k: init_args.get(k) for k in explicit if init_args is not None and k in init_args}
+            if given.get("segmenter") and ckpt["hyper_parameters"].get("segmenter"):
+                # per key, as the module's own arguments: what the command line gives wins, the rest
+                # (e.g. the method) is the checkpoint's
+                keys = _explicit_spec_keys(raw)
+                given["segmenter"] = {**ckpt["hyper_parameters"]["segmenter"],
+                                      **{k: v for k, v in dict(given["segmenter"]).items() if k in keys}}
             config_model = {k: init_args.get(k) for k in CHECKPOINT_WINS} if init_args is not None else {}
             class_path, hp = rebuild_hparams(ckpt, str(ckpt_path), given)
             import inspect

@@ -13,10 +13,10 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "lightning_configs"
 
 # Small configurations of the same classes: seconds on a CPU.
-# The ``tiny`` preset (fsseg.models.methods) of the ``full`` method; "--model.init_args.segmenter.method",
-# "compact" after it picks another method.
+# The ``tiny`` preset (fsseg.models.methods), of ``full`` unless "--model.init_args.segmenter.method", "compact"
+# follows (with --ckpt_path: of the checkpoint's method).
 TINY_FEWSHOT = [
-    "--model.init_args.segmenter", "{name: tiny, method: full}", "--model.init_args.image_size", "112",
+    "--model.init_args.segmenter", "{name: tiny}", "--model.init_args.image_size", "112",
     "--model.init_args.dinov2_checkpoint", "null",
     "--model.init_args.sam_checkpoint", "null", "--model.init_args.adapter_checkpoint", "null",
     "--data.init_args.image_size", "112", "--data.init_args.num_workers", "0",

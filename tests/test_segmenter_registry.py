@@ -92,3 +92,10 @@ def test_method_without_student_initialiser_is_refused_for_specialisation():
 def test_ablation_sweep_lists_the_registered_paper_methods():
     sweep = yaml.safe_load((CONFIGS / "sweep_ablation.yaml").read_text())
     assert sweep["parameters"]["model.init_args.segmenter.name"]["values"] == paper_methods()
+
+
+def test_results_table_rows_are_the_registered_paper_rows():
+    from fsseg.models import SEGMENTERS
+    from fsseg.results import ABLATION_ROWS
+
+    assert ABLATION_ROWS == {name: SEGMENTERS.get(name).paper_row for name in paper_methods()}
