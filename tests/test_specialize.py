@@ -186,7 +186,7 @@ def test_specialisation_runs_at_the_teacher_size_and_reports_its_checkpoint_and_
     proc = run_fsseg(["fit", "--config", str(CONFIGS / "specialize_folder.yaml"), "--model.teacher_ckpt",
                       str(tmp_path / "teacher.ckpt"), "--data.support_dir", str(support), "--trainer.max_epochs", "1",
                       "--data.repeats", "1"], cwd=tmp_path)
-    assert "specialising at image_size 140, backbone dinov2_tiny, variant full (size from the teacher checkpoint" \
+    assert "specialising at image_size 140, backbone dinov2_tiny, method full (size from the teacher checkpoint" \
         in proc.stderr
     ckpt = (tmp_path / "runs" / "specialize" / "checkpoints" / "last.ckpt").resolve()
     assert f"specialised model: {ckpt.parent}" in proc.stderr

@@ -30,10 +30,10 @@ from fsseg.metrics import DatasetForegroundIoU, FewShotIoU, update_dataset_score
 from fsseg.models.fsdino import FSDINO, ImageFeatures
 from fsseg.models.segmenters import (
     build_segmenter,
+    method_name,
     refuse_specialisation,
     segmenter_spec,
     spec_value,
-    split_spec,
 )
 from fsseg.models.specialized import SpecializedSegmenter, per_class_supports
 from fsseg.modules.common import (
@@ -210,8 +210,8 @@ class SpecializeModule(SpecializationReportMixin, GuardedStepMixin, SampleTracki
 
     def describe_size(self) -> str:
         hp = self.hparams
-        method, backbone = split_spec(hp.segmenter)[0], spec_value(hp.segmenter, "backbone")
-        return (f"image_size {hp.image_size}, backbone {backbone}, segmenter {method} (size from "
+        method, backbone = method_name(hp.segmenter), spec_value(hp.segmenter, "backbone")
+        return (f"image_size {hp.image_size}, backbone {backbone}, method {method} (size from "
                 f"{self.image_size_source}; --model.image_size N overrides it)")
 
     def setup(self, stage: str) -> None:
