@@ -87,17 +87,17 @@ def _adapter_defaults() -> dict:
 def stage1_adapter_settings(path_or_url: str, sha256: Optional[str] = None,
                             cache_dir: Optional[str] = None) -> Optional[dict]:
     """The adapter settings a stage-1 (``DistillationModule``) checkpoint was trained with:
-    ``{"adapter_kwargs": {...}, "tap_norm": bool}``; None for a file without hyper-parameters (a
-    plain adapter state dict). Checkpoints written before these settings existed give fsseg's
-    defaults of that time (sine position encoding, GELUs, raw block tap)."""
+    ``{"adapter_kwargs": {...}, "tap_norm": bool}`` (every ``BottleneckAdapter`` argument, its defaults
+    filled in, so a differing explicit setting is seen); None for a file without hyper-parameters (a
+    plain adapter state dict)."""
     sd = load_state_dict_file(resolve_checkpoint(path_or_url, sha256=sha256, cache_dir=cache_dir))
     hp = sd.get("hyper_parameters") if isinstance(sd, dict) else None
     if not isinstance(hp, dict) or "adapter_mid_dim" not in hp:
         return None
-    kw = dict(_adapter_defaults(), mid_dim=hp["adapter_mid_dim"],
-              bottleneck_dim=hp.get("adapter_bottleneck_dim", 128))
-    kw.update(hp.get("adapter_kwargs") or {})
-    return {"adapter_kwargs": kw, "tap_norm": bool(hp.get("tap_norm") or False)}
+    if "adapter_kwargs" not in hp or "tap_norm" not in hp:
+        raise CheckpointMismatchError(f"{path_or_url}: a stage-1 checkpoint without its adapter settings "
+                                      "(adapter_kwargs, tap_norm): not written by this fsseg version")
+    return {"adapter_kwargs": {**_adapter_defaults(), **hp["adapter_kwargs"]}, "tap_norm": bool(hp["tap_norm"])}
 
 
 def resolve_adapter_settings(adapter_checkpoint: Optional[str], adapter_kwargs: Optional[dict],
