@@ -192,7 +192,7 @@ def test_specialisation_runs_at_the_teacher_size_and_reports_its_checkpoint_and_
     assert f"specialised model: {ckpt.parent}" in proc.stderr
     assert "leave-one-out" in proc.stderr and "foreground IoU" in proc.stderr
     hp = load_checkpoint_file(ckpt)["hyper_parameters"]
-    assert hp["image_size"] == 140 and hp["backbone"] == "dinov2_tiny" and hp["decoder_dim"] == 32
+    assert hp["image_size"] == 140 and hp["segmenter"] == {"name": "tiny", "method": "full"}  # the teacher's
     # the bundle of a teacher-based specialisation rebuilds with no teacher file at all
     from fsseg.modules.checkpoints import load_module_from_checkpoint
 
