@@ -19,24 +19,41 @@ RESULT_TAG = "BENCH_RESULT "
 PRECISIONS = ("32", "bf16-mixed")
 
 
+def paper_methods() -> list:
+    """The methods of the paper's ablation (``fsseg.models.segmenters``): the ones every row times."""
+    from fsseg.models.segmenters import paper_methods as registered
+
+    return registered()
+
+
+def model_spec(cfg: dict, method: str) -> dict:
+    """The model spec of ``method`` at the bench's network size (``cfg["network"]``)."""
+    from fsseg.models.segmenters import takes
+
+    spec = {"name": method, "backbone": cfg["backbone"], **cfg["network"]}
+    if takes(method, "mamba_backend"):
+        spec["mamba_backend"] = cfg["mamba_backend"]
+    return spec
+
+
 def make_config(quick: bool) -> dict:
     if quick:
         return dict(
             quick=True, backbone="dinov2_tiny", size=112, sweep_size=56, spec_size=56, resolutions=[56, 84, 112],
-            model_kwargs=dict(decoder_dim=32, decoder_depth=1, decoder_mlp_dim=64, decoder_heads=2,
-                              mamba_backend="torch"),
+            network=dict(decoder_dim=32, decoder_depth=1, decoder_mlp_dim=64, decoder_heads=2),
+            mamba_backend="torch",
             sam_variants={"sam_h": "tiny", "sam_b": "tiny"}, teacher="tiny", teacher_size=256,
             shots=[1, 5], sweep_shots=[1, 5, 10], spec_shots=[1, 5, 20], classes=[1, 2, 5],
             reuse_queries=5, reuse_shots=5, warmup=1, reps=2, reps_large=2, sam_h_reps=2, sam_reps=2,
-            train_warm_reps=2, variants=["ba_pcs", "compact", "full", "uino"],
+            train_warm_reps=2, variants=paper_methods(),
         )
     return dict(
         quick=False, backbone="dinov2_vitb14", size=518, sweep_size=126, spec_size=126,
         resolutions=[126, 252, 518],
-        model_kwargs={}, sam_variants={"sam_h": "vit_h", "sam_b": "vit_b"}, teacher="vit_h", teacher_size=1024,
+        network={}, mamba_backend="auto", sam_variants={"sam_h": "vit_h", "sam_b": "vit_b"}, teacher="vit_h", teacher_size=1024,
         shots=[1, 5], sweep_shots=[1, 5, 10, 20], spec_shots=[1, 5, 20, 50], classes=[1, 2, 5],
         reuse_queries=20, reuse_shots=5, warmup=1, reps=5, reps_large=3, sam_h_reps=2, sam_reps=2,
-        train_warm_reps=4, variants=["ba_pcs", "compact", "full", "uino"],
+        train_warm_reps=4, variants=paper_methods(),
     )
 
 
@@ -161,9 +178,9 @@ def n_params(module) -> int:
 
 
 def build_fsdino_cfg(cfg: dict, variant: str, size: int):
-    from fsseg.models import build_fsdino
+    from fsseg.models import build_segmenter
 
-    return build_fsdino(variant, backbone=cfg["backbone"], image_size=size, **cfg["model_kwargs"]).eval()
+    return build_segmenter(model_spec(cfg, variant), image_size=size).eval()
 
 
 def rand_inputs(B: int, K: int, size: int, device: str, N: Optional[int] = None):

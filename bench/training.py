@@ -69,12 +69,11 @@ def compact_training_setup(cfg: dict, device: str):
     off) and its AdamW over the trainable parameters."""
     import torch
 
+    from bench.common import model_spec
     from fsseg.modules import FewShotModule
 
-    mk = dict(cfg["model_kwargs"])
-    dec = {k: mk.pop(k) for k in ("decoder_dim", "decoder_depth", "decoder_mlp_dim", "decoder_heads") if k in mk}
-    fm = FewShotModule(variant="compact", backbone=cfg["backbone"], image_size=cfg["size"], feature_cache="all",
-                       model_kwargs=mk, lr_schedule="none", **dec).to(device)
+    fm = FewShotModule(segmenter=model_spec(cfg, "compact"), image_size=cfg["size"], feature_cache="all",
+                       lr_schedule="none").to(device)
     fm.log = lambda *a, **k: None
     fm.log_dict = lambda *a, **k: None
     fm.train()

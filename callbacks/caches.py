@@ -21,8 +21,8 @@ class TeacherEmbeddingCache(L.Callback):
     The teacher always sees un-augmented images at its 1024 input, so an embedding is computed once
     and reused by every epoch and every curriculum stage. The namespace
     (``DistillationModule.teacher_namespace``) holds the teacher fingerprint (architecture +
-    weights), the input size and the preprocessing (``teacher_preprocess``: SAM's longest side +
-    padding, or the squashed square image), so a changed teacher or view is never served stale.
+    weights), the input size and the preprocessing (SAM's longest side + padding), so a changed teacher or
+    view is never served stale.
     ``dtype``: storage of the embeddings. ``float16`` (default) halves the disk and the bytes read
     per step (SAM ViT-H's 64x64x256 embedding: 2.1 MB instead of 4.2 MB per image) and changes the
     distillation loss by far less than one step does (``python -m bench.teacher_cache``; the

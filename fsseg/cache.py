@@ -3,7 +3,7 @@
 Used for the frozen SAM teacher's embeddings (stage 1) and for frozen DINOv2/adapter features of
 un-augmented images (stage 2): both are pure functions of (model weights, input size and
 preprocessing, image), so the cache *namespace* is a fingerprint of the model, the input size and the
-preprocessing (the teacher's ``sam`` / ``squash`` view), and an entry's key is the image id. A changed
+preprocessing (the teacher's SAM view), and an entry's key is the image id. A changed
 teacher, input size or preprocessing therefore lands in another namespace and is never served stale.
 
 Writes go to a unique temporary file in the same folder and are published with ``os.replace``, which

@@ -69,7 +69,7 @@ DEBUG_ENV = "FSSEG_DEBUG"
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "lightning_configs"
 CKPT_KEYWORDS = ("best", "last", "hpc", "registry")
 # Model settings a checkpoint decides (its weights were trained with them) unless given on the command line.
-CHECKPOINT_WINS = ("variant", "backbone", "image_size")
+CHECKPOINT_WINS = ("segmenter", "image_size")
 
 
 # ------------------------------------------------------------------------------------- help
@@ -125,13 +125,32 @@ def main_help() -> str:
 # ----------------------------------------------------------------------------- LightningCLI
 def _explicit_model_args(args: list[str]) -> set[str]:
     """Constructor arguments of the model given on the command line (``--model.init_args.x`` or
-    ``--model.x``, ``=value`` or separate value)."""
+    ``--model.x``, ``=value`` or separate value; ``--model.init_args.segmenter.name`` counts as ``segmenter``)."""
     found = set()
     for a in args:
-        m = re.match(r"^--model\.(?:init_args\.)?([A-Za-z_][A-Za-z0-9_]*)(?:=|$)", a)
+        m = re.match(r"^--model\.(?:init_args\.)?([A-Za-z_][A-Za-z0-9_]*)(?:[.=]|$)", a)
         if m and m.group(1) not in ("class_path", "init_args", "dict_kwargs", "help"):
             found.add(m.group(1))
     return found
+
+
+def _explicit_spec_keys(args: list[str]) -> set[str]:
+    """Keys of the model spec given on the command line: ``--model.init_args.segmenter.KEY`` flags, and
+    the keys of a whole ``--model.init_args.segmenter '{...}'``."""
+    import yaml
+
+    keys = set()
+    for i, a in enumerate(args):
+        m = re.match(r"^--model\.(?:init_args\.)?segmenter(?:\.([A-Za-z_][A-Za-z0-9_]*))?(=.*|$)", a)
+        if not m:
+            continue
+        if m.group(1):
+            keys.add(m.group(1))
+            continue
+        value = m.group(2)[1:] if m.group(2) else (args[i + 1] if i + 1 < len(args) else "")
+        spec = yaml.safe_load(value) if value else None
+        keys |= set(spec) if isinstance(spec, dict) else {"name"}
+    return keys
 
 
 def _lightning_cli_class():
@@ -309,6 +328,12 @@ def _lightning_cli_class():
             explicit = _explicit_model_args(raw)
             init_args = cfg.model.get("init_args") if cfg.get("model") is not None else None
             given = {k: init_args.get(k) for k in explicit if init_args is not None and k in init_args}
+            if given.get("segmenter") and ckpt["hyper_parameters"].get("segmenter"):
+                # per key, as the module's own arguments: what the command line gives wins, the rest
+                # (e.g. the method) is the checkpoint's
+                keys = _explicit_spec_keys(raw)
+                given["segmenter"] = {**ckpt["hyper_parameters"]["segmenter"],
+                                      **{k: v for k, v in dict(given["segmenter"]).items() if k in keys}}
             config_model = {k: init_args.get(k) for k in CHECKPOINT_WINS} if init_args is not None else {}
             class_path, hp = rebuild_hparams(ckpt, str(ckpt_path), given)
             import inspect
@@ -451,7 +476,7 @@ def _given_on_command_line(raw: list[str], section: str, key: str) -> bool:
 
 
 def report_checkpoint_settings(ckpt_path, config_model: dict, ckpt_model: dict, explicit: set, cfg, raw: list) -> None:
-    """Say which image size, variant and backbone the run uses when the checkpoint's differ from the
+    """Say which image size and model spec the run uses when the checkpoint's differ from the
     config's (the checkpoint's win unless given on the command line), and load the data at the model's
     image size unless ``--data.init_args.image_size`` is given."""
     for key in CHECKPOINT_WINS:

@@ -34,11 +34,12 @@ def _cli(args: list[str]):
 
 
 def _weights(out: Path) -> tuple[str, str]:
+    from fsseg.models.methods import TINY_NETWORK
     from fsseg.models.stand_in_weights import write_dinov2_checkpoint, write_sam_checkpoint
 
-    dinov2 = write_dinov2_checkpoint(out / "weights" / "dinov2_tiny_pretrain.pth", arch="dinov2_tiny", seed=0)
-    sam = write_sam_checkpoint(out / "weights" / "sam_tiny.pth", variant="tiny", decoder_dim=32, decoder_depth=2,
-                               decoder_mlp_dim=64, decoder_heads=2, seed=0)
+    dinov2 = write_dinov2_checkpoint(out / "weights" / "dinov2_tiny_pretrain.pth", arch=TINY_NETWORK["backbone"], seed=0)
+    decoder = {k: v for k, v in TINY_NETWORK.items() if k.startswith("decoder_")}  # the stage-2 model's decoder
+    sam = write_sam_checkpoint(out / "weights" / "sam_tiny.pth", variant="tiny", seed=0, **decoder)
     return str(dinov2), str(sam)
 
 
@@ -70,8 +71,8 @@ def _pcs_baseline(dinov2: str, shots_list: list[int], test_episodes: int, base_e
     from fsseg.baselines import PCSThreshold
     from fsseg.modules import FewShotModule
 
-    module = FewShotModule(variant="compact", backbone="dinov2_tiny", image_size=112, decoder_dim=32,
-                           decoder_mlp_dim=64, decoder_heads=2, dinov2_checkpoint=dinov2).eval()
+    module = FewShotModule(segmenter={"name": "tiny", "method": "compact"}, image_size=112,
+                           dinov2_checkpoint=dinov2).eval()
     results = {}
     for shots in shots_list:
         dm = EpisodicDataModule(dataset="synthetic", fold=0, shots=shots, image_size=112, batch_size=8,

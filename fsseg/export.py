@@ -59,8 +59,7 @@ if TYPE_CHECKING:
 
 # torch and the models are imported inside the functions: `fsseg export --help` answers at once.
 
-SMALL_MODEL = dict(variant="full", backbone="dinov2_tiny", image_size=112, decoder_dim=32,
-                   decoder_mlp_dim=64, decoder_heads=2)
+SMALL_MODEL = dict(segmenter={"name": "tiny", "method": "full"}, image_size=112)  # fsseg.models.methods.tiny
 ONNX_NAME = "fsseg_segmenter.onnx"
 IMAGE_ONNX_NAME = "fsseg_image_segmenter.onnx"
 REFERENCE_SCRIPT_NAME = "preprocess_reference.py"

@@ -93,9 +93,12 @@ class RunCSVLogger(CSVLogger):
 def group_name(model, datamodule) -> tuple[str, list[str]]:
     hp = getattr(model, "hparams", {})
     parts, tags = [type(model).__name__], []
-    if "variant" in hp:
-        parts.append(str(hp["variant"]))
-        tags.append(f"variant:{hp['variant']}")
+    if hp.get("segmenter"):
+        from fsseg.models.segmenters import method_name
+
+        variant = method_name(hp["segmenter"])
+        parts.append(variant)
+        tags.append(f"variant:{variant}")
     if "objective" in hp:
         parts.append(str(hp["objective"]))
     for attr in ("dataset", "fold", "shots"):

@@ -88,14 +88,26 @@ def _get(ns: Any, *keys: str) -> Any:
     return ns
 
 
+def _spec(spec: Any, key: str) -> Any:
+    """The registered method (``key`` ``name``) or a setting of a model spec (``fsseg.models.segmenters``;
+    ``False``: the module takes none)."""
+    if spec is False:
+        return None
+    from fsseg.models.segmenters import method_name, segmenter_spec, spec_value
+
+    spec = segmenter_spec(spec)
+    return method_name(spec) if key == "name" else spec_value(spec, key)
+
+
 def run_keys(cfg: Any) -> dict:
     """The config values a run is known by (run name, W&B tags, ``fsseg results``' table keys)."""
     model = _get(cfg, "model", "init_args")
     data = _get(cfg, "data", "init_args")
+    spec = _get(model, "segmenter") if model is not None and "segmenter" in model else False
     keys = {
-        "variant": _get(model, "variant"),
+        "variant": _spec(spec, "name"),
         "objective": _get(model, "objective"),
-        "backbone": _get(model, "backbone"),
+        "backbone": _get(model, "backbone") or _spec(spec, "backbone"),
         "image_size": _get(model, "image_size"),
         "benchmark": _get(data, "dataset"),
         "fold": _get(data, "fold"),

@@ -34,9 +34,7 @@ from typing import Optional
 import lightning as L
 
 REPO = Path(__file__).resolve().parent.parent
-SMALL = ["--model.init_args.variant", "full", "--model.init_args.backbone", "dinov2_tiny",
-         "--model.init_args.image_size", "112", "--model.init_args.decoder_dim", "32",
-         "--model.init_args.decoder_mlp_dim", "64", "--model.init_args.decoder_heads", "2",
+SMALL = ["--model.init_args.segmenter", "{name: tiny, method: full}", "--model.init_args.image_size", "112",
          "--model.init_args.dinov2_checkpoint", "null", "--model.init_args.sam_checkpoint", "null",
          "--model.init_args.adapter_checkpoint", "null"]
 TRAIN = ["--model.init_args.lr", "0.003"]  # a few dozen steps: enough to leave the all-background start
@@ -344,8 +342,8 @@ def full_size_checks(emit, device: str = "cuda", backbone: str = "dinov2_vitb14"
 
     workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
     torch.manual_seed(0)
-    module = FewShotModule(variant="full", backbone=backbone, image_size=image_size, dinov2_checkpoint=None,
-                           sam_checkpoint=None, adapter_checkpoint=None)
+    module = FewShotModule(segmenter={"name": "full", "backbone": backbone}, image_size=image_size,
+                           dinov2_checkpoint=None, sam_checkpoint=None, adapter_checkpoint=None)
     dm = EpisodicDataModule(dataset="synthetic", image_size=image_size, synthetic_image_size=image_size,
                             batch_size=batch_size, num_workers=workers, train_episodes_per_epoch=batch_size * steps,
                             val_episodes=1)

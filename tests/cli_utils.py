@@ -13,10 +13,11 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "lightning_configs"
 
 # Small configurations of the same classes: seconds on a CPU.
+# The ``tiny`` preset (fsseg.models.methods), of ``full`` unless "--model.init_args.segmenter.method", "compact"
+# follows (with --ckpt_path: of the checkpoint's method).
 TINY_FEWSHOT = [
-    "--model.init_args.backbone", "dinov2_tiny", "--model.init_args.image_size", "112",
-    "--model.init_args.decoder_dim", "32", "--model.init_args.decoder_mlp_dim", "64",
-    "--model.init_args.decoder_heads", "2", "--model.init_args.dinov2_checkpoint", "null",
+    "--model.init_args.segmenter", "{name: tiny}", "--model.init_args.image_size", "112",
+    "--model.init_args.dinov2_checkpoint", "null",
     "--model.init_args.sam_checkpoint", "null", "--model.init_args.adapter_checkpoint", "null",
     "--data.init_args.image_size", "112", "--data.init_args.num_workers", "0",
 ]
@@ -69,3 +70,9 @@ def last_value(rows: list[dict], key: str) -> float:
     if not vals:
         raise AssertionError(f"no {key} in metrics: {rows[:3]}")
     return vals[-1]
+
+
+def tiny_module_args(method: str = "full", image_size: int = 112, **spec) -> dict:
+    """``FewShotModule`` / ``SpecializeModule`` arguments of the ``tiny`` preset (fsseg.models.methods) of
+    ``method``; ``spec``: further arguments of that method (e.g. ``mamba_backend``)."""
+    return dict(segmenter={"name": "tiny", "method": method, **spec}, image_size=image_size)

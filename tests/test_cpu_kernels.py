@@ -388,14 +388,14 @@ def test_bf16_linear_where_onednn_has_no_bf16_falls_back_to_torch():
     code = textwrap.dedent("""
         import torch, torch.nn.functional as F
         from fsseg.kernels.onednn_linear import OneDNNLinear, onednn_dtypes
-        from fsseg.models import build_fsdino
+        from fsseg.models import build_segmenter
         assert onednn_dtypes() == (torch.float32,), onednn_dtypes()
         lin = OneDNNLinear(64, 32).bfloat16()
         x = torch.randn(8, 64).bfloat16()
         with torch.inference_mode():
             assert not lin.onednn_applies(x) and torch.equal(lin(x), F.linear(x, lin.weight, lin.bias))
             assert lin.float().onednn_applies(x.float())
-            m = build_fsdino("compact", backbone="dinov2_tiny", image_size=56, decoder_dim=32, decoder_mlp_dim=64,
+            m = build_segmenter({"name": "compact"}, backbone="dinov2_tiny", image_size=56, decoder_dim=32, decoder_mlp_dim=64,
                              decoder_heads=2).eval().set_precision("bf16-mixed")
             out = m(torch.rand(1, 3, 56, 56), torch.rand(1, 1, 3, 56, 56), torch.ones(1, 1, 56, 56))
         assert torch.isfinite(out["logits"]).all()

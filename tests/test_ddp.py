@@ -77,7 +77,7 @@ def test_ddp_nonfinite_loss_on_one_rank_is_skipped_on_both(tmp_path):
 
     cb = (f'[{{"class_path": "tests.fault_injection.NaNQueryOnRank", "init_args": '
           f'{{"at": 1, "rank": 1, "record_dir": "{tmp_path}"}}}}]')
-    run_fsseg(["fit", *TINY_FEWSHOT, "--model.init_args.variant", "compact", "--model.init_args.nonfinite", "skip",
+    run_fsseg(["fit", *TINY_FEWSHOT, "--model.init_args.segmenter.method", "compact", "--model.init_args.nonfinite", "skip",
                "--data.init_args.dataset", "synthetic", "--data.init_args.batch_size", "1",
                "--data.init_args.train_episodes_per_epoch", "6", "--data.init_args.val_episodes", "2",
                "--trainer.max_epochs", "1", *DDP2, "--trainer.default_root_dir", str(tmp_path),
@@ -103,7 +103,7 @@ def test_sigterm_ends_a_fit_stuck_in_native_code(tmp_path):
     cb = (f'[{{"class_path": "tests.fault_injection.StallAtStep", "init_args": '
           f'{{"at": 1, "marker": "{marker}"}}}}]')
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", WANDB_MODE="offline")
-    proc = subprocess.Popen([sys.executable, "-m", "fsseg.cli", "fit", *TINY_FEWSHOT, "--model.init_args.variant",
+    proc = subprocess.Popen([sys.executable, "-m", "fsseg.cli", "fit", *TINY_FEWSHOT, "--model.init_args.segmenter.method",
                              "compact", "--data.init_args.dataset", "synthetic", "--data.init_args.batch_size", "1",
                              "--data.init_args.train_episodes_per_epoch", "4", "--trainer.max_epochs", "1",
                              "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",

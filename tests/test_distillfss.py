@@ -36,7 +36,7 @@ from tests.shared_data import SHARED
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY = dict(variant="full", backbone="dinov2_tiny", image_size=56, decoder_dim=32, decoder_mlp_dim=64, decoder_heads=2)
+TINY = dict(segmenter={"name": "tiny", "method": "full"}, image_size=56)
 
 
 def _img(path, h=20, w=24, seed=0):

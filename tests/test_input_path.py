@@ -144,8 +144,7 @@ def test_device_path_sends_jpeg_bytes_and_decodes_them_on_the_device(tmp_path, m
 def test_fast_and_device_batches_train_through_the_module():
     from fsseg.modules import FewShotModule
 
-    module = FewShotModule(variant="ba_pcs", backbone="dinov2_tiny", image_size=56, decoder_dim=32,
-                           decoder_mlp_dim=64, decoder_heads=2, lr_schedule="none")
+    module = FewShotModule(segmenter={"name": "tiny", "method": "ba_pcs"}, image_size=56, lr_schedule="none")
     module.log = module.log_dict = lambda *a, **k: None
     losses = {}
     for path in ("exact", "fast", "device"):

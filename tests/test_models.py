@@ -6,13 +6,15 @@ import torch
 
 from fsseg.models import (
     FSDINO,
-    VARIANTS,
+    SEGMENTERS,
     BottleneckAdapter,
-    build_fsdino,
-    canonical_variant,
+    build_segmenter,
     masked_average_pool,
 )
-from fsseg.models.__main__ import count, parameter_table
+from fsseg.models.segmenters import takes
+from fsseg.params import count, parameter_table
+
+METHODS = SEGMENTERS.names(where=lambda s: s.preset_of is None)
 
 TINY = dict(
     backbone="dinov2_tiny",
@@ -21,17 +23,19 @@ TINY = dict(
     decoder_depth=1,
     decoder_mlp_dim=64,
     decoder_heads=2,
-    correlation_kwargs=dict(mid_channels=32, head_channels=(16, 8, 8)),
-    mamba_backend="torch",
 )
+SMALL_CORRELATION = dict(mid_channels=32, head_channels=(16, 8, 8))
 
 
 def tiny(variant: str, **kw) -> FSDINO:
     torch.manual_seed(0)
-    cfg = {**TINY, **kw}
-    if variant == "uino":  # the compact MHCM has no reduction convs / 3-stage head to shrink
-        cfg.pop("correlation_kwargs")
-    return build_fsdino(variant, **cfg)
+    spec = {"name": variant}
+    # the compact MHCM (uino) has no reduction convs / 3-stage head to shrink
+    if takes(variant, "correlation_kwargs") and variant != "uino":
+        spec["correlation_kwargs"] = SMALL_CORRELATION
+    if takes(variant, "mamba_backend"):
+        spec["mamba_backend"] = "torch"
+    return build_segmenter({**spec, **kw}, **TINY)
 
 
 def rand_masks(*shape):
@@ -40,7 +44,7 @@ def rand_masks(*shape):
     return m
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", METHODS)
 def test_shapes_all_variants(variant):
     m = tiny(variant).eval()
     with torch.no_grad():
@@ -57,13 +61,13 @@ def test_shapes_all_variants(variant):
     assert torch.equal(mc["pred"], full.argmax(1))
 
 
-def test_variant_aliases():
-    assert canonical_variant("BA+PCS") == "ba_pcs"
-    assert canonical_variant("BA+SVP+PCS") == "compact"
-    assert canonical_variant("BA+SVP+PCS+4D") == "full"
-    assert canonical_variant("uino") == "uino"
-    with pytest.raises(ValueError, match="unknown FS-DINO variant"):
-        canonical_variant("nope")
+def test_paper_row_names_are_aliases():
+    assert SEGMENTERS.canonical("BA+PCS") == "ba_pcs"
+    assert SEGMENTERS.canonical("BA+SVP+PCS") == "compact"
+    assert SEGMENTERS.canonical("BA+SVP+PCS+4D") == "full"
+    assert SEGMENTERS.canonical("UINO-FSS") == "uino"
+    with pytest.raises(KeyError, match="unknown segmenter 'nope'"):
+        SEGMENTERS.canonical("nope")
 
 
 def test_ba_pcs_uses_empty_sparse_prompt():
@@ -158,8 +162,9 @@ def test_parameter_counts_dinov2_b_518():
     assert sum(p.numel() for p in BottleneckAdapter(768).parameters()) == 1_249_408
     models = {}
     with torch.device("meta"):
-        for v in VARIANTS:
-            models[v] = build_fsdino(v, backbone="dinov2_vitb14", image_size=518, mamba_backend="torch")
+        for v in METHODS:
+            spec = {"name": v, "mamba_backend": "torch"} if takes(v, "mamba_backend") else {"name": v}
+            models[v] = build_segmenter(spec, image_size=518)
     full, compact = models["full"], models["compact"]
     assert 1.1e6 <= count(full.adapter) <= 1.4e6
     assert 3.0e6 <= count(full.correlation) <= 4.5e6  # 4D module (~3.70M)

@@ -17,7 +17,7 @@ from fsseg.models import (
     MambaLayer,
     SAMImageEncoder,
     WeightsError,
-    build_fsdino,
+    build_segmenter,
     load_adapter_state,
     mamba_ssm_available,
     resolve_checkpoint,
@@ -150,7 +150,7 @@ def test_sam_official_layout_teacher_and_decoder(tmp_path, http_root):
     assert fp != SAMImageEncoder("tiny").fingerprint
     assert not any(p.requires_grad for p in t.parameters())
 
-    m = build_fsdino("full", backbone="dinov2_tiny", image_size=112, decoder_dim=32, decoder_depth=1,
+    m = build_segmenter({"name": "full"}, backbone="dinov2_tiny", image_size=112, decoder_dim=32, decoder_depth=1,
                      decoder_mlp_dim=64, decoder_heads=2, sam_checkpoint=str(path)).eval()
     with torch.no_grad():
         emb, dense = torch.randn(1, 32, 16, 16), torch.randn(1, 32, 16, 16)
@@ -205,7 +205,7 @@ def test_adapter_checkpoint_formats(tmp_path):
         b = BottleneckAdapter(48, 32)
         load_adapter_state(b, str(tmp_path / name))
         assert all(torch.equal(b.state_dict()[k], v) for k, v in sd.items()), name
-    m = build_fsdino("compact", backbone="dinov2_tiny", image_size=112, decoder_dim=32, decoder_depth=1,
+    m = build_segmenter({"name": "compact"}, backbone="dinov2_tiny", image_size=112, decoder_dim=32, decoder_depth=1,
                      decoder_mlp_dim=64, decoder_heads=2, adapter_checkpoint=str(tmp_path / "lightning.ckpt"))
     assert torch.equal(m.adapter.expand.weight, a.expand.weight)
     torch.save(BottleneckAdapter(64, 32).state_dict(), tmp_path / "wrong.pth")

@@ -19,9 +19,8 @@ from fsseg.models.stand_in_weights import write_dinov2_checkpoint, write_sam_che
 from fsseg.modules.checkpoints import FROZEN_KEY
 from tests.test_predict import _synthetic_two_class
 
-SMALL = ["--model.init_args.backbone", "dinov2_tiny", "--model.init_args.image_size", "56",
-         "--model.init_args.decoder_dim", "32", "--model.init_args.decoder_mlp_dim", "64",
-         "--model.init_args.decoder_heads", "2", "--model.init_args.adapter_checkpoint", "null"]
+SMALL = ["--model.init_args.segmenter", "{name: tiny}", "--model.init_args.image_size", "56",
+         "--model.init_args.adapter_checkpoint", "null"]
 DATA = ["--data.init_args.image_size", "56", "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "2",
         "--data.init_args.val_episodes", "2", "--data.init_args.test_episodes", "4",
         "--data.init_args.synthetic_image_size", "56", "--data.init_args.synthetic_images_per_class", "4"]
@@ -52,7 +51,7 @@ def trained(tmp_path_factory):
                                decoder_heads=2)
     run = t / "machine_a" / "run"
     run_cli(["fit", *SMALL, *DATA, "--model.init_args.dinov2_checkpoint", str(dinov2),
-             "--model.init_args.sam_checkpoint", str(sam), "--model.init_args.variant", "compact",
+             "--model.init_args.sam_checkpoint", str(sam), "--model.init_args.segmenter.method", "compact",
              "--data.init_args.train_episodes_per_epoch", "4", "--trainer.max_epochs", "1",
              "--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
              "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(run), "--trainer.callbacks",
@@ -200,9 +199,7 @@ def test_stage2_checkpoint_keeps_the_stage1_adapter_settings_without_the_adapter
     from tests.test_teacher_adapter_settings import _stage1_checkpoint
 
     stage1 = Path(_stage1_checkpoint(tmp_path, adapter_kwargs=dict(PAPER_LITERAL_ADAPTER), tap_norm=True))
-    fs = FewShotModule(variant="compact", backbone="dinov2_tiny", image_size=56, decoder_dim=32, decoder_mlp_dim=64,
-                       decoder_heads=2,
-                       adapter_checkpoint=str(stage1))
+    fs = FewShotModule(segmenter={"name": "tiny", "method": "compact"}, image_size=56, adapter_checkpoint=str(stage1))
     assert fs.model.encoder.tap_norm is True and fs.model.adapter.pos_encoding == "none"
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     trainer.strategy.connect(fs)

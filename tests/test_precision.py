@@ -7,13 +7,13 @@ import torch
 
 from fsseg.cache import TensorDiskCache
 from fsseg.cli import run_cli
-from fsseg.models import build_fsdino
+from fsseg.models import build_segmenter
 from fsseg.modules import FewShotModule
 from fsseg.precision import cpu_has_native_bf16, resolve_precision
 from tests.cli_utils import CONFIGS, TINY_FEWSHOT, csv_logger, last_value, read_metrics, run_fsseg
 from tests.test_predict import _synthetic_two_class, read_summary
 
-SMALL = dict(backbone="dinov2_tiny", image_size=112, decoder_dim=32, decoder_mlp_dim=64, decoder_heads=2)
+SMALL = dict(image_size=112)
 
 
 def test_auto_is_fp32_on_a_cpu_without_native_bf16(tmp_path):
@@ -42,8 +42,8 @@ def test_precision_spellings_and_errors():
 
 def test_bf16_small_model_holds_frozen_parts_in_bf16_and_agrees_with_fp32():
     torch.manual_seed(0)
-    m32 = build_fsdino("full", **SMALL).eval()
-    mb = build_fsdino("full", **SMALL).eval()
+    m32 = build_segmenter({"name": "tiny", "method": "full"}, **SMALL).eval()
+    mb = build_segmenter({"name": "tiny", "method": "full"}, **SMALL).eval()
     mb.load_state_dict(m32.state_dict())
     mb.set_precision("bf16-mixed")
     assert mb.encoder_dtype == torch.bfloat16 and next(mb.adapter.parameters()).dtype == torch.bfloat16
@@ -64,7 +64,7 @@ def test_bf16_small_model_holds_frozen_parts_in_bf16_and_agrees_with_fp32():
 
 def test_feature_cache_never_mixes_dtypes(tmp_path):
     torch.manual_seed(0)
-    module = FewShotModule(variant="compact", **SMALL).eval()
+    module = FewShotModule(segmenter={"name": "tiny", "method": "compact"}, **SMALL).eval()
     images = torch.rand(2, 3, 112, 112)
     names = ["a.jpg", "b.jpg"]
     ns32 = module.feature_namespace()
@@ -163,7 +163,7 @@ def test_precision_is_resolved_for_the_trainers_device_not_the_weights(tmp_path)
     from callbacks import FrozenFeatureCache, TeacherEmbeddingCache
     from fsseg.modules import DistillationModule
 
-    module = FewShotModule(variant="compact", **SMALL)
+    module = FewShotModule(segmenter={"name": "tiny", "method": "compact"}, **SMALL)
     module._trainer = _trainer_on("cuda:0", "16-mixed")
     module.setup("fit")
     assert module.model.encoder_dtype == torch.float16 and module.model.precision == "16-mixed"
@@ -178,7 +178,7 @@ def test_precision_is_resolved_for_the_trainers_device_not_the_weights(tmp_path)
     assert next(dm.teacher.parameters()).dtype in (torch.bfloat16, torch.float32)
     assert dm.teacher_precision in ("bf16-mixed", "32")
     with pytest.raises(ValueError, match="16-mixed needs a GPU"):  # a CPU trainer still refuses it
-        FewShotModule(variant="compact", **SMALL).model.set_precision("16-mixed", torch.device("cpu"))
+        FewShotModule(segmenter={"name": "tiny", "method": "compact"}, **SMALL).model.set_precision("16-mixed", torch.device("cpu"))
 
 
 def test_sam_vit_h_width_block_under_16_mixed_stays_finite_and_close():

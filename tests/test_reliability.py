@@ -39,10 +39,16 @@ from fsseg.cache import TensorDiskCache
 from fsseg.models.weights import CheckpointMismatchError, CheckpointNotFoundError
 from fsseg.modules import DistillationModule, FewShotModule
 from fsseg.modules.common import NonFiniteLossError, SampleTrackingMixin
-from tests.cli_utils import REPO, TINY_FEWSHOT, csv_logger, last_value, read_metrics, run_fsseg
+from tests.cli_utils import (
+    REPO,
+    TINY_FEWSHOT,
+    csv_logger,
+    last_value,
+    read_metrics,
+    run_fsseg,
+    tiny_module_args,
+)
 from tests.test_data import _make_folder, _save
-
-TINY = dict(backbone="dinov2_tiny", image_size=112, decoder_dim=32, decoder_mlp_dim=64, decoder_heads=2)
 
 
 def _expect(fn, exc_type, *needles):
@@ -78,7 +84,7 @@ def _names(batches):
 
 def _tiny_ckpt(path: Path, variant: str, keep_hparams: bool = True) -> Path:
     torch.manual_seed(0)
-    m = FewShotModule(variant=variant, **TINY)
+    m = FewShotModule(**tiny_module_args(variant))
     ckpt = {"state_dict": m.state_dict(), "epoch": 0, "global_step": 0,
             "pytorch-lightning_version": L.__version__, "loops": {}, "callbacks": {}}
     if keep_hparams:
@@ -196,7 +202,7 @@ def case_corrupt_unlabelled_image(tmp, skip):
 
 def case_weights_path_missing(tmp, skip):
     missing = str(tmp / "nowhere" / "adapter.pth")
-    return _expect(lambda: FewShotModule(variant="compact", adapter_checkpoint=missing, **TINY),
+    return _expect(lambda: FewShotModule(**tiny_module_args("compact"), adapter_checkpoint=missing),
                    CheckpointNotFoundError, missing, "not found")
 
 
@@ -207,10 +213,10 @@ def case_checkpoint_other_architecture(tmp, skip):
     dm = EpisodicDataModule(dataset="synthetic", shots=1, image_size=112, batch_size=1, test_episodes=1)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                         default_root_dir=tmp)
-    _expect(lambda: trainer.test(FewShotModule(variant="full", **TINY), dm, ckpt_path=str(compact), verbose=False),
-            CheckpointMismatchError, "another architecture", "FewShotModule", "variant")
+    _expect(lambda: trainer.test(FewShotModule(**tiny_module_args("full")), dm, ckpt_path=str(compact), verbose=False),
+            CheckpointMismatchError, "another architecture", "FewShotModule", "segmenter")
     bare = _tiny_ckpt(tmp / "bare.ckpt", "compact", keep_hparams=False)
-    proc = run_fsseg(["test", *TINY_FEWSHOT, "--model.init_args.variant", "full", "--data.init_args.test_episodes",
+    proc = run_fsseg(["test", *TINY_FEWSHOT, "--model.init_args.segmenter.method", "full", "--data.init_args.test_episodes",
                       "1", "--ckpt_path", str(bare), "--trainer.default_root_dir", str(tmp / "t"),
                       "--trainer.logger", "false"], cwd=tmp, check=False)
     assert proc.returncode == 2
@@ -297,7 +303,7 @@ def test_training_error_names_the_batch(which, tmp_path, monkeypatch):
     """An exception inside a training step carries the global step and the batch's sample ids."""
     L.seed_everything(0)
     if which == "fewshot":
-        module, dm, fn = FewShotModule(variant="compact", **TINY), _episodes_dm(), "episode_loss"
+        module, dm, fn = FewShotModule(**tiny_module_args("compact")), _episodes_dm(), "episode_loss"
     else:
         module = DistillationModule(backbone="dinov2_tiny", teacher="tiny", resolution=28)
         dm, fn = UnlabelledDataModule(root=None, image_size=64, batch_size=2, synthetic_images=8, val_fraction=0), None
@@ -330,7 +336,7 @@ def test_loader_error_names_the_file(tmp_path):
     dm = EpisodicDataModule(dataset="folder", root=str(root), shots=1, image_size=112, batch_size=2,
                             train_episodes_per_epoch=8, num_workers=2, augment=False)
     with pytest.raises(BadSampleError) as e:  # the type survives the worker process
-        _trainer(tmp_path).fit(FewShotModule(variant="compact", **TINY), dm)
+        _trainer(tmp_path).fit(FewShotModule(**tiny_module_args("compact")), dm)
     assert e.value.path.endswith("images/1.jpg"), e.value.path
     assert "images/1.jpg" in str(e.value) and "cannot decode" in str(e.value)
 
@@ -349,7 +355,7 @@ class _NaNImage(L.Callback):
 
 def test_nonfinite_loss_raise_names_step_and_samples_weights_untouched(tmp_path):
     L.seed_everything(0)
-    module = FewShotModule(variant="compact", nonfinite="raise", **TINY)
+    module = FewShotModule(**tiny_module_args("compact"), nonfinite="raise")
     rec = _Recorder()
     with pytest.raises(NonFiniteLossError) as e:
         _trainer(tmp_path, [rec, _NaNImage(2)]).fit(module, _episodes_dm())
@@ -364,7 +370,7 @@ def test_nonfinite_loss_raise_names_step_and_samples_weights_untouched(tmp_path)
 
 def test_nonfinite_loss_skip_counts_and_continues(tmp_path):
     L.seed_everything(0)
-    module = FewShotModule(variant="compact", nonfinite="skip", **TINY)
+    module = FewShotModule(**tiny_module_args("compact"), nonfinite="skip")
     rec = _Recorder()
     _trainer(tmp_path, [rec, _NaNImage(1)]).fit(module, _episodes_dm())
     assert module.guard.skipped == 1
@@ -378,7 +384,7 @@ def test_nonfinite_loss_skip_counts_and_continues(tmp_path):
 # ================================================== 4./5. interrupted run, determinism (via the CLI)
 STEPS_PER_EPOCH = 4
 KILL_STEP = random.Random(8).randint(STEPS_PER_EPOCH + 1, 2 * STEPS_PER_EPOCH - 1)  # inside epoch 2
-FIT_ARGS = [*TINY_FEWSHOT, "--model.init_args.variant", "compact", "--data.init_args.batch_size", "2",
+FIT_ARGS = [*TINY_FEWSHOT, "--model.init_args.segmenter.method", "compact", "--data.init_args.batch_size", "2",
             "--data.init_args.train_episodes_per_epoch", str(2 * STEPS_PER_EPOCH),
             "--data.init_args.val_episodes", "4", "--data.init_args.test_episodes", "6",
             "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu", "--trainer.max_epochs", "2"]
@@ -495,9 +501,8 @@ def test_cli_trainers_write_checkpoints_atomically():
     from fsseg.checkpoint_io import AtomicCheckpointIO
     from fsseg.cli import run_cli
 
-    cli = run_cli(["--trainer.logger", "false", "--model.init_args.backbone", "dinov2_tiny",
-                   "--model.init_args.image_size", "112", "--model.init_args.decoder_dim", "32",
-                   "--model.init_args.decoder_mlp_dim", "64", "--model.init_args.decoder_heads", "2"], run=False)
+    cli = run_cli(["--trainer.logger", "false", "--model.init_args.segmenter", "{name: tiny}",
+                   "--model.init_args.image_size", "112"], run=False)
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
@@ -539,7 +544,7 @@ def test_cli_loads_checkpoints_weights_only(runs, tmp_path):
     assert proc.returncode != 0 and "pickled code ran" not in proc.stdout
     assert "weights_only" in proc.stderr.lower() or "Weights only load failed" in proc.stderr, proc.stderr[-2000:]
     m = FewShotModule.load_from_checkpoint(runs["full"] / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert m.hparams.variant == "compact"
+    assert m.hparams.segmenter == {"name": "tiny", "method": "compact"}
 
 
 def _cache_value(key: str) -> dict:

@@ -141,8 +141,7 @@ def test_original_size_scoring_ddp_two_processes_equals_one(tmp_path):
     data = dict(dataset="folder", root=f"{tmp_path}/data", scoring_size="original", batch_size=2,
                 test_episodes=7, image_size=112, num_workers=0)
     torch.manual_seed(0)
-    module = FewShotModule(backbone="dinov2_tiny", image_size=112, decoder_dim=32, decoder_mlp_dim=64,
-                           decoder_heads=2)
+    module = FewShotModule(segmenter={"name": "tiny", "method": "full"}, image_size=112)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
     one = trainer.test(module, datamodule=EpisodicDataModule(**data), verbose=False)[0]
@@ -202,8 +201,7 @@ class _SeededDM(EpisodicDataModule):
 
 def _tiny_module():
     torch.manual_seed(0)
-    return FewShotModule(variant="full", backbone="dinov2_tiny", image_size=56, decoder_dim=32,
-                         decoder_mlp_dim=64, decoder_heads=2, lr_schedule="none")
+    return FewShotModule(segmenter={"name": "tiny", "method": "full"}, image_size=56, lr_schedule="none")
 
 
 def _test(dm):
@@ -324,8 +322,7 @@ def test_hdmnet_chain_resizes_to_model_size_and_episodes_use_it():
 
 def test_poly_schedule_matches_hdmnet_formula_per_iteration():
     total, base = 10, 1e-3
-    module = FewShotModule(variant="ba_pcs", backbone="dinov2_tiny", image_size=56, decoder_dim=32,
-                           decoder_mlp_dim=64, decoder_heads=2, lr=base, lr_schedule="poly")
+    module = FewShotModule(segmenter={"name": "tiny", "method": "ba_pcs"}, image_size=56, lr=base, lr_schedule="poly")
     module._trainer = SimpleNamespace(estimated_stepping_batches=total)
     conf = module.configure_optimizers()
     opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
@@ -364,8 +361,7 @@ def test_specialization_queries_carry_the_original_label_and_module_scores_there
     assert torch.equal(labels[0], expected)
     assert batch["query_mask"].shape == (3, 56, 56)
     torch.manual_seed(0)
-    module = SpecializeModule(variant="compact", backbone="dinov2_tiny", image_size=56, decoder_dim=32,
-                              decoder_mlp_dim=64, decoder_heads=2, init_from_supports=False)
+    module = SpecializeModule(segmenter={"name": "tiny", "method": "compact"}, image_size=56, init_from_supports=False)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
     res = trainer.test(module, datamodule=dm, verbose=False)[0]

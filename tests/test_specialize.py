@@ -5,11 +5,12 @@ import torch
 
 from data_modules import SpecializationDataModule
 from fsseg.flops import count_flops
-from fsseg.models import SpecializedSegmenter, build_fsdino
+from fsseg.models import SpecializedSegmenter, build_segmenter
 from fsseg.modules import SpecializeModule
 from fsseg.modules.specialize import soft_distillation_loss
+from tests.cli_utils import tiny_module_args
 
-TINY = dict(backbone="dinov2_tiny", image_size=112, decoder_dim=32, decoder_mlp_dim=64, decoder_heads=2)
+TINY = dict(image_size=112)
 
 
 def _supports(n, k, seed=0):
@@ -20,7 +21,7 @@ def _supports(n, k, seed=0):
 
 def test_specialised_model_needs_no_support_and_starts_at_the_teacher():
     torch.manual_seed(0)
-    teacher = build_fsdino(variant="compact", **TINY).eval()
+    teacher = build_segmenter({"name": "tiny", "method": "compact"}, **TINY).eval()
     sup = _supports(2, 3)
     student = SpecializedSegmenter.from_fsdino(teacher, ["a", "b"], init_from_supports=sup).eval()
     query = torch.rand(2, 3, 112, 112)
@@ -39,7 +40,7 @@ def test_specialised_model_needs_no_support_and_starts_at_the_teacher():
 
 def test_full_variant_init_and_decoder_is_a_copy():
     torch.manual_seed(0)
-    teacher = build_fsdino(variant="full", **TINY).eval()
+    teacher = build_segmenter({"name": "tiny", "method": "full"}, **TINY).eval()
     student = SpecializedSegmenter.from_fsdino(teacher, ["a"], init_from_supports=_supports(1, 2))
     assert student.encoder is teacher.encoder and student.adapter is teacher.adapter  # shared, frozen
     assert student.decoder is not teacher.decoder  # fine-tuning never changes the teacher
@@ -57,7 +58,7 @@ def _flops(model, x):
 
 def test_inference_cost_does_not_depend_on_shots():
     torch.manual_seed(0)
-    teacher = build_fsdino(variant="full", **TINY).eval()
+    teacher = build_segmenter({"name": "tiny", "method": "full"}, **TINY).eval()
     q = torch.rand(1, 3, 112, 112)
     students = {k: SpecializedSegmenter.from_fsdino(teacher, ["a", "b"], init_from_supports=_supports(2, k)).eval()
                 for k in (1, 5)}
@@ -96,7 +97,7 @@ def test_specialize_module_fit_improves_agreement_and_predicts_without_supports(
     L.seed_everything(0)
     dm = SpecializationDataModule(image_size=112, shots=2, synthetic_classes=2, synthetic_queries=1, repeats=2,
                                   batch_size=4)
-    module = SpecializeModule(variant="compact", **TINY, init_from_supports=False, lr=5e-2, eval_teacher=True)
+    module = SpecializeModule(**tiny_module_args("compact"), init_from_supports=False, lr=5e-2, eval_teacher=True)
     # a random decoder is nearly indifferent to its prompts; sharpen it so the teacher's N-way
     # targets carry signal (the student copies this decoder)
     with torch.no_grad():
@@ -171,8 +172,7 @@ def test_specialisation_runs_at_the_teacher_size_and_reports_its_checkpoint_and_
     from tests.cli_utils import CONFIGS, run_fsseg
 
     torch.manual_seed(0)
-    teacher = FewShotModule(variant="full", backbone="dinov2_tiny", image_size=140, decoder_dim=32,
-                            decoder_mlp_dim=64, decoder_heads=2)
+    teacher = FewShotModule(segmenter={"name": "tiny", "method": "full"}, image_size=140)
     write_bundle(teacher, tmp_path / "teacher.ckpt")
     support = tmp_path / "support"
     (support / "images").mkdir(parents=True)
@@ -186,13 +186,13 @@ def test_specialisation_runs_at_the_teacher_size_and_reports_its_checkpoint_and_
     proc = run_fsseg(["fit", "--config", str(CONFIGS / "specialize_folder.yaml"), "--model.teacher_ckpt",
                       str(tmp_path / "teacher.ckpt"), "--data.support_dir", str(support), "--trainer.max_epochs", "1",
                       "--data.repeats", "1"], cwd=tmp_path)
-    assert "specialising at image_size 140, backbone dinov2_tiny, variant full (size from the teacher checkpoint" \
+    assert "specialising at image_size 140, backbone dinov2_tiny, method full (size from the teacher checkpoint" \
         in proc.stderr
     ckpt = (tmp_path / "runs" / "specialize" / "checkpoints" / "last.ckpt").resolve()
     assert f"specialised model: {ckpt.parent}" in proc.stderr
     assert "leave-one-out" in proc.stderr and "foreground IoU" in proc.stderr
     hp = load_checkpoint_file(ckpt)["hyper_parameters"]
-    assert hp["image_size"] == 140 and hp["backbone"] == "dinov2_tiny" and hp["decoder_dim"] == 32
+    assert hp["image_size"] == 140 and hp["segmenter"] == {"name": "tiny", "method": "full"}  # the teacher's
     # the bundle of a teacher-based specialisation rebuilds with no teacher file at all
     from fsseg.modules.checkpoints import load_module_from_checkpoint
 

@@ -209,8 +209,7 @@ def test_frozen_feature_cache_serves_eval_features(tmp_path):
     from fsseg.modules import FewShotModule
 
     torch.manual_seed(0)
-    module = FewShotModule(variant="compact", backbone="dinov2_tiny", image_size=112, decoder_dim=32,
-                           decoder_mlp_dim=64, decoder_heads=2)
+    module = FewShotModule(segmenter={"name": "tiny", "method": "compact"}, image_size=112)
     FrozenFeatureCache(cache_dir=str(tmp_path / "feats")).setup(None, module, "test")
     assert module.hparams.feature_cache == "off"  # derived, not rewritten into the checkpoint
     images, names = torch.rand(2, 3, 112, 112), ["a.jpg", "b.jpg"]

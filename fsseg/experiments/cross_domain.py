@@ -33,7 +33,7 @@ from data_modules import FolderDataset, SpecializationDataModule, SyntheticFewSh
 from fsseg.metrics import FewShotIoU, binarize_multiclass
 from fsseg.modules.specialize import SpecializeModule
 
-TINY = dict(variant="full", backbone="dinov2_tiny", image_size=112, decoder_dim=32, decoder_mlp_dim=64, decoder_heads=2)
+TINY = dict(segmenter={"name": "tiny", "method": "full"}, image_size=112)  # fsseg.models.methods.tiny
 
 
 def _module(args) -> SpecializeModule:

@@ -1,24 +1,20 @@
-"""Builders / registry: any FS-DINO variant with random weights, or initialised from the official
-DINOv2 and SAM checkpoints (local paths or URLs, see ``weights.resolve_checkpoint``) and from a
-stage-1 adapter checkpoint.
+"""The FS-DINO network every method shares (``build_fsdino``), with random weights or initialised
+from the official DINOv2 and SAM checkpoints (local paths or URLs, see ``weights.resolve_checkpoint``)
+and from a stage-1 adapter checkpoint. The methods themselves: ``fsseg.models.methods``.
 """
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
 from .adapter import BottleneckAdapter
 from .backbones import BACKBONES
-from .correlation import Correlation4D
 from .decoder import FewShotMaskDecoder
 from .encoder import DINOv2Encoder
-from .fsdino import FSDINO, VARIANTS
-from .hypercorrelation import CompactMambaHyperCorrelation, MambaHyperCorrelation
+from .fsdino import FSDINO
 from .prompts import MaskDownscaling, RandomFourierPositionEncoding, SemanticVisualPrompt
-from .teacher import SAMImageEncoder
 from .weights import (
     CheckpointMismatchError,
     CheckpointNotFoundError,
@@ -28,34 +24,12 @@ from .weights import (
     strict_load,
 )
 
-VARIANT_ALIASES = {
-    "ba_pcs": "ba_pcs", "ba+pcs": "ba_pcs",
-    "compact": "compact", "ba+svp+pcs": "compact",
-    "full": "full", "ba+svp+pcs+4d": "full",
-    "uino": "uino", "uino-fss": "uino", "uino_fss": "uino",
-    "uino_large": "uino_large",
-}
-
-
-def canonical_variant(name: str) -> str:
-    key = name.strip().lower().replace(" ", "")
-    if key not in VARIANT_ALIASES:
-        raise ValueError(f"unknown FS-DINO variant {name!r}; choose one of {sorted(set(VARIANT_ALIASES))}")
-    return VARIANT_ALIASES[key]
-
 
 def build_encoder(backbone: str = "dinov2_vitb14", image_size: int = 518, checkpoint: Optional[str] = None,
                   sha256: Optional[str] = None, tap_block: int = 3, cache_dir: Optional[str] = None,
-                  tap_norm: bool = False, pos_interpolation: str = "official", **overrides) -> DINOv2Encoder:
-    if pos_interpolation != "official":  # the encoder resamples its 518 table as the dinov2 hub models do
-        raise ValueError(f"pos_interpolation {pos_interpolation!r}: only 'official' exists")
+                  tap_norm: bool = False, **overrides) -> DINOv2Encoder:
     return DINOv2Encoder(backbone, tap_block=tap_block, checkpoint=checkpoint, sha256=sha256,
                          cache_dir=cache_dir, tap_norm=tap_norm, **overrides)
-
-
-def build_teacher(variant: str = "vit_h", checkpoint: Optional[str] = None, sha256: Optional[str] = None,
-                  cache_dir: Optional[str] = None, **overrides) -> SAMImageEncoder:
-    return SAMImageEncoder(variant, checkpoint=checkpoint, sha256=sha256, cache_dir=cache_dir, **overrides)
 
 
 def _adapter_subdict(sd: dict, adapter_keys) -> dict:
@@ -114,17 +88,17 @@ def _adapter_defaults() -> dict:
 def stage1_adapter_settings(path_or_url: str, sha256: Optional[str] = None,
                             cache_dir: Optional[str] = None) -> Optional[dict]:
     """The adapter settings a stage-1 (``DistillationModule``) checkpoint was trained with:
-    ``{"adapter_kwargs": {...}, "tap_norm": bool}``; None for a file without hyper-parameters (a
-    plain adapter state dict). Checkpoints written before these settings existed give fsseg's
-    defaults of that time (sine position encoding, GELUs, raw block tap)."""
+    ``{"adapter_kwargs": {...}, "tap_norm": bool}`` (every ``BottleneckAdapter`` argument, its defaults
+    filled in, so a differing explicit setting is seen); None for a file without hyper-parameters (a
+    plain adapter state dict)."""
     sd = load_state_dict_file(resolve_checkpoint(path_or_url, sha256=sha256, cache_dir=cache_dir))
     hp = sd.get("hyper_parameters") if isinstance(sd, dict) else None
     if not isinstance(hp, dict) or "adapter_mid_dim" not in hp:
         return None
-    kw = dict(_adapter_defaults(), mid_dim=hp["adapter_mid_dim"],
-              bottleneck_dim=hp.get("adapter_bottleneck_dim", 128))
-    kw.update(hp.get("adapter_kwargs") or {})
-    return {"adapter_kwargs": kw, "tap_norm": bool(hp.get("tap_norm") or False)}
+    if "adapter_kwargs" not in hp or "tap_norm" not in hp:
+        raise CheckpointMismatchError(f"{path_or_url}: a stage-1 checkpoint without its adapter settings "
+                                      "(adapter_kwargs, tap_norm): not written by this fsseg version")
+    return {"adapter_kwargs": {**_adapter_defaults(), **hp["adapter_kwargs"]}, "tap_norm": bool(hp["tap_norm"])}
 
 
 def resolve_adapter_settings(adapter_checkpoint: Optional[str], adapter_kwargs: Optional[dict],
@@ -169,7 +143,9 @@ def load_sam_prompt_decoder(model: FSDINO, path_or_url: str, sha256: Optional[st
 
 
 def build_fsdino(
-    variant: str = "full",
+    model_class: type = FSDINO,
+    parts: Optional[Callable[[int], dict]] = None,
+    /,
     backbone: str = "dinov2_vitb14",
     image_size: int = 518,
     dinov2_checkpoint: Optional[str] = None,
@@ -180,72 +156,58 @@ def build_fsdino(
     decoder_mlp_dim: int = 2048,
     decoder_heads: int = 8,
     adapter_kwargs: Optional[dict] = None,
-    correlation_kwargs: Optional[dict] = None,
+    svp: bool = True,
     svp_kwargs: Optional[dict] = None,
-    mamba_backend: str = "auto",
     mask_in_chans: int = 16,
     tap_block: int = 3,
     tap_norm: Optional[bool] = None,
-    pos_interpolation: str = "official",
     freeze_adapter: bool = True,
+    pcs_prior_scale: float = 10.0,
+    pcs_prior_shift: float = 0.0,
+    allow_empty_support: bool = False,
     dinov2_sha256: Optional[str] = None,
     sam_sha256: Optional[str] = None,
     adapter_sha256: Optional[str] = None,
     cache_dir: Optional[str] = None,
     encoder_overrides: Optional[dict] = None,
-    **fsdino_kwargs,
 ) -> FSDINO:
-    """Build any variant (``ba_pcs``/``BA+PCS``, ``compact``/``BA+SVP+PCS``, ``full``/``BA+SVP+PCS+4D``,
-    ``uino``, ``uino_large``). Random weights where no checkpoint is given. ``correlation_kwargs`` go to
-    ``Correlation4D``/``MambaHyperCorrelation`` (default ``corr_grid = image_size // 14``).
-    ``adapter_kwargs`` / ``tap_norm``: taken from a stage-1 ``adapter_checkpoint`` when it records
-    them (a differing explicit value is an error); otherwise today's adapter and the raw block tap."""
-    variant = canonical_variant(variant)
+    """The network every method shares: frozen DINOv2, bottleneck adapter, SVP (``svp``), PE, mask
+    downscaling and SAM's mask decoder, assembled into ``model_class`` with the method's own modules
+    (``parts(image_size) -> constructor kwargs``, e.g. the correlation). Random weights where no
+    checkpoint is given. ``adapter_kwargs`` / ``tap_norm``: taken from a stage-1 ``adapter_checkpoint``
+    when it records them (a differing explicit value is an error); otherwise today's adapter and the
+    raw block tap."""
     BACKBONES.canonical(backbone)  # an unknown name fails here, naming the registered ones
     adapter_kwargs, tap_norm = resolve_adapter_settings(adapter_checkpoint, adapter_kwargs, tap_norm,
                                                         sha256=adapter_sha256, cache_dir=cache_dir)
     encoder = build_encoder(backbone, image_size, dinov2_checkpoint, dinov2_sha256, tap_block, cache_dir,
-                            tap_norm=tap_norm, pos_interpolation=pos_interpolation, **(encoder_overrides or {}))
+                            tap_norm=tap_norm, **(encoder_overrides or {}))
     C = encoder.embed_dim
     adapter = BottleneckAdapter(in_dim=C, out_dim=decoder_dim, **adapter_kwargs)
     if adapter_checkpoint is not None:
         load_adapter_state(adapter, adapter_checkpoint, sha256=adapter_sha256, cache_dir=cache_dir)
     decoder = FewShotMaskDecoder(decoder_dim, decoder_depth, decoder_mlp_dim, decoder_heads)
-    svp = SemanticVisualPrompt(C, decoder_dim, **(svp_kwargs or {})) if variant != "ba_pcs" else None
-    ck = dict(corr_grid=image_size // 14)
-    ck.update(correlation_kwargs or {})
-    correlation = None
-    if variant == "full":
-        correlation = Correlation4D(**ck)
-    elif variant in ("uino", "uino_large"):
-        ck.setdefault("backend", mamba_backend)
-        cls = CompactMambaHyperCorrelation if variant == "uino" else MambaHyperCorrelation
-        import inspect
-
-        unknown = sorted(set(ck) - set(inspect.signature(cls.__init__).parameters))
-        if unknown:
-            raise ValueError(f"correlation_kwargs {unknown} do not apply to variant {variant!r} ({cls.__name__})")
-        correlation = cls(**ck)
-    model = FSDINO(
+    # creation order = order of the random draws: seeded runs build the same weights
+    svp_module = SemanticVisualPrompt(C, decoder_dim, **(svp_kwargs or {})) if svp else None
+    own = parts(image_size) if parts is not None else {}
+    model = model_class(
         encoder=encoder,
         adapter=adapter,
         decoder=decoder,
-        variant=variant,
-        svp=svp,
-        correlation=correlation,
+        svp=svp_module,
         pe_layer=RandomFourierPositionEncoding(decoder_dim // 2),
         mask_downscaling=MaskDownscaling(decoder_dim, mask_in_chans),
         freeze_adapter=freeze_adapter,
-        **fsdino_kwargs,
+        pcs_prior_scale=pcs_prior_scale,
+        pcs_prior_shift=pcs_prior_shift,
+        allow_empty_support=allow_empty_support,
+        **own,
     )
     if sam_checkpoint is not None:
         load_sam_prompt_decoder(model, sam_checkpoint, sha256=sam_sha256, cache_dir=cache_dir)
     return model
 
 
-MODEL_REGISTRY = {v: partial(build_fsdino, variant=v) for v in VARIANTS}
-
 __all__ = [
-    "build_fsdino", "build_encoder", "build_teacher", "load_adapter_state", "load_sam_prompt_decoder",
-    "canonical_variant", "VARIANT_ALIASES", "MODEL_REGISTRY", "WeightsError",
+    "build_fsdino", "build_encoder", "load_adapter_state", "load_sam_prompt_decoder", "WeightsError",
 ]

@@ -5,17 +5,12 @@ image embedding; last-layer features = semantic features) -> prompts (SVP sparse
 prompt from PCS or from the 4D / Mamba correlation prior through SAM's mask downscaling) ->
 SAM mask decoder -> logits at the input size.
 
-Variants:
+A method (``fsseg.models.segmenters``) is this class or a subclass of it: ``FSDINO`` itself
+produces the PCS dense prompt (``ba_pcs`` without an SVP module, ``compact`` with one),
+``CorrelationFSDINO`` the prior of a correlation module (``full``: ``Correlation4D``; ``uino`` /
+``uino_large``: the Mamba hyper-correlation). Another prompt generator overrides ``dense_prompt``.
 
-================  ==========================  =====================================================
-``ba_pcs``        BA+PCS                      no sparse token (SAM's empty sparse prompt); dense = PCS
-``compact``       BA+SVP+PCS                  SVP token; dense = PCS
-``full``          BA+SVP+PCS+4D               SVP token; dense = prior of ``Correlation4D``
-``uino``          UINO-FSS                    SVP token; dense = prior of ``CompactMambaHyperCorrelation``
-``uino_large``    UINO-FSS, larger MHCM       SVP token; dense = prior of ``MambaHyperCorrelation``
-================  ==========================  =====================================================
-
-Dense prompt for PCS variants: S_pcs (cosine in [-1,1]) at the embedding grid, bilinearly upsampled
+Dense prompt of ``FSDINO``: S_pcs (cosine in [-1,1]) at the embedding grid, bilinearly upsampled
 to 4x the grid (SAM's mask-input resolution) and fed to the mask downscaling. Their ``prior`` output
 is the parameter-free ``pcs_prior_scale * (S_pcs - pcs_prior_shift)`` as logits (default 10 * S_pcs),
 upsampled to the input size; it carries no trainable parameter (its loss term then has no gradient).
@@ -41,9 +36,6 @@ from .prompts import (
     SemanticVisualPrompt,
     masked_average_pool,
 )
-
-VARIANTS = ("ba_pcs", "compact", "full", "uino", "uino_large")
-CORRELATION_VARIANTS = ("full", "uino", "uino_large")
 
 
 @dataclass
@@ -95,14 +87,15 @@ class SupportEncoding:
 
 
 class FSDINO(nn.Module):
+    """Few-shot segmenter with the PCS dense prompt; ``svp=None`` gives SAM's empty sparse prompt
+    (BA+PCS). Subclasses change the dense prompt (``dense_prompt``)."""
+
     def __init__(
         self,
         encoder: DINOv2Encoder,
         adapter: BottleneckAdapter,
         decoder: FewShotMaskDecoder,
-        variant: str = "full",
         svp: Optional[SemanticVisualPrompt] = None,
-        correlation: Optional[nn.Module] = None,
         pe_layer: Optional[RandomFourierPositionEncoding] = None,
         mask_downscaling: Optional[MaskDownscaling] = None,
         freeze_adapter: bool = True,
@@ -111,21 +104,15 @@ class FSDINO(nn.Module):
         allow_empty_support: bool = False,
     ):
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
         D = decoder.transformer_dim
         if adapter.out_dim != D:
             raise ValueError(f"adapter out_dim {adapter.out_dim} != decoder dim {D}")
-        if variant != "ba_pcs" and svp is None:
-            raise ValueError(f"variant {variant!r} needs an SVP module")
-        if variant in CORRELATION_VARIANTS and correlation is None:
-            raise ValueError(f"variant {variant!r} needs a correlation module")
-        self.variant = variant
         self.encoder = encoder
         self.adapter = adapter
-        self.svp = svp if variant != "ba_pcs" else None
+        self.svp = svp
         self.pcs = PrototypeSimilarity()
-        self.correlation = correlation if variant in CORRELATION_VARIANTS else None
+        self.correlation: Optional[nn.Module] = None  # CorrelationFSDINO's module
+        self.correlation_part = "corr4d"  # its name in ``parts``
         self.pe_layer = pe_layer or RandomFourierPositionEncoding(D // 2)
         self.mask_downscaling = mask_downscaling or MaskDownscaling(D)
         self.decoder = decoder
@@ -177,13 +164,12 @@ class FSDINO(nn.Module):
 
     def parts(self) -> Dict[str, Optional[nn.Module]]:
         """Named components (for parameter tables and optimiser groups)."""
-        corr_name = "mhcm" if self.variant.startswith("uino") else "corr4d"
         return {
             "encoder": self.encoder,
             "adapter": self.adapter,
             "svp": self.svp,
             "pcs": self.pcs,
-            corr_name: self.correlation,
+            self.correlation_part: self.correlation,
             "pe": self.pe_layer,
             "mask_downscaling": self.mask_downscaling,
             "decoder": self.decoder,
@@ -246,24 +232,30 @@ class FSDINO(nn.Module):
         fq, emb = query_feats.semantic.float(), query_feats.embedding
         B, _, h, w = emb.shape
         support = support.expand(B)
-        with fp32_region(fq.device.type):
-            sim = self.pcs(fq, support.prototype)  # [B,1,hq,wq], cosine in fp32
-        if tuple(sim.shape[-2:]) != (h, w):
-            sim = F.interpolate(sim, size=(h, w), mode="bilinear", align_corners=False)
-        if self.correlation is None:
-            dense_in = F.interpolate(sim, size=(4 * h, 4 * w), mode="bilinear", align_corners=False)
-            prior_low = self.pcs_prior_scale * (sim - self.pcs_prior_shift)
-        else:
-            prior_low = self.correlation(fq, support.semantic, support.masks, sim, memo=support.memo)
-            if tuple(prior_low.shape[-2:]) != (4 * h, 4 * w):
-                prior_low = F.interpolate(prior_low, size=(4 * h, 4 * w), mode="bilinear", align_corners=False)
-            dense_in = prior_low
+        dense_in, prior_low = self.dense_prompt(fq, support, (h, w))
         dense = self.mask_downscaling(dense_in)
         pe = self.pe_layer((h, w)).unsqueeze(0).to(emb.dtype)
         logits = self.decoder(emb, pe, support.sparse, dense, out_size=tuple(out_size))
         # fp32 upsampling of the prior logits (losses and thresholds read them at full resolution)
         prior = F.interpolate(prior_low.float(), size=tuple(out_size), mode="bilinear", align_corners=False)[:, 0]
         return {"logits": logits, "prior": prior}
+
+    def prototype_similarity(self, fq: torch.Tensor, support: SupportEncoding, size: Tuple[int, int]) -> torch.Tensor:
+        """S_pcs ``[B,1,h,w]``: cosine of the query features to the support prototype, at the embedding grid."""
+        with fp32_region(fq.device.type):
+            sim = self.pcs(fq, support.prototype)  # [B,1,hq,wq], cosine in fp32
+        if tuple(sim.shape[-2:]) != tuple(size):
+            sim = F.interpolate(sim, size=tuple(size), mode="bilinear", align_corners=False)
+        return sim
+
+    def dense_prompt(self, fq: torch.Tensor, support: SupportEncoding, size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(dense_in [B,1,4h,4w], prior_low [B,1,*])``: SAM's mask-input-resolution map fed to the mask
+        downscaling, and the prior logits (upsampled to the output for L_prior). PCS: the cosine map
+        upsampled, and ``pcs_prior_scale * (S_pcs - pcs_prior_shift)``."""
+        h, w = size
+        sim = self.prototype_similarity(fq, support, size)
+        dense_in = F.interpolate(sim, size=(4 * h, 4 * w), mode="bilinear", align_corners=False)
+        return dense_in, self.pcs_prior_scale * (sim - self.pcs_prior_shift)
 
     def forward(self, query: torch.Tensor, support: torch.Tensor, support_masks: torch.Tensor) -> Dict[str, torch.Tensor]:
         """``query [B,3,H,W]``, ``support [B,K,3,H,W]``, ``support_masks [B,K,H,W]``."""
@@ -301,3 +293,22 @@ class FSDINO(nn.Module):
         logits = torch.stack([self.decode(qf, enc, out_size=size)["logits"] for enc in encodings], dim=1)
         full = torch.cat([logits.new_zeros(logits.shape[0], 1, *logits.shape[-2:]), logits], dim=1)
         return {"logits": logits, "pred": full.argmax(dim=1)}
+
+
+class CorrelationFSDINO(FSDINO):
+    """FS-DINO whose dense prompt is the prior of a correlation module (sec. 3.4.2's 4D correlation,
+    or UINO-FSS's MHCM): ``correlation(fq, support semantic, support masks, S_pcs, memo=)`` ->
+    prior logits, fed to the mask downscaling at SAM's mask-input resolution."""
+
+    def __init__(self, *args, correlation: nn.Module, correlation_part: str = "corr4d", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.correlation = correlation
+        self.correlation_part = correlation_part
+
+    def dense_prompt(self, fq: torch.Tensor, support: SupportEncoding, size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        h, w = size
+        sim = self.prototype_similarity(fq, support, size)
+        prior_low = self.correlation(fq, support.semantic, support.masks, sim, memo=support.memo)
+        if tuple(prior_low.shape[-2:]) != (4 * h, 4 * w):
+            prior_low = F.interpolate(prior_low, size=(4 * h, 4 * w), mode="bilinear", align_corners=False)
+        return prior_low, prior_low

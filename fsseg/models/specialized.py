@@ -1,4 +1,4 @@
-"""DistillFSS-style support-free specialised segmenter (seed 000; SPEC section 3).
+"""DistillFSS-style support-free specialised segmenter.
 
 FS-DINO's support-dependent prompts are replaced by a *dedicated layer* holding per-class learned
 parameters, so the specialised model segments its N classes with **no support input**:
@@ -16,10 +16,11 @@ parameters, so the specialised model segments its N classes with **no support in
 
 Initialisation (``from_fsdino(..., init_from_supports=...)``) puts the layer where the episodic
 teacher is: tokens = the teacher's SVP tokens of each class, prototypes = its PCS prototypes (mean
-of the shots' masked-average-pooled semantic features), scale/bias = 1/0 for PCS variants (the
-teacher's dense input *is* the cosine map, so the student is then exactly the teacher) and a
-per-class least-squares fit of the teacher's correlation prior on the cosine map for the 4D / MHCM
-variants. The parameter count and the compute of ``forward`` depend on N (classes) only, never on
+of the shots' masked-average-pooled semantic features), scale/bias as the teacher's method declares
+(``student_init`` of its registration, ``fsseg.models.segmenters``): ``exact_pcs_prior`` (1/0: the
+PCS methods' dense input *is* the cosine map, so the student is then exactly the teacher) or
+``fit_dense_prior`` (a per-class least-squares fit of the teacher's dense input on the cosine map,
+for the 4D / MHCM methods). A method without one is refused. The parameter count and the compute of ``forward`` depend on N (classes) only, never on
 K (shots) the layer was specialised from.
 """
 from __future__ import annotations
@@ -44,6 +45,34 @@ def per_class_supports(support, support_masks):
     if len(support) != len(support_masks):
         raise ValueError(f"{len(support)} classes of support images but {len(support_masks)} of masks")
     return list(support), list(support_masks)
+
+
+@torch.no_grad()
+def exact_pcs_prior(layer: "ClassSpecificPrompts", teacher: FSDINO, feats: ImageFeatures, encodings) -> None:
+    """Scale 1, bias 0: the PCS methods' dense input is the cosine map itself (the student = the teacher)."""
+    layer.prior_scale.fill_(1.0)
+    layer.prior_bias.zero_()
+
+
+@torch.no_grad()
+def fit_dense_prior(layer: "ClassSpecificPrompts", teacher: FSDINO, feats: ImageFeatures, encodings) -> None:
+    """Per class, the least-squares affine map of the cosine map onto the teacher's dense input
+    (``teacher.dense_prompt``), every support image (all classes) acting as a query: positives and
+    negatives for the fit. ``feats``: the supports' features; ``encodings``: one per class."""
+    exact_pcs_prior(layer, teacher, feats, encodings)
+    h, w = feats.embedding.shape[-2:]
+    sims = layer.similarity(feats.semantic)  # [M,N,hs,ws]
+    B = feats.semantic.shape[0]
+    for c, enc in enumerate(encodings):
+        target = teacher.dense_prompt(feats.semantic.float(), enc.expand(B), (h, w))[0]  # [M,1,4h,4w]
+        s = F.interpolate(F.interpolate(sims[:, c:c + 1], size=(h, w), mode="bilinear", align_corners=False),
+                          size=target.shape[-2:], mode="bilinear", align_corners=False)
+        x, y = s.flatten().double(), target.flatten().double()
+        var = x.var(unbiased=False)
+        if torch.isfinite(var) and var > 1e-10:
+            a = ((x - x.mean()) * (y - y.mean())).mean() / var
+            layer.prior_scale[c] = a.float()
+            layer.prior_bias[c] = (y.mean() - a * x.mean()).float()
 
 
 class ClassSpecificPrompts(nn.Module):
@@ -129,11 +158,15 @@ class SpecializedSegmenter(nn.Module):
         return model
 
     @torch.no_grad()
-    def init_from_supports(self, fsdino: FSDINO, support, support_masks, fit_prior: bool = True) -> None:
-        """Tokens <- teacher SVP tokens, prototypes <- teacher PCS prototypes, and (correlation
-        variants) per-class affine fit of the teacher's dense input on the cosine map.
+    def init_from_supports(self, fsdino: FSDINO, support, support_masks) -> None:
+        """Tokens <- teacher SVP tokens, prototypes <- teacher PCS prototypes, prior scale/bias <- the
+        teacher method's ``student_init`` (``fsdino.student_init``, set by ``build_segmenter``).
         ``support [N,K,3,H,W]`` / ``support_masks [N,K,H,W]``, or per-class lists of ``[K_c,3,H,W]`` /
         ``[K_c,H,W]`` when the classes have different shot counts (a total support budget)."""
+        init = getattr(fsdino, "student_init", None)
+        if init is None:
+            raise ValueError(f"segmenter {getattr(fsdino, 'method', type(fsdino).__name__)!r} declares no "
+                             "support-free student initialisation (register it with student_init=...)")
         images, masks = per_class_supports(support, support_masks)
         N = len(images)
         if N != self.num_classes:
@@ -154,38 +187,8 @@ class SpecializedSegmenter(nn.Module):
                 if tok.shape[0] != layer.num_tokens:  # per-shot tokens -> fixed count (K-independent)
                     tok = tok.mean(0, keepdim=True).expand(layer.num_tokens, -1)
                 layer.tokens[c] = tok
-        layer.prior_scale.fill_(1.0)
-        layer.prior_bias.zero_()
-        if fit_prior and fsdino.correlation is not None:
-            # every support image (all classes) acts as a query: positives and negatives for the fit
-            h, w = feats.embedding.shape[-2:]
-            sims = layer.similarity(feats.semantic)  # [M,N,hs,ws]
-            for c in range(N):
-                target = self._teacher_dense_input(fsdino, feats, encs[c])  # [M,1,4h,4w]
-                s = F.interpolate(F.interpolate(sims[:, c:c + 1], size=(h, w), mode="bilinear", align_corners=False),
-                                  size=target.shape[-2:], mode="bilinear", align_corners=False)
-                x, y = s.flatten().double(), target.flatten().double()
-                var = x.var(unbiased=False)
-                if torch.isfinite(var) and var > 1e-10:
-                    a = ((x - x.mean()) * (y - y.mean())).mean() / var
-                    layer.prior_scale[c] = a.float()
-                    layer.prior_bias[c] = (y.mean() - a * x.mean()).float()
+        init(layer, fsdino, feats, encs)
         fsdino.train(was_training)
-
-    @staticmethod
-    def _teacher_dense_input(fsdino: FSDINO, feats: ImageFeatures, enc) -> torch.Tensor:
-        """The tensor FS-DINO feeds to the mask downscaling (the correlation prior) for ``feats``."""
-        fq = feats.semantic
-        B = fq.shape[0]
-        h, w = feats.embedding.shape[-2:]
-        enc = enc.expand(B)
-        sim = fsdino.pcs(fq, enc.prototype)
-        if tuple(sim.shape[-2:]) != (h, w):
-            sim = F.interpolate(sim, size=(h, w), mode="bilinear", align_corners=False)
-        prior = fsdino.correlation(fq, enc.semantic, enc.masks, sim)
-        if tuple(prior.shape[-2:]) != (4 * h, 4 * w):
-            prior = F.interpolate(prior, size=(4 * h, 4 * w), mode="bilinear", align_corners=False)
-        return prior
 
     # ------------------------------------------------------------------ inference
     def extract(self, images: torch.Tensor) -> ImageFeatures:

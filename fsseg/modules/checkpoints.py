@@ -1,6 +1,6 @@
 """Portable checkpoints: a run folder moved to another machine still predicts, tests and exports.
 
-What an fsseg checkpoint holds (written by ``LeanCheckpointMixin.on_save_checkpoint``):
+What an fsseg checkpoint holds (written by ``PortableCheckpointMixin.on_save_checkpoint``):
 
 * ``state_dict``: everything trained (adapter, prompts, correlation, decoder, ...) and every weight
   that came from an *init-only* file (``FewShotModule``: the SAM decoder/PE/mask-downscaling
@@ -18,9 +18,6 @@ checkpoint's folder or up to three folders above it (also in their ``weights/`` 
 weights cache (``~/.cache/fsseg``); a download from ``url``. A file found by name must have the
 recorded sha256 (a different file would give silently wrong features). Nothing found: a
 ``CheckpointNotFoundError`` that says where it looked and how to give the file.
-
-Checkpoints written before these records existed (no ``fsseg_frozen_weights``) load too: the record
-is derived from the hyper-parameters (no sha256 then).
 """
 
 from __future__ import annotations
@@ -67,12 +64,24 @@ def _basename(source: str) -> str:
     return os.path.basename(urllib.parse.urlparse(source).path) if _is_url(source) else os.path.basename(source)
 
 
+def backbone_of(hparams: Mapping[str, Any]) -> Optional[str]:
+    """The DINOv2 architecture a module's hyper-parameters build: its ``backbone`` (stage 1) or its
+    model spec's (``segmenter``)."""
+    if hparams.get("backbone"):
+        return str(hparams["backbone"])
+    if hparams.get("segmenter"):
+        from fsseg.models.segmenters import spec_value
+
+        return spec_value(hparams["segmenter"], "backbone")
+    return None
+
+
 def official_url(arg: str, name: str, hparams: Mapping[str, Any]) -> Optional[str]:
     """The official download address of a frozen file called ``name``, when fsseg knows it."""
     from fsseg.models.backbones import backbone_weights, weights_by_file_name
 
     if arg == "dinov2_checkpoint":
-        weights = backbone_weights(str(hparams.get("backbone")))
+        weights = backbone_weights(str(backbone_of(hparams)))
         if weights is not None and weights.file_name == name:
             return weights.url
     if arg == "sam_checkpoint":
@@ -163,20 +172,12 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict:
     return ckpt
 
 
-def frozen_records(ckpt: Mapping[str, Any], cls) -> list[dict]:
-    """The checkpoint's frozen-file records; derived from the hyper-parameters for older checkpoints."""
-    if FROZEN_KEY in ckpt:
-        return [dict(r) for r in ckpt[FROZEN_KEY]]
-    hp = ckpt.get("hyper_parameters", {})
-    state = ckpt.get("state_dict", {})
-    records = []
-    for arg, prefix in getattr(cls, "FROZEN_WEIGHT_ARGS", {}).items():
-        source = hp.get(arg)
-        if source and not any(k.startswith(prefix) for k in state):
-            name = _basename(str(source))
-            records.append({"arg": arg, "prefix": prefix, "name": name, "sha256": hp.get(arg.replace("checkpoint", "sha256")),
-                            "source": str(source), "url": source if _is_url(str(source)) else official_url(arg, name, hp)})
-    return records
+def frozen_records(ckpt: Mapping[str, Any], ckpt_path: Optional[str] = None) -> list[dict]:
+    """The checkpoint's frozen-file records (see the module docstring)."""
+    if FROZEN_KEY not in ckpt:
+        raise CheckpointMismatchError(f"{ckpt_path or 'checkpoint'}: no {FROZEN_KEY} records: not written by this "
+                                      "fsseg version (retrain, or export it with the fsseg that wrote it)")
+    return [dict(r) for r in ckpt[FROZEN_KEY]]
 
 
 def rebuild_hparams(ckpt: Mapping[str, Any], ckpt_path: Optional[str] = None,
@@ -192,7 +193,7 @@ def rebuild_hparams(ckpt: Mapping[str, Any], ckpt_path: Optional[str] = None,
     class_path = hp.pop("_class_path", None) or fallback
     cls = module_class(class_path)
     overrides = dict(overrides or {})
-    for rec in frozen_records(ckpt, cls):
+    for rec in frozen_records(ckpt, ckpt_path):
         hp[rec["arg"]] = locate_frozen_file(rec, overrides.pop(rec["arg"], None), ckpt_path, download)
     for arg in getattr(cls, "INIT_ONLY_WEIGHT_ARGS", ()):
         hp[arg] = None
@@ -270,7 +271,7 @@ def resolve_official_weights(init_args: Any) -> dict:
     if init_args is None:
         return done
     if init_args.get("dinov2_checkpoint") == OFFICIAL:
-        backbone = str(init_args.get("backbone"))
+        backbone = str(backbone_of(init_args))
         weights = backbone_weights(backbone)
         if weights is None:
             raise WeightsError(f"--model.init_args.dinov2_checkpoint official: backbone {backbone!r} has no official "

@@ -1,4 +1,5 @@
-"""Pieces every fsseg LightningModule shares: non-finite loss handling and lean checkpoints."""
+"""Pieces every fsseg LightningModule shares: non-finite loss handling, the samples of a failing
+batch, and portable checkpoints without the frozen weights."""
 
 from __future__ import annotations
 
@@ -122,22 +123,6 @@ def check_checkpoint_matches(module: torch.nn.Module, checkpoint: dict, frozen_p
             f"(checkpoint hyper-parameters: { {k: hp[k] for k in list(hp)[:6]} }): " + "; ".join(parts))
 
 
-def adopt_legacy_hparams(module: L.LightningModule, checkpoint: dict, legacy: dict) -> dict:
-    """For a checkpoint that records hyper-parameters but not the ones in ``legacy`` (written before
-    they existed), set those to the behaviour it was trained with, in ``module.hparams``; returns
-    the ones changed (the module adapts its parts). Missing new hyper-parameters => old behaviour."""
-    hp = checkpoint.get("hyper_parameters")
-    if not hp:
-        return {}
-    changed = {k: v for k, v in legacy.items() if k not in hp and module.hparams.get(k) != v}
-    for k, v in changed.items():
-        module.hparams[k] = v
-        hp[k] = v  # saved again with the value it was trained with (a resumed run keeps it)
-    if changed:
-        log.info("checkpoint written before %s existed: using %s", sorted(changed), changed)
-    return changed
-
-
 # -- which samples was the trainer working on when it failed ------------------------------------
 def _describe_batch(batch) -> list[str]:
     """Sample ids of a batch: query and support names of episodes, paths of unlabelled images."""
@@ -221,9 +206,8 @@ class SampleTrackingMixin:
         return [_ReportFailingBatch()]
 
 
-class LeanCheckpointMixin(SampleTrackingMixin):
-    """Lightning hooks: frozen prefixes are left out of saved checkpoints and checked on load; the
-    batch in progress is named in any exception (``SampleTrackingMixin``).
+class PortableCheckpointMixin:
+    """Lightning hooks: frozen prefixes are left out of saved checkpoints and checked on load.
 
     Portable checkpoints (``fsseg.modules.checkpoints``): ``FROZEN_WEIGHT_ARGS`` maps each argument
     naming a frozen file to the state-dict prefix it fills; each such file is recorded in the

@@ -5,18 +5,13 @@ Student = frozen DINOv2 blocks 1..3 + trainable ``BottleneckAdapter`` at the cur
 Teacher = frozen SAM image encoder, always at its own 1024x1024 input, so its embedding of an image
 never changes: ``callbacks.TeacherEmbeddingCache`` attaches a disk cache through ``teacher_cache``.
 
-Teacher preprocessing (``teacher_preprocess``): ``sam`` (default) gives the teacher what SAM's
-predictor gives its encoder -- the long side resized to 1024 with SAM's rounding, normalised, zero
-padded at the bottom/right (``SAMImageEncoder.preprocess_padded`` on the data's ``teacher_image``,
+Teacher preprocessing: the teacher gets what SAM's predictor gives its encoder -- the long side
+resized to 1024 with SAM's rounding, normalised, zero padded at the bottom/right
+(``SAMImageEncoder.preprocess_padded`` on the data's ``teacher_image``,
 ``UnlabelledDataModule(teacher_view='longest_side')``) -- and the student's target is the valid
 (unpadded) part of the 64x64 embedding (``ceil(h/16) x ceil(w/16)`` cells) resampled to the student
-grid; the student sees the whole image squashed to its square resolution, as in stage 2. ``squash``:
-the teacher sees the same square image as the student (fsseg's behaviour before this option, and
-what a batch without ``teacher_image`` gives in either mode: synthetic images are square).
-
-Checkpoints written before ``teacher_preprocess``, ``pos_interpolation`` and ``gkd_attention`` existed
-load with the behaviour they were trained with (``squash``, ``timm``, ``shared``), see
-``LEGACY_HPARAMS``.
+grid; the student sees the whole image squashed to its square resolution, as in stage 2. A batch
+without ``teacher_image`` (synthetic images, already square) gives the teacher the student's image.
 """
 
 from __future__ import annotations
@@ -32,9 +27,9 @@ from fsseg.models import BottleneckAdapter, DINOv2Encoder, SAMImageEncoder
 from fsseg.models.build import load_adapter_state, require_previous_stage, resolve_adapter_settings
 from fsseg.modules.common import (
     GuardedStepMixin,
-    LeanCheckpointMixin,
     NonFiniteLossGuard,
-    adopt_legacy_hparams,
+    PortableCheckpointMixin,
+    SampleTrackingMixin,
 )
 from fsseg.precision import (
     dtype_key,
@@ -45,11 +40,8 @@ from fsseg.precision import (
     teacher_precision,
 )
 
-# what a checkpoint written before these hyper-parameters existed was trained with
-LEGACY_HPARAMS = {"teacher_preprocess": "squash", "pos_interpolation": "timm", "gkd_attention": "shared"}
 
-
-class DistillationModule(GuardedStepMixin, LeanCheckpointMixin, L.LightningModule):
+class DistillationModule(GuardedStepMixin, SampleTrackingMixin, PortableCheckpointMixin, L.LightningModule):
     """Adapter distillation with an MSE (or GKD query-based soft distillation) objective.
 
     Args:
@@ -69,7 +61,6 @@ class DistillationModule(GuardedStepMixin, LeanCheckpointMixin, L.LightningModul
         objective: ``mse`` (paper) or ``gkd`` (seed 001: query-based soft distillation).
         gkd_attention: who trains GKD's W_q/W_k: ``retrieval`` (their own objective; the attention
             stays selective) or ``shared`` (the distillation loss; collapses to uniform attention).
-        teacher_preprocess: ``sam`` (SAM's longest-side resize + padding) or ``squash`` (see above).
         adapter_init: adapter weights to start from (a previous stage's checkpoint, for the three
             chained runs ``distill_126/252/518.yaml``); its adapter settings are taken with it.
         gkd_temperature: softmax temperature of the GKD objective.
@@ -80,8 +71,6 @@ class DistillationModule(GuardedStepMixin, LeanCheckpointMixin, L.LightningModul
             None: fsseg's adapter (sine position encoding, GELUs between the convs).
         tap_norm: apply DINOv2's final norm to the block tap (official ``get_intermediate_layers``
             default; the paper does not say). None: False, or what ``adapter_init`` was trained with.
-        pos_interpolation: DINOv2 position embeddings at other sizes than 518: ``official`` (the hub
-            models' formula) or ``timm`` (fsseg before this option).
         lr: AdamW learning rate (paper: 1e-3).
         weight_decay: AdamW weight decay.
         nonfinite: ``raise`` stops with the step and sample ids; ``skip`` drops the step.
@@ -107,13 +96,11 @@ class DistillationModule(GuardedStepMixin, LeanCheckpointMixin, L.LightningModul
         objective: Literal["mse", "gkd"] = "mse",
         gkd_temperature: float = 1.0,
         gkd_attention: Literal["retrieval", "shared"] = "retrieval",
-        teacher_preprocess: Literal["sam", "squash"] = "sam",
         adapter_init: Optional[str] = None,
         adapter_mid_dim: int = 256,
         adapter_bottleneck_dim: int = 128,
         adapter_kwargs: Optional[dict[str, Any]] = None,
         tap_norm: Optional[bool] = None,
-        pos_interpolation: Literal["official", "timm"] = "official",
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         nonfinite: Literal["raise", "skip"] = "raise",
@@ -176,16 +163,14 @@ class DistillationModule(GuardedStepMixin, LeanCheckpointMixin, L.LightningModul
         self.resolution = resolution
 
     def teacher_namespace(self, input_size: tuple[int, int]) -> str:
-        """Everything a cached teacher embedding depends on besides the image itself (the
-        ``squash`` namespace is the one used before ``teacher_preprocess`` existed)."""
-        ns = f"sam-teacher|{self.teacher.fingerprint}|input={input_size[0]}x{input_size[1]}"
-        ns = ns if self.hparams.teacher_preprocess == "squash" else ns + "|preprocess=sam-longest-side-pad"
+        """Everything a cached teacher embedding depends on besides the image itself."""
+        ns = f"sam-teacher|{self.teacher.fingerprint}|input={input_size[0]}x{input_size[1]}|preprocess=sam-longest-side-pad"
         # the dtype the teacher ran in (fsseg.precision): bf16 and fp32 embeddings never mix
         return ns + dtype_key(next(self.teacher.parameters()).dtype)
 
     def _teacher_view(self, batch: dict) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """What the teacher encodes: (images, valid sizes or None for whole square images)."""
-        if self.hparams.teacher_preprocess == "sam" and "teacher_image" in batch:
+        if "teacher_image" in batch:
             return batch["teacher_image"], batch["teacher_valid"]
         return batch["image"], None
 
@@ -267,17 +252,6 @@ class DistillationModule(GuardedStepMixin, LeanCheckpointMixin, L.LightningModul
     def configure_optimizers(self):
         params = list(self.adapter.parameters()) + (list(self.gkd.parameters()) if self.gkd else [])
         return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        changed = adopt_legacy_hparams(self, checkpoint, LEGACY_HPARAMS)
-        if "pos_interpolation" in changed:
-            self.encoder.pos_interpolation = "timm"  # same 518 table: only the runtime resampling differs
-        if "gkd_attention" in changed and self.gkd is not None:
-            from fsseg.models.gkd import QueryBasedSoftDistillation
-
-            self.gkd = QueryBasedSoftDistillation(dim=self.teacher.out_chans, temperature=self.hparams.gkd_temperature,
-                                                  attention_objective="shared")
-        super().on_load_checkpoint(checkpoint)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -18,26 +18,29 @@ from data_modules.episodes import batch_to_model_dtypes
 from fsseg.cache import TensorDiskCache, module_fingerprint
 from fsseg.losses import dice_bce_loss
 from fsseg.metrics import FewShotIoU, update_scored
-from fsseg.models import build_fsdino
-from fsseg.models.build import canonical_variant, require_previous_stage, resolve_adapter_settings
+from fsseg.models.build import require_previous_stage, resolve_adapter_settings
 from fsseg.models.fsdino import ImageFeatures
+from fsseg.models.segmenters import build_segmenter, check_spec, segmenter_spec
 from fsseg.modules.common import (
     GuardedStepMixin,
-    LeanCheckpointMixin,
     NonFiniteLossGuard,
-    adopt_legacy_hparams,
+    PortableCheckpointMixin,
+    SampleTrackingMixin,
 )
 from fsseg.modules.predict import SupportSetPredictionMixin
 from fsseg.precision import dtype_key, run_device
 
 
-class FewShotModule(SupportSetPredictionMixin, GuardedStepMixin, LeanCheckpointMixin, L.LightningModule):
+class FewShotModule(SupportSetPredictionMixin, GuardedStepMixin, SampleTrackingMixin, PortableCheckpointMixin,
+                    L.LightningModule):
     """Episodic few-shot segmentation with FS-DINO / UINO-FSS.
 
     Args:
-        variant: ``ba_pcs`` | ``compact`` | ``full`` | ``uino`` | ``uino_large`` (or the paper's row names
-            ``BA+PCS``, ``BA+SVP+PCS``, ``BA+SVP+PCS+4D``).
-        backbone: DINOv2 architecture (``dinov2_vitb14`` in the paper; ``dinov2_tiny`` for tests).
+        segmenter: the model spec: ``{"name": <method>, <its builder's arguments>}``, e.g. ``{name:
+            compact, backbone: dinov2_vitb14, decoder_dim: 256}``; methods ``ba_pcs`` | ``compact`` |
+            ``full`` | ``uino`` | ``uino_large`` (or the paper's row names ``BA+PCS``, ``BA+SVP+PCS``,
+            ``BA+SVP+PCS+4D``, ``UINO-FSS``), the preset ``tiny`` (``{name: tiny, method: compact}``) or
+            ``package.module:name`` (``fsseg.models.segmenters``). Default ``{name: full}``.
         image_size: model input size (518 in the paper); ``fsseg predict/test --ckpt_path`` take it
             from the checkpoint unless given.
         dinov2_checkpoint: official DINOv2 weights, path or URL (random weights if None). Recorded in
@@ -46,15 +49,6 @@ class FewShotModule(SupportSetPredictionMixin, GuardedStepMixin, LeanCheckpointM
             downscaling and PE at the first build only (a checkpoint holds the trained decoder).
         adapter_checkpoint: stage 1's output (a distillation ``.ckpt`` or a plain adapter state dict);
             read at the first build only (a checkpoint holds the adapter).
-        decoder_dim: SAM mask-decoder width (256 for the official SAM models).
-        decoder_depth: SAM mask-decoder two-way transformer depth (2).
-        decoder_mlp_dim: SAM mask-decoder MLP width (2048).
-        decoder_heads: SAM mask-decoder attention heads (8).
-        model_kwargs: further ``build_fsdino`` options (e.g. ``correlation_kwargs``, ``mamba_backend``;
-            ``adapter_kwargs`` / ``tap_norm`` are taken from a stage-1 ``adapter_checkpoint``).
-        pos_interpolation: DINOv2 position embeddings at sizes other than 518: ``official`` (the hub
-            models' formula) or ``timm`` (fsseg before this option; checkpoints written before it
-            load with it, and their ``uino`` is today's ``uino_large``).
         num_classes: size of the benchmark's class-id space (linked from ``data.num_classes``).
         prior_loss_weight: weight of L_prior in L = L_prior + L_final (1 in the paper).
         lr: AdamW learning rate (paper: 1e-3).
@@ -76,17 +70,11 @@ class FewShotModule(SupportSetPredictionMixin, GuardedStepMixin, LeanCheckpointM
 
     def __init__(
         self,
-        variant: str = "full",
-        backbone: str = "dinov2_vitb14",
+        segmenter: Optional[dict[str, Any]] = None,
         image_size: int = 518,
         dinov2_checkpoint: Optional[str] = None,
         sam_checkpoint: Optional[str] = None,
         adapter_checkpoint: Optional[str] = None,
-        decoder_dim: int = 256,
-        decoder_depth: int = 2,
-        decoder_mlp_dim: int = 2048,
-        decoder_heads: int = 8,
-        model_kwargs: Optional[dict[str, Any]] = None,
         num_classes: int = 1000,
         prior_loss_weight: float = 1.0,
         lr: float = 1e-3,
@@ -95,10 +83,11 @@ class FewShotModule(SupportSetPredictionMixin, GuardedStepMixin, LeanCheckpointM
         poly_power: float = 0.9,
         feature_cache: Literal["off", "eval", "all"] = "off",
         nonfinite: Literal["raise", "skip"] = "raise",
-        pos_interpolation: Literal["official", "timm"] = "official",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        spec = segmenter_spec(segmenter)
+        check_spec(spec)  # a wrong key fails here, before any weight file is read
         # Frozen weights loaded from a file are not repeated in checkpoints; random ones (tests) are.
         self.frozen_prefixes = ("model.encoder.",) if dinov2_checkpoint else ()
         self.strict_loading = False
@@ -106,10 +95,9 @@ class FewShotModule(SupportSetPredictionMixin, GuardedStepMixin, LeanCheckpointM
             # The adapter settings read from the stage-1 checkpoint are written into the
             # hyper-parameters: a model rebuilt from this module's checkpoint never reads that file.
             require_previous_stage("adapter_checkpoint", adapter_checkpoint)
-            mk = dict(model_kwargs or {})
-            mk["adapter_kwargs"], mk["tap_norm"] = resolve_adapter_settings(
-                adapter_checkpoint, mk.get("adapter_kwargs"), mk.get("tap_norm"))
-            self.hparams["model_kwargs"] = mk
+            spec["adapter_kwargs"], spec["tap_norm"] = resolve_adapter_settings(
+                adapter_checkpoint, spec.get("adapter_kwargs"), spec.get("tap_norm"))
+        self.hparams["segmenter"] = spec
         self.model = self._build_model()
         self.val_metric = FewShotIoU(num_classes)
         self.test_metric = FewShotIoU(num_classes)
@@ -118,20 +106,8 @@ class FewShotModule(SupportSetPredictionMixin, GuardedStepMixin, LeanCheckpointM
 
     def _build_model(self):
         hp = self.hparams
-        return build_fsdino(
-            variant=hp.variant, backbone=hp.backbone, image_size=hp.image_size,
-            dinov2_checkpoint=hp.dinov2_checkpoint, sam_checkpoint=hp.sam_checkpoint,
-            adapter_checkpoint=hp.adapter_checkpoint, decoder_dim=hp.decoder_dim, decoder_depth=hp.decoder_depth,
-            decoder_mlp_dim=hp.decoder_mlp_dim, decoder_heads=hp.decoder_heads,
-            pos_interpolation=hp.pos_interpolation, **(hp.model_kwargs or {}))
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        changed = adopt_legacy_hparams(self, checkpoint, {"pos_interpolation": "timm"})
-        if changed:  # written before pos_interpolation existed: also before the compact uino
-            if canonical_variant(self.hparams.variant) == "uino":
-                self.hparams["variant"] = checkpoint["hyper_parameters"]["variant"] = "uino_large"
-            self.model = self._build_model()
-        super().on_load_checkpoint(checkpoint)
+        return build_segmenter(hp.segmenter, image_size=hp.image_size, dinov2_checkpoint=hp.dinov2_checkpoint,
+                               sam_checkpoint=hp.sam_checkpoint, adapter_checkpoint=hp.adapter_checkpoint)
 
     def setup(self, stage: str) -> None:
         # The metric's class-id space and seed list follow the benchmark the data module serves.

@@ -1,4 +1,4 @@
-"""DistillFSS-style specialisation (seed 000; SPEC section 3): distil a support set into a
+"""DistillFSS-style specialisation: distil a support set into a
 support-free N-class student (``fsseg.models.SpecializedSegmenter``).
 
 Teacher = the episodic FS-DINO (a ``FewShotModule`` checkpoint, or a random small one for tests),
@@ -19,7 +19,6 @@ Validation / test: ``FewShotIoU`` over the N classes (each class binarised, pool
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any, Literal, Optional
 
 import lightning as L
@@ -28,19 +27,22 @@ import torch.nn.functional as F
 
 from fsseg.losses import multiclass_ce_dice_loss
 from fsseg.metrics import DatasetForegroundIoU, FewShotIoU, update_dataset_scored, update_scored
-from fsseg.models import build_fsdino
 from fsseg.models.fsdino import FSDINO, ImageFeatures
+from fsseg.models.segmenters import (
+    build_segmenter,
+    method_name,
+    refuse_specialisation,
+    segmenter_spec,
+    spec_value,
+)
 from fsseg.models.specialized import SpecializedSegmenter, per_class_supports
 from fsseg.modules.common import (
     GuardedStepMixin,
-    LeanCheckpointMixin,
     NonFiniteLossGuard,
-    adopt_legacy_hparams,
+    PortableCheckpointMixin,
+    SampleTrackingMixin,
 )
-
-# FewShotModule arguments that describe the teacher's network (taken from ``teacher_ckpt``)
-TEACHER_ARCHITECTURE = ("variant", "backbone", "decoder_dim", "decoder_depth", "decoder_mlp_dim", "decoder_heads",
-                        "model_kwargs", "pos_interpolation")
+from fsseg.modules.specialize_report import SpecializationReportMixin
 
 
 def _argmax(logits: torch.Tensor) -> torch.Tensor:
@@ -61,27 +63,23 @@ def soft_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.T
     return kl.mean() * t * t
 
 
-class SpecializeModule(GuardedStepMixin, LeanCheckpointMixin, L.LightningModule):
+class SpecializeModule(SpecializationReportMixin, GuardedStepMixin, SampleTrackingMixin, PortableCheckpointMixin,
+                       L.LightningModule):
     """Specialise the episodic FS-DINO on a support set into a support-free N-class segmenter.
 
     Args:
         teacher_ckpt: a ``FewShotModule`` checkpoint (the episodic teacher). Without it the teacher
             is built from the arguments below (random weights unless checkpoints are given: tests,
             demo).
-        variant: as ``FewShotModule`` (with ``teacher_ckpt``: replaced by the teacher's, so the saved
-            hyper-parameters say what the model is).
-        backbone: as ``FewShotModule`` (with ``teacher_ckpt``: replaced by the teacher's).
+        segmenter: the teacher's model spec, as ``FewShotModule`` (with ``teacher_ckpt``: replaced by the
+            teacher's, so the saved hyper-parameters say what the model is). A method registered
+            without a student initialiser is refused.
         image_size: the size the student trains and predicts at. None: the teacher checkpoint's
             ``image_size`` (``teacher_ckpt``), else 518. The data module's ``image_size`` follows it
             when that is None.
         dinov2_checkpoint: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
         sam_checkpoint: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
         adapter_checkpoint: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
-        decoder_dim: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
-        decoder_depth: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
-        decoder_mlp_dim: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
-        decoder_heads: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
-        model_kwargs: as ``FewShotModule`` (ignored when ``teacher_ckpt`` is set).
         class_names: the classes, when the student must be built before any data is seen (loading a
             checkpoint outside a Trainer); normally taken from the data module's support set.
         distill_weight: weight of the soft teacher term.
@@ -97,25 +95,16 @@ class SpecializeModule(GuardedStepMixin, LeanCheckpointMixin, L.LightningModule)
         weight_decay: AdamW weight decay.
         lr_schedule: ``cosine`` decay over the run, or ``none``.
         nonfinite: ``raise`` stops naming the step and samples; ``skip`` drops the step.
-        pos_interpolation: as ``FewShotModule`` (without ``teacher_ckpt``; a checkpoint written
-            before it existed runs its frozen DINOv2 with ``timm``, exactly as before when the DINOv2
-            weights come from ``dinov2_checkpoint``).
     """
 
     def __init__(
         self,
         teacher_ckpt: Optional[str] = None,
-        variant: str = "full",
-        backbone: str = "dinov2_vitb14",
+        segmenter: Optional[dict[str, Any]] = None,
         image_size: Optional[int] = None,
         dinov2_checkpoint: Optional[str] = None,
         sam_checkpoint: Optional[str] = None,
         adapter_checkpoint: Optional[str] = None,
-        decoder_dim: int = 256,
-        decoder_depth: int = 2,
-        decoder_mlp_dim: int = 2048,
-        decoder_heads: int = 8,
-        model_kwargs: Optional[dict[str, Any]] = None,
         class_names: Optional[list[str]] = None,
         distill_weight: float = 1.0,
         label_weight: float = 0.5,
@@ -129,13 +118,14 @@ class SpecializeModule(GuardedStepMixin, LeanCheckpointMixin, L.LightningModule)
         weight_decay: float = 0.0,
         lr_schedule: Literal["none", "cosine"] = "none",
         nonfinite: Literal["raise", "skip"] = "raise",
-        pos_interpolation: Literal["official", "timm"] = "official",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.strict_loading = False
+        if not teacher_ckpt:
+            refuse_specialisation(segmenter_spec(segmenter))  # before a teacher checkpoint is read
         if teacher_ckpt:
             from fsseg.modules.fewshot import FewShotModule
 
@@ -144,9 +134,8 @@ class SpecializeModule(GuardedStepMixin, LeanCheckpointMixin, L.LightningModule)
             # the teacher (and the encoder/adapter the student shares with it) come from that file
             self.frozen_prefixes = ("teacher.", "student.encoder.", "student.adapter.")
             # the architecture is the teacher's: recorded, so the hyper-parameters say what runs
-            for k in TEACHER_ARCHITECTURE:
-                if k in teacher_module.hparams:
-                    self.hparams[k] = teacher_module.hparams[k]
+            self.hparams["segmenter"] = dict(teacher_module.hparams["segmenter"])
+            refuse_specialisation(self.hparams["segmenter"])
             self.teacher_image_size = int(teacher_module.hparams["image_size"])
             self.image_size_source = (f"the teacher checkpoint {teacher_ckpt}" if image_size is None
                                       else "model.image_size")
@@ -155,11 +144,10 @@ class SpecializeModule(GuardedStepMixin, LeanCheckpointMixin, L.LightningModule)
             image_size = int(image_size or 518)
             self.hparams["image_size"] = self.teacher_image_size = image_size
             self.image_size_source = "model.image_size (no teacher_ckpt: a random teacher)"
-            teacher = build_fsdino(
-                variant=variant, backbone=backbone, image_size=image_size, dinov2_checkpoint=dinov2_checkpoint,
-                sam_checkpoint=sam_checkpoint, adapter_checkpoint=adapter_checkpoint, decoder_dim=decoder_dim,
-                decoder_depth=decoder_depth, decoder_mlp_dim=decoder_mlp_dim, decoder_heads=decoder_heads,
-                pos_interpolation=pos_interpolation, **(model_kwargs or {}))
+            self.hparams["segmenter"] = segmenter_spec(segmenter)
+            teacher = build_segmenter(self.hparams["segmenter"], image_size=image_size,
+                                      dinov2_checkpoint=dinov2_checkpoint, sam_checkpoint=sam_checkpoint,
+                                      adapter_checkpoint=adapter_checkpoint)
             self.frozen_prefixes = ("teacher.encoder.", "student.encoder.") if dinov2_checkpoint else ()
         self.teacher: FSDINO = teacher
         self.teacher.requires_grad_(False)
@@ -222,7 +210,8 @@ class SpecializeModule(GuardedStepMixin, LeanCheckpointMixin, L.LightningModule)
 
     def describe_size(self) -> str:
         hp = self.hparams
-        return (f"image_size {hp.image_size}, backbone {hp.backbone}, variant {hp.variant} (size from "
+        method, backbone = method_name(hp.segmenter), spec_value(hp.segmenter, "backbone")
+        return (f"image_size {hp.image_size}, backbone {backbone}, method {method} (size from "
                 f"{self.image_size_source}; --model.image_size N overrides it)")
 
     def setup(self, stage: str) -> None:
@@ -257,9 +246,6 @@ class SpecializeModule(GuardedStepMixin, LeanCheckpointMixin, L.LightningModule)
         checkpoint["fsseg_class_names"] = list(self.student.class_names) if self.student is not None else None
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if not self.hparams.teacher_ckpt and adopt_legacy_hparams(self, checkpoint, {"pos_interpolation": "timm"}):
-            # a 37x37 table resampled at run time by timm == the table resampled at load (before)
-            self.teacher.encoder.pos_interpolation = "timm"
         names = checkpoint.get("fsseg_class_names")
         if names and (self.student is None or self.student.class_names != list(names)):
             self.build_student(list(names), None)
@@ -375,69 +361,6 @@ class SpecializeModule(GuardedStepMixin, LeanCheckpointMixin, L.LightningModule)
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test", self.test_metric, self.test_teacher_metric)
-
-    @torch.no_grad()
-    def support_quality(self) -> dict:
-        """Foreground IoU per class on the support images (pooled over the shots): ``teacher_loo``, the
-        episodic teacher segmenting each support from the other K-1 (an estimate for unseen photos;
-        classes with K = 1 are left out), and ``student_fit``, the student on the supports it was
-        trained on (optimistic)."""
-        if self._support is None or self.student is None:
-            return {}
-        sums = {"teacher_loo": {}, "student_fit": {}}
-        was_training = self.student.training
-        self.student.eval()
-        for c, (images, masks) in enumerate(zip(self._support["images"], self._support["masks"])):
-            name = self.student.class_names[c]
-            for k in range(images.shape[0]):
-                image = images[k:k + 1].to(self.device, torch.float32)
-                target = masks[k].to(self.device) > 0.5
-                feats = self.student.extract(image)
-                size = tuple(image.shape[-2:])
-                preds = {"student_fit": self.student.decode(feats, out_size=size)["pred"][0]}
-                if images.shape[0] > 1 and self.hparams.leave_one_out:
-                    shot = torch.tensor([k], device=self.device)
-                    preds["teacher_loo"] = self.teacher_logits(feats, size, shot).argmax(1)[0]
-                for key, pred in preds.items():
-                    fg = pred == c + 1
-                    inter, union = sums[key].get(name, (0, 0))
-                    sums[key][name] = (inter + int((fg & target).sum()), union + int((fg | target).sum()))
-        self.student.train(was_training)
-        return {key: {n: i / u if u else 1.0 for n, (i, u) in per.items()} for key, per in sums.items() if per}
-
-    def on_fit_end(self) -> None:
-        if not self.trainer.is_global_zero:
-            return
-        cb = self.trainer.checkpoint_callback
-        path = ""
-        if cb is not None:  # without a monitored metric the "best" is only the latest epoch: last.ckpt
-            first, second = ("best_model_path", "last_model_path") if getattr(cb, "monitor", None) else \
-                ("last_model_path", "best_model_path")
-            path = getattr(cb, first, "") or getattr(cb, second, "")
-        if path:
-            path = str(Path(path).resolve())
-            print(f"specialised model: {path}\n  predict (no supports): fsseg predict --config "
-                  f"lightning_configs/specialize_folder.yaml --data.support_dir null --data.query_dir PHOTOS "
-                  f"--ckpt_path {path}\n  deploy: fsseg export --ckpt_path {path} --output_dir export/",
-                  file=sys.stderr)
-        val = self.trainer.callback_metrics.get("val/miou")
-        if val is not None:
-            print(f"quality: val/miou {100 * float(val):.1f}% on the val_dir photos", file=sys.stderr)
-            return
-        quality = self.support_quality()
-        if not quality:
-            return
-        parts = []
-        for key, label in (("teacher_loo", "leave-one-out (each support segmented by the teacher from the other "
-                                           "K-1; an estimate for new photos)"),
-                           ("student_fit", "the student on its own training supports (optimistic)")):
-            if key in quality:
-                per = quality[key]
-                mean = sum(per.values()) / len(per)
-                detail = ", ".join(f"{n} {100 * v:.1f}%" for n, v in per.items())
-                parts.append(f"  {label}: foreground IoU {100 * mean:.1f}% ({detail})")
-        print("quality (no val_dir; give --data.val_dir labelled photos for a real score):\n" + "\n".join(parts),
-              file=sys.stderr)
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         if self.student is None:
