@@ -10,10 +10,11 @@ import pytest
 from PIL import Image
 
 from data_modules import FSS1000, EpisodicDataModule, Pascal5i
-from data_modules.chest_xray import ChestXray
-from data_modules.deepglobe import DEEPGLOBE_CLASSES, Deepglobe
-from data_modules.isic import ISIC
-from data_modules.patnet import patnet_episode_list
+from data_modules.benchmarks.chest_xray import ChestXray
+from data_modules.benchmarks.deepglobe import DEEPGLOBE_CLASSES, Deepglobe
+from data_modules.benchmarks.isic_patnet import ISIC
+from data_modules.episodes.patnet import patnet_episode_list
+from fsseg.registry import RegistryError
 from tests.shared_data import GOLDEN as _GOLDEN
 from tests.shared_data import SHARED as _SHARED
 
@@ -258,7 +259,7 @@ def test_datamodule_protocol_patnet_loads_episodes(tmp_path):
     batch = next(iter(dm.test_dataloader()))
     assert batch["query"].shape == (2, 3, 56, 56) and batch["class_id"].tolist() == [0, 1]
     assert set(batch["query_mask"].unique().tolist()) <= {0, 1}
-    with pytest.raises(ValueError, match="unknown episode protocol"):
+    with pytest.raises(RegistryError, match="unknown episode protocol"):
         EpisodicDataModule(dataset="deepglobe", root=root, protocol="patnett")
 
 
@@ -416,7 +417,7 @@ def test_isic_reader_on_real_dermoscopy_files(tmp_path):
         img, (m,) = ds.load(key, [0])
         assert img.shape[:2] == (450, 600) and np.array_equal(m, read_mask(mask_path, "binary255"))
         assert 0.01 < m.mean() < 0.99
-    dm = EpisodicDataModule(dataset="isic", root=str(root), shots=1, image_size=56, batch_size=3,
+    dm = EpisodicDataModule(dataset="isic_patnet", root=str(root), shots=1, image_size=56, batch_size=3,
                             protocol="patnet", test_episodes=600)
     batch = next(iter(dm.test_dataloader()))
     assert batch["class_id"].tolist() == [0, 1, 2] and batch["query_mask"].float().mean() > 0.01

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from data_modules.coco import Coco20i
-from data_modules.datamodule import EpisodicDataModule
+from data_modules import EpisodicDataModule
+from data_modules.benchmarks.coco20i import Coco20i
 from data_modules.episodes import EpisodeDataset, batch_to_model_dtypes, collate_dicts
-from data_modules.synthetic import SyntheticFewShot
+from data_modules.readers.synthetic import SyntheticFewShot
 from data_modules.transforms import FusedHDMNetAugment, HDMNetAugment
 
 
