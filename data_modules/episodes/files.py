@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Dict, List, Sequence, Tuple
 
+from ..benchmarks.benchmark import BENCHMARKS
 from ..readers.base import FewShotDataset
 from .draw import Episode
 
@@ -66,9 +67,10 @@ def read_episodes_file(path: str, dataset: FewShotDataset) -> Tuple[List[Episode
     return episodes, [int(s) for s in seeds]
 
 
-# The reference episode files name benchmarks as HSNet's code does (../shared/protocol/golden/*.json:
-# "pascal", "coco", "fss"); fsseg's data modules as pascal5i, coco20i, fss1000.
-BENCHMARK_ALIASES = {"pascal": "pascal5i", "coco": "coco20i", "fss": "fss1000"}
+def _benchmark(name):
+    """The registered benchmark a header names (the reference files use HSNet's names "pascal",
+    "coco", "fss", registered as aliases), or None for a name no benchmark has."""
+    return BENCHMARKS.get(name) if name is not None and name in BENCHMARKS else None
 
 
 def check_episodes_header(path: str, episodes: Sequence[Episode], benchmark: str, fold: int, shots: int) -> None:
@@ -78,14 +80,18 @@ def check_episodes_header(path: str, episodes: Sequence[Episode], benchmark: str
     with open(path) as f:
         data = json.load(f)
     bench = data.get("benchmark")
-    have = {"benchmark": BENCHMARK_ALIASES.get(bench, bench), "fold": data.get("fold"), "shots": data.get("shot")}
-    if have["benchmark"] == "fss1000":
-        have["fold"] = None  # FSS-1000 has one class split; fold does not apply
+    theirs = _benchmark(bench)
+    named = BENCHMARKS.canonical(bench) if theirs is not None else bench
+    have = {"benchmark": named, "fold": data.get("fold"), "shots": data.get("shot")}
+    if theirs is not None and not theirs.has_folds:
+        have["fold"] = None  # one class split (FSS-1000): fold does not apply
     k = {len(way) for ep in episodes for way in ep.supports}
     if have["shots"] is None and len(k) == 1:
         have["shots"] = k.pop()
     want = {"benchmark": benchmark, "fold": fold, "shots": shots}
-    wrong = [key for key in want if have[key] is not None and have[key] != want[key]]
+    same = {"benchmark": bench is None or bench == benchmark or
+            (theirs is not None and theirs is _benchmark(benchmark))}
+    wrong = [key for key in want if have[key] is not None and not same.get(key, have[key] == want[key])]
     if wrong:
         raise ValueError(
             f"episodes file {path!r} is for {', '.join(f'{key} {have[key]}' for key in wrong)} but the data config "
