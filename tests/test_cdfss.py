@@ -337,11 +337,13 @@ def test_crossdomain_configs_build_patnet_episode_lists(tmp_path, shots):
     split_dir.mkdir()
     for s, names in (("trn", []), ("val", []), ("test", ["b_cls", "a_cls", "c_cls"])):
         (split_dir / f"{s}.txt").write_text("".join(n + "\r\n" for n in names))  # HSNet's test.txt is CRLF
+    datasets = {"isic": "isic_patnet"}  # crossdomain_isic.yaml reads PATNet's ISIC
     for name, n_episodes in (("deepglobe", 600), ("isic", 600), ("chest_xray", 600), ("fss1000", 30)):
         first, cfg = _config(f"crossdomain_{name}.yaml")
         assert first.startswith("# Protocol: patnet")
         args = cfg["data"]["init_args"]
-        assert (args["dataset"], args["protocol"], args["shots"], args["seed"]) == (name, "patnet", 1, 0)
+        assert (args["dataset"], args["protocol"], args["shots"], args["seed"]) == \
+            (datasets.get(name, name), "patnet", 1, 0)
         args["shots"] = shots  # --data.init_args.shots
         assert args["scoring_size"] == 400 and cfg["model"] == "base/model_full.yaml"
         args = _datamodule_args(args, trees[name])
