@@ -35,10 +35,10 @@ class Coco20i(FileFewShotDataset):
     relative to root, e.g. ``val2014/COCO_val2014_000000507081.jpg``]}, read without executing
     anything, see ``read_pool_pickle``); sample keys are those paths, masks
     ``root/annotations/<path>.png`` (HSNet data/coco.py:79-81). Reading the pools opens no image.
-    ``min_pixels`` and ``exclude_novel_images`` apply BAM's rule (``layout.classes_by_area``) to each
+    ``min_pixels`` and ``exclude_novel_images`` apply BAM's rule (``readers.layout.classes_by_area``) to each
     mask's class areas: from ``index.json`` when it carries them (``fsseg prepare coco20i`` writes
     ``{class name: {image stem: pixels}}``; no mask is opened), else counted from the masks once and
-    kept in ``mask_index_dir`` (``mask_index.mask_areas``). An ``index.json`` of plain lists
+    kept in ``mask_index_dir`` (``readers.mask_index.mask_areas``). An ``index.json`` of plain lists
     (``{class name: [image stem]}``, coco128's) serves only the unfiltered pools. Classes with fewer
     than K+1 images stay listed but the episode sampler never draws them.
     """

@@ -10,7 +10,7 @@ removed (l.20, l.32); the class is the arg-max over ``NV, MEL, BKL, BCC, AK, DF,
 l.40; the ISIC-2018 Task 1 images carry only those three: "1:1867 2:519 3:208", l.38); the mask is
 grey >= 128 (l.162-166) labelled with the class (l.168-171); the supports are ``K // 4`` per class,
 ``num_classes`` counting the background (l.40-41, 106-110). The reference requires ``test.csv``
-(l.54); without it ``data_modules.specialize.split_train_test`` draws the 80/20 split as for the
+(l.54); without it ``data_modules.episodes.distillfss_budget.split_train_test`` draws the 80/20 split as for the
 other datasets. Images without a row in the class table are dropped (the reference's inner join,
 l.32); an image whose class is not one of the three is an error naming it.
 """

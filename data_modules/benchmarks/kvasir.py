@@ -5,7 +5,7 @@ JPEG-compressed grey levels. One class, ``polyp``. Reference: DistillFSS
 ``distillfss/data/kvasir.py``: ids are the mask file names up to their first dot and the image is the same file name
 under ``images/`` (l.20-31); a mask pixel is foreground when its first channel is > 245 (l.111-116:
 ``<= 245 -> 0`` then ``>= 245 -> 1``); the test split is ``test.csv`` when present (l.60-63), else an
-80/20 draw (l.65, see ``data_modules.specialize.split_train_test``).
+80/20 draw (l.65, see ``data_modules.episodes.distillfss_budget.split_train_test``).
 """
 
 from __future__ import annotations

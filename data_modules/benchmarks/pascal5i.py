@@ -40,8 +40,8 @@ class Pascal5i(FileFewShotDataset):
     Without ``list_dir`` the pairs are derived from the masks, using
     ``root/ImageSets/Segmentation/{train_aug,train,val}.txt`` to choose images when present, else all
     masks. Wherever classes come from masks, ``min_pixels`` and ``exclude_novel_images`` apply BAM's
-    rule (``layout.classes_by_area``) on areas counted once and kept in ``mask_index_dir``
-    (``mask_index.mask_areas``). Train split = base classes, val/test = the fold's novel classes.
+    rule (``readers.layout.classes_by_area``) on areas counted once and kept in ``mask_index_dir``
+    (``readers.mask_index.mask_areas``). Train split = base classes, val/test = the fold's novel classes.
 
     ``fold=4`` (``ALL_CLASSES_FOLD``): all 20 classes in every split -- the source training of
     cross-domain FSS, where PATNet trains with ``--fold 4`` (github slei109/PATNet ``data/pascal.py:106-108``:

@@ -291,7 +291,7 @@ class EpisodicDataModule(L.LightningDataModule):
         return list(self.datasets[split].episodes)
 
     def episodes_json(self, split: str = "test") -> Dict:
-        """The ``split`` episode list in the schema of the reference episode files (``episode_files.py``)."""
+        """The ``split`` episode list in the schema of the reference episode files (``episodes/files.py``)."""
         episodes = self.episode_list(split)
         own_val = split == "val" and not self.val_on_test
         header = {"benchmark": self.dataset_name, "protocol": self.protocol_name, "split": split,

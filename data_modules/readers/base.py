@@ -97,7 +97,7 @@ class FileFewShotDataset(FewShotDataset):
             vals = set(np.unique(m).tolist())
             if not vals <= {0, 1, 255}:
                 soft = soft_mask_to_binary(m) if self.mask_encoding == "auto" else None
-                if soft is not None:  # anti-aliased edges: grey >= 128 is the object (masks.py)
+                if soft is not None:  # anti-aliased edges: grey >= 128 is the object (image_io.py)
                     return soft
                 raise BadSampleError(
                     mask_path,

@@ -6,7 +6,7 @@ scored once. ``PooledDataset`` is that list in the ``FewShotDataset`` interface:
 the image's class (one per image: ISIC's lesion type; the single class elsewhere),
 ``read_foreground(key)`` its foreground as the reference thresholds it, and ``published_test`` the
 dataset's own test ids when it ships a split (a ``test.csv`` written by the reference, Pothole's
-``testing/`` folder), else ``None`` (``data_modules.specialize.split_train_test`` then draws one).
+``testing/`` folder), else ``None`` (``data_modules.episodes.distillfss_budget.split_train_test`` then draws one).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class PooledDataset(FileFewShotDataset):
     """Subclasses fill ``records[key] = (image path, mask path or folder)`` and ``label_of`` and call
     ``_index(class names)``; they implement ``read_foreground(key) -> bool [H,W]``."""
 
-    # how the reference spends the budget K (data_modules.specialize.BUDGET_RULES)
+    # how the reference spends the budget K (data_modules.episodes.distillfss_budget.BUDGET_RULES)
     budget_rule = "images"
 
     def __init__(self) -> None:
