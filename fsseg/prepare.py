@@ -1,7 +1,7 @@
-"""``fsseg prepare <benchmark> ...``: build the on-disk layout a benchmark is read from, out of the
-official downloads. Each registered benchmark with a converter is one subcommand (its module in
-``data_modules/benchmarks/``: COCO-20i's masks from the instances JSON, PASCAL-5i's
-SegmentationClassAug from VOC + SBD, PATNet's Deepglobe tiles, ...).
+"""fsseg prepare BENCHMARK ...: build the on-disk layout a benchmark is read from, out of the official
+downloads. Each registered benchmark with a converter (its module in data_modules/benchmarks/: COCO-20i's
+masks from the instances JSON, PASCAL-5i's SegmentationClassAug from VOC + SBD, PATNet's Deepglobe
+tiles) is one subcommand.
 
 Every subcommand skips outputs that already exist (rerun it after an interruption: files are
 published by rename, so a killed run never leaves a half-written one), shows a progress bar and ends
