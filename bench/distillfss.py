@@ -76,7 +76,7 @@ def run_config(ckpt: str, n_classes: int, shots: int, cfg: dict) -> dict:
     import lightning as L
     import torch
 
-    from data_modules import SpecializationDataModule, SyntheticFewShot, novel_classes
+    from data_modules import SupportSetDataModule, SyntheticFewShot, novel_classes
     from fsseg.metrics import DatasetForegroundIoU, FewShotIoU, binarize_multiclass
     from fsseg.modules.specialize import SpecializeModule
 
@@ -94,7 +94,7 @@ def run_config(ckpt: str, n_classes: int, shots: int, cfg: dict) -> dict:
     # one epoch holding steps x batch support copies (1 plain + augmented each), so every K trains
     # for the same number of optimiser steps on full batches
     repeats = math.ceil(cfg["steps"] * cfg["batch_size"] / (n_classes * shots))
-    dm = SpecializationDataModule.from_dataset(ds, support, queries, image_size=size, repeats=repeats,
+    dm = SupportSetDataModule(ds, support, queries, image_size=size, repeats=repeats,
                                                batch_size=cfg["batch_size"])
     sup = dm.support_set()
     module.build_student(dm.class_names, sup)

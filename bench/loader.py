@@ -59,7 +59,7 @@ def write_coco_tree(root: str | os.PathLike, n: int, size=(480, 640), seed: int 
     rng = np.random.default_rng(seed)
     h, w = size
     # four fold-0 training and two fold-0 novel classes (mask value v is class v - 1; fold 0 holds out
-    # range(0, 80, 4), data_modules/coco.py): even a small tree gives both splits classes with the K + 1
+    # range(0, 80, 4), data_modules/benchmarks/coco20i.py): even a small tree gives both splits classes with the K + 1
     # images a 5-shot episode needs
     pool = [v for v in range(1, 81) if (v - 1) % 4 != 0][:4] + [v for v in range(1, 81) if (v - 1) % 4 == 0][:2]
     for i in range(n):
@@ -91,9 +91,9 @@ def episode_costs(root: str, size: int, shots_list, reps: int) -> list:
     import cv2
     import torch
 
-    from data_modules.coco import Coco20i
+    from data_modules.benchmarks.coco20i import Coco20i
     from data_modules.episodes import INPUT_PATHS, EpisodeDataset
-    from data_modules.masks import read_image, read_mask
+    from data_modules.image_io import read_image, read_mask
     from data_modules.transforms import HDMNET_SCALE
 
     threads = torch.get_num_threads(), cv2.getNumThreads()
@@ -184,7 +184,7 @@ def pool_setup(n_masks: int, workers: Optional[int] = None) -> dict:
     """Seconds to set up a COCO-20i ``hdmnet`` data module (fold 0, train + val pools by the area
     rule) on a generated tree of ``n_masks`` masks: first run (areas counted from the masks, in
     parallel) and a second, fresh data module (areas read from ``mask_index_dir``)."""
-    from data_modules.datamodule import EpisodicDataModule
+    from data_modules import EpisodicDataModule
 
     out: dict = dict(masks=n_masks, workers=workers or min(16, len(os.sched_getaffinity(0))))
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,16 +1,33 @@
-"""fsseg data package: few-shot episodes, benchmarks, synthetic data, unlabelled and predict folders.
+"""fsseg data package, in the order data flows:
 
-Stand-alone: imports nothing from ``fsseg``. Batch formats: docs/CONTRACTS.md.
+* ``image_io.py``, ``transforms.py``: reading images and masks, resizing and augmenting them;
+* ``readers/``: the ``FewShotDataset`` interface and what benchmark readers share;
+* ``benchmarks/``: one module per benchmark (reader, protocol rules, ``fsseg prepare`` converter),
+  registered by name in ``BENCHMARKS``;
+* ``episodes/``: episodes, the named protocols drawing them, the Dataset serving them;
+* ``datamodules/``: the Lightning DataModules the configs name (exported here: ``data_modules.X``).
+
+Stand-alone but for ``fsseg.registry``. Batch formats: docs/CONTRACTS.md.
 """
 
-from .base import FewShotDataset, FileFewShotDataset
-from .coco import Coco20i
-from .datamodule import (
-    DATASETS,
+from .benchmarks import BENCHMARKS, Benchmark, EpisodicBenchmark, PooledBenchmark, ReaderSettings
+from .benchmarks.coco20i import Coco20i
+from .benchmarks.fss1000 import FSS1000
+from .benchmarks.industrial import Industrial
+from .benchmarks.isic_distillfss import ISIC3
+from .benchmarks.kvasir import KvasirSEG
+from .benchmarks.lung import LungCancer
+from .benchmarks.nucleus import Nucleus
+from .benchmarks.pascal5i import Pascal5i
+from .benchmarks.pothole import Pothole
+from .benchmarks.weedmap import WeedMap
+from .datamodules import (
+    BudgetSpecializationDataModule,
     EpisodicDataModule,
+    SpecializationDataModule,
     SupportQueryFolderDataModule,
+    SupportSetDataModule,
     UnlabelledDataModule,
-    build_fewshot_dataset,
 )
 from .episodes import (
     Episode,
@@ -23,13 +40,7 @@ from .episodes import (
     rank_slice,
     sample_episode,
 )
-from .folder import FolderDataset, UnlabelledImageFolder
-from .fss import FSS1000
-from .industrial import Industrial
-from .isic3 import ISIC3
-from .kvasir import KvasirSEG
-from .lung import LungCancer
-from .masks import (
+from .image_io import (
     IGNORE_INDEX,
     BadSampleError,
     detect_mask_encoding,
@@ -38,14 +49,11 @@ from .masks import (
     read_image,
     read_mask,
 )
-from .nucleus import Nucleus
-from .pascal import Pascal5i
-from .pool import PooledDataset
-from .pothole import Pothole
-from .specialize import BudgetSpecializationDataModule, SpecializationDataModule
-from .synthetic import SyntheticFewShot, base_classes, novel_classes
+from .readers.base import FewShotDataset, FileFewShotDataset
+from .readers.folder import FolderDataset, UnlabelledImageFolder
+from .readers.pool import PooledDataset
+from .readers.synthetic import SyntheticFewShot, base_classes, novel_classes
 from .transforms import PairTransform, build_test_transform, build_train_transform
-from .weedmap import WeedMap
 
 __all__ = [
     "BadSampleError", "IGNORE_INDEX", "read_image", "read_mask", "read_binary_mask", "detect_mask_encoding",
@@ -54,7 +62,8 @@ __all__ = [
     "Episode", "EpisodeDataset", "StridedDistributedSampler", "collate_dicts", "collate_episodes",
     "eligible_classes", "fixed_episode_list", "rank_slice", "sample_episode", "PairTransform",
     "build_train_transform", "build_test_transform", "EpisodicDataModule", "UnlabelledDataModule",
-    "SupportQueryFolderDataModule", "SpecializationDataModule", "build_fewshot_dataset", "DATASETS",
-    "BudgetSpecializationDataModule", "PooledDataset", "KvasirSEG", "ISIC3", "Nucleus", "Pothole",
-    "WeedMap", "LungCancer", "Industrial",
+    "SupportQueryFolderDataModule", "SpecializationDataModule", "SupportSetDataModule",
+    "BudgetSpecializationDataModule", "BENCHMARKS", "Benchmark", "EpisodicBenchmark", "PooledBenchmark",
+    "ReaderSettings", "PooledDataset", "KvasirSEG", "ISIC3", "Nucleus", "Pothole", "WeedMap", "LungCancer",
+    "Industrial",
 ]

@@ -36,7 +36,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from data_modules.davis import VOID_LABEL, read_index_png, read_sequence, read_sequence_names
+from data_modules.readers.davis import VOID_LABEL, read_index_png, read_sequence, read_sequence_names
 
 BOUND_TH = 0.008
 GLOBAL_COLUMNS = ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"]

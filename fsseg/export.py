@@ -389,7 +389,7 @@ Needs numpy, pillow, opencv-python and onnxruntime. The photo is read as fsseg r
 orientation applied, RGB), resized with OpenCV's INTER_LINEAR to {size}x{size} and scaled to [0,1]
 (fsseg: data_modules/transforms.py resize_image, image_to_tensor), segmented, and the class index is
 upsampled to the photo's size as torch's nearest interpolation does (callbacks/prediction_writer.py).
-16-bit photos: fsseg scales them to 0..255 first (data_modules/masks.py high_bit_depth_to_uint8).
+16-bit photos: fsseg scales them to 0..255 first (data_modules/image_io.py high_bit_depth_to_uint8).
 Classes (mask value c = CLASS_NAMES[c - 1], 0 = background; one class: 0 / {fg}): {names}
 """
 import argparse
@@ -485,7 +485,7 @@ def _photos(query: Optional[str], limit: int = 64) -> list:
     if not query:
         rng = np.random.default_rng(0)
         return [rng.integers(0, 256, (97, 131, 3), dtype=np.uint8), rng.integers(0, 256, (403, 299, 3), dtype=np.uint8)]
-    from data_modules.masks import list_images, read_image
+    from data_modules.image_io import list_images, read_image
 
     paths = [query] if Path(query).is_file() else list_images(query, recursive=True, what="query folder")
     return [read_image(p) for p in paths[:limit]]

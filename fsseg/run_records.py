@@ -84,7 +84,7 @@ def data_summary(datamodule, job: str) -> Optional[dict]:
             if n >= need:
                 used.append(name)
             else:
-                # episodes need K supports and a query of one class (data_modules/episodes.py usable_classes)
+                # episodes need K supports and a query of one class (data_modules/episodes/dataset.py usable_classes)
                 dropped[name] = f"{n} image(s), an episode needs shots+1={need}"
         episodes = getattr(eps, "episodes", None)
         if episodes is not None:

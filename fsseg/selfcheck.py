@@ -209,7 +209,7 @@ def write_predict_folders(root: Path, queries: int = 4) -> tuple[Path, Path]:
     """One support class (2 shots) and ``queries`` query photos rendered by the synthetic dataset."""
     from PIL import Image
 
-    from data_modules.synthetic import render
+    from data_modules.readers.synthetic import render
 
     cls = 3
     for sub in ("images", "masks"):

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data_modules.davis import (
+from data_modules.readers.davis import (
     VOID_LABEL,
     DavisSequence,
     read_frame,

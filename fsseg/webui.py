@@ -7,7 +7,7 @@ Give support shots of one class, as many as ``fsseg predict`` takes: up to three
 an image and either upload its mask or paint the object on the image with the brush; an uploaded
 mask wins over painting), and any number at once (select the images and their masks; a mask is
 matched to its image by file name, as ``fsseg predict`` matches a support folder). Masks are read by
-``fsseg predict``'s rules (``data_modules.masks.binary_mask_from_array``: 0/1, 0/255, colours, JPEG
+``fsseg predict``'s rules (``data_modules.image_io.binary_mask_from_array``: 0/1, 0/255, colours, JPEG
 grey > 127, soft-edged grey masks >= 128). Upload a query photo and press *Segment*:
 the app shows the query with the predicted object coloured and the mask (0/255, at the query's
 own size), plus the object's pixel fraction. The supports are encoded once per click
@@ -66,10 +66,10 @@ def editor_image_and_mask(value: Any) -> tuple[Optional[np.ndarray], Optional[np
 def mask_from_upload(mask: Optional[np.ndarray], size: tuple[int, int]) -> Optional[np.ndarray]:
     """Uploaded mask image (grey/RGB/RGBA; 0/1, 0/255, colours, or soft-edged grey: >= 128 is the
     object) -> bool ``[H,W]`` at ``size`` (nearest); the rules ``fsseg predict`` applies to mask files
-    (``data_modules.masks.binary_mask_from_array``)."""
+    (``data_modules.image_io.binary_mask_from_array``)."""
     if mask is None:
         return None
-    from data_modules.masks import binary_mask_from_array
+    from data_modules.image_io import binary_mask_from_array
 
     m = binary_mask_from_array(mask, "uploaded mask") > 0
     if m.shape != tuple(size):
@@ -86,7 +86,7 @@ def pair_uploaded_supports(images: Optional[list], masks: Optional[list]) -> lis
     stem, each pair read by the same ``FileFewShotDataset.load`` that reads ``fsseg predict``'s support
     folder (EXIF orientation applied to both, mask encodings, the soft-mask rule, the size check). An
     image without a mask, or an unreadable pair, is a ``ValueError`` naming the file."""
-    from data_modules.base import FileFewShotDataset, stem
+    from data_modules.readers.base import FileFewShotDataset, stem
 
     images, masks = [str(p) for p in images or []], [str(p) for p in masks or []]
     if not images and not masks:

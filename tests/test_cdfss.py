@@ -10,10 +10,11 @@ import pytest
 from PIL import Image
 
 from data_modules import FSS1000, EpisodicDataModule, Pascal5i
-from data_modules.chest_xray import ChestXray
-from data_modules.deepglobe import DEEPGLOBE_CLASSES, Deepglobe
-from data_modules.isic import ISIC
-from data_modules.patnet import patnet_episode_list
+from data_modules.benchmarks.chest_xray import ChestXray
+from data_modules.benchmarks.deepglobe import DEEPGLOBE_CLASSES, Deepglobe
+from data_modules.benchmarks.isic_patnet import ISIC
+from data_modules.episodes.patnet import patnet_episode_list
+from fsseg.registry import RegistryError
 from tests.shared_data import GOLDEN as _GOLDEN
 from tests.shared_data import SHARED as _SHARED
 
@@ -258,7 +259,7 @@ def test_datamodule_protocol_patnet_loads_episodes(tmp_path):
     batch = next(iter(dm.test_dataloader()))
     assert batch["query"].shape == (2, 3, 56, 56) and batch["class_id"].tolist() == [0, 1]
     assert set(batch["query_mask"].unique().tolist()) <= {0, 1}
-    with pytest.raises(ValueError, match="unknown episode protocol"):
+    with pytest.raises(RegistryError, match="unknown episode protocol"):
         EpisodicDataModule(dataset="deepglobe", root=root, protocol="patnett")
 
 
@@ -336,11 +337,13 @@ def test_crossdomain_configs_build_patnet_episode_lists(tmp_path, shots):
     split_dir.mkdir()
     for s, names in (("trn", []), ("val", []), ("test", ["b_cls", "a_cls", "c_cls"])):
         (split_dir / f"{s}.txt").write_text("".join(n + "\r\n" for n in names))  # HSNet's test.txt is CRLF
+    datasets = {"isic": "isic_patnet"}  # crossdomain_isic.yaml reads PATNet's ISIC
     for name, n_episodes in (("deepglobe", 600), ("isic", 600), ("chest_xray", 600), ("fss1000", 30)):
         first, cfg = _config(f"crossdomain_{name}.yaml")
         assert first.startswith("# Protocol: patnet")
         args = cfg["data"]["init_args"]
-        assert (args["dataset"], args["protocol"], args["shots"], args["seed"]) == (name, "patnet", 1, 0)
+        assert (args["dataset"], args["protocol"], args["shots"], args["seed"]) == \
+            (datasets.get(name, name), "patnet", 1, 0)
         args["shots"] = shots  # --data.init_args.shots
         assert args["scoring_size"] == 400 and cfg["model"] == "base/model_full.yaml"
         args = _datamodule_args(args, trees[name])
@@ -416,7 +419,7 @@ def test_isic_reader_on_real_dermoscopy_files(tmp_path):
         img, (m,) = ds.load(key, [0])
         assert img.shape[:2] == (450, 600) and np.array_equal(m, read_mask(mask_path, "binary255"))
         assert 0.01 < m.mean() < 0.99
-    dm = EpisodicDataModule(dataset="isic", root=str(root), shots=1, image_size=56, batch_size=3,
+    dm = EpisodicDataModule(dataset="isic_patnet", root=str(root), shots=1, image_size=56, batch_size=3,
                             protocol="patnet", test_episodes=600)
     batch = next(iter(dm.test_dataloader()))
     assert batch["class_id"].tolist() == [0, 1, 2] and batch["query_mask"].float().mean() > 0.01

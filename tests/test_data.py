@@ -29,7 +29,7 @@ from data_modules import (
     read_mask,
 )
 from data_modules.episodes import batch_to_model_dtypes
-from data_modules.synthetic import NUM_CLASSES, class_attributes, render
+from data_modules.readers.synthetic import NUM_CLASSES, class_attributes, render
 
 
 # ----------------------------------------------------------------------------------- synthetic

@@ -17,7 +17,7 @@ from data_modules import (
     fixed_episode_list,
     read_mask,
 )
-from data_modules.masks import detect_mask_encoding
+from data_modules.image_io import detect_mask_encoding
 from tests.shared_data import SHARED
 
 REPO = Path(__file__).resolve().parents[1]

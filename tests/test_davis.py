@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data_modules.davis import davis_palette, read_index_png, read_sequences, write_index_png
+from data_modules.readers.davis import davis_palette, read_index_png, read_sequences, write_index_png
 from fsseg import davis_eval as de
 from fsseg.cli import main as fsseg_main
 from fsseg.video import VideoObjectSegmenter, merge_objects

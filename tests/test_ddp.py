@@ -138,7 +138,7 @@ def test_gpu_defaults_for_loaders_and_fp32_matmuls():
     import torch
 
     from data_modules import EpisodicDataModule, UnlabelledDataModule
-    from data_modules.datamodule import loader_transport
+    from data_modules.datamodules.loading import loader_transport
     from fsseg.precision import set_float32_matmul
 
     cuda = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)), global_rank=0, world_size=1)

@@ -20,16 +20,16 @@ from data_modules import (
     KvasirSEG,
     Nucleus,
     Pothole,
-    SpecializationDataModule,
+    SupportSetDataModule,
 )
-from data_modules.masks import BadSampleError
-from data_modules.pool import save_test_csv
-from data_modules.specialize import (
+from data_modules.episodes.distillfss_budget import (
     hierarchical_uniform_indices,
     per_class_budget,
     select_support_budget,
     split_train_test,
 )
+from data_modules.image_io import BadSampleError
+from data_modules.readers.pool import save_test_csv
 from fsseg.metrics import DatasetForegroundIoU, FewShotIoU, binarize_multiclass
 from fsseg.modules import SpecializeModule
 from tests.shared_data import SHARED
@@ -170,14 +170,14 @@ def test_isic_reader_three_classes(tmp_path):
     assert masks[0].sum() == 0 and masks[1].sum() == 80 and masks[2].sum() == 0
     # DistillFSS's K = 9 over 3 classes + background: 9 // 4 = 2 per class (6 in all, isic.py:106),
     # picked in the training ids (0, 1, 2 | 4, 5 | 7, 8): test images (the published ones) never supports
-    dm = BudgetSpecializationDataModule("isic", str(root), budget=9, image_size=56)
+    dm = BudgetSpecializationDataModule("isic_distillfss", str(root), budget=9, image_size=56)
     assert dm.support_keys == {0: ["ISIC_0000000", "ISIC_0000002"], 1: ["ISIC_0000004", "ISIC_0000005"],
                                2: ["ISIC_0000007", "ISIC_0000008"]}
     assert dm.test_keys == ["ISIC_0000003", "ISIC_0000006"]
-    assert BudgetSpecializationDataModule("isic", str(root), budget=7, image_size=56).support_keys == \
+    assert BudgetSpecializationDataModule("isic_distillfss", str(root), budget=7, image_size=56).support_keys == \
         {0: ["ISIC_0000000"], 1: ["ISIC_0000004"], 2: ["ISIC_0000007"]}  # 7 // 4 = 1
     with pytest.raises(ValueError, match="gives 3 // 4"):  # the reference samples none and fails
-        BudgetSpecializationDataModule("isic", str(root), budget=3, image_size=56)
+        BudgetSpecializationDataModule("isic_distillfss", str(root), budget=3, image_size=56)
     sup = dm.support_set()
     assert tuple(sup["support"].shape) == (3, 2, 3, 56, 56)
     q = [dm._query_loader().dataset[i] for i in range(2)]
@@ -259,7 +259,7 @@ def test_ragged_supports_specialise_and_log_dataset_iou(tmp_path):
     root = isic_tree(tmp_path / "ISIC")
     ds = ISIC3(str(root))
     # 2 / 2 / 1 shots, scored at the masks' own size (20x24), the labels path of both metrics
-    dm = SpecializationDataModule.from_dataset(
+    dm = SupportSetDataModule(
         ds, {0: ["ISIC_0000000", "ISIC_0000002"], 1: ["ISIC_0000004", "ISIC_0000005"], 2: ["ISIC_0000007"]},
         [("ISIC_0000003", 0), ("ISIC_0000006", 1), ("ISIC_0000008", 2)], image_size=56, repeats=1, batch_size=4,
         scoring_size="original")

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from data_modules import BudgetSpecializationDataModule, Industrial, KvasirSEG, LungCancer, Pothole, WeedMap
-from data_modules.industrial import cv2_grey, fold_classes
-from data_modules.masks import BadSampleError
-from data_modules.pool import save_test_csv
-from data_modules.safe_pickle import UnsafePickleError, read_dataframe_columns
+from data_modules.benchmarks.industrial import cv2_grey, fold_classes
+from data_modules.image_io import BadSampleError
+from data_modules.readers.pool import save_test_csv
+from data_modules.readers.safe_pickle import UnsafePickleError, read_dataframe_columns
 from tests.cli_utils import CONFIGS, csv_logger, last_value, read_metrics, run_fsseg
 from tests.distillfss_trees import (
     INDUSTRIAL_CLASSES,

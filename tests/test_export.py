@@ -117,7 +117,7 @@ def test_image_graph_resizes_bit_for_bit_like_fsseg_predict(tmp_path):
 def test_specialised_checkpoint_exports_and_matches_fsseg_predict_on_eiffel_photos(tmp_path):
     """README path: specialise on the eiffel supports, `fsseg export` the specialised checkpoint with no
     --support_dir, run the uint8 any-size graph on the original photos: its masks equal `fsseg predict`'s."""
-    from data_modules.masks import read_image
+    from data_modules.image_io import read_image
     from tests.cli_utils import CONFIGS, run_fsseg
     from tests.shared_data import SHARED
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from data_modules.coco import Coco20i
-from data_modules.datamodule import EpisodicDataModule
+from data_modules import EpisodicDataModule
+from data_modules.benchmarks.coco20i import Coco20i
 from data_modules.episodes import EpisodeDataset, batch_to_model_dtypes, collate_dicts
-from data_modules.synthetic import SyntheticFewShot
+from data_modules.readers.synthetic import SyntheticFewShot
 from data_modules.transforms import FusedHDMNetAugment, HDMNetAugment
 
 
@@ -99,7 +99,7 @@ def test_encoded_jpegs_only_where_the_device_decode_equals_read_image(tmp_path):
     from PIL import Image
 
     from data_modules.device_decode import EncodedJPEG, read_encoded_jpeg
-    from data_modules.masks import read_image
+    from data_modules.image_io import read_image
 
     plain = read_encoded_jpeg(_jpeg(tmp_path / "a.jpg", quality=90))
     assert isinstance(plain, EncodedJPEG) and plain.shape == (48, 64, 3)
@@ -128,7 +128,7 @@ def test_device_path_sends_jpeg_bytes_and_decodes_them_on_the_device(tmp_path, m
     items = [EpisodeDataset(ds, **kw)[i] for i in range(3)]
     assert all(isinstance(im, EncodedJPEG) for it in items for k in ("query", "support") for im in it[k].images)
     got = batch_to_model_dtypes(collate_dicts(items))
-    monkeypatch.setattr("data_modules.base.read_encoded_jpeg", lambda path: None)  # decode in the loader
+    monkeypatch.setattr("data_modules.readers.base.read_encoded_jpeg", lambda path: None)  # decode in the loader
     decoded = [EpisodeDataset(ds, **kw)[i] for i in range(3)]
     assert all(isinstance(im, np.ndarray) for it in decoded for im in it["support"].images)
     # torchvision's decode equals PIL's (read_image): the batches are equal, with a fraction of the bytes sent

@@ -1,4 +1,4 @@
-"""Mask-derived pools built once (``data_modules.mask_index``): areas cached under the mask files'
+"""Mask-derived pools built once (``data_modules.readers.mask_index``): areas cached under the mask files'
 names, sizes and mtimes; the area rule applied to them equals the rule applied to the masks; under
 DDP (2 gloo processes) rank 0 builds and the other rank reads."""
 
@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from bench.loader import write_coco_tree
-from data_modules.coco import Coco20i
-from data_modules.layout import classes_by_area
-from data_modules.mask_index import mask_areas
-from data_modules.masks import read_mask
+from data_modules.benchmarks.coco20i import Coco20i
+from data_modules.image_io import read_mask
+from data_modules.readers.layout import classes_by_area
+from data_modules.readers.mask_index import mask_areas
 
 
 def test_areas_are_cached_and_rekeyed_when_a_mask_changes(tmp_path):

@@ -229,8 +229,8 @@ def test_large_photo_overlay_capped_and_mask_full_size(tmp_path):
 
 
 def test_soft_masks_read_by_one_rule_in_predict_and_the_web_demo(tmp_path):
-    from data_modules.folder import FolderDataset
-    from data_modules.masks import BadSampleError, binary_mask_from_array, soft_mask_to_binary
+    from data_modules.image_io import BadSampleError, binary_mask_from_array, soft_mask_to_binary
+    from data_modules.readers.folder import FolderDataset
     from fsseg.webui import mask_from_upload
 
     soft = np.zeros((40, 40), np.uint8)

@@ -11,8 +11,10 @@ import pytest
 from PIL import Image
 
 from data_modules import Coco20i
-from data_modules.deepglobe import Deepglobe
-from fsseg.prepare import main, prepare_coco20i, prepare_deepglobe, prepare_pascal5i
+from data_modules.benchmarks.coco20i import prepare_coco20i
+from data_modules.benchmarks.deepglobe import Deepglobe, prepare_deepglobe
+from data_modules.benchmarks.pascal5i import prepare_pascal5i
+from fsseg.prepare import main
 
 # COCO's 80 category ids (1..90 without these ten), written in shuffled order in the JSON.
 COCO_MISSING_IDS = {12, 26, 29, 30, 45, 66, 68, 69, 71, 83}
@@ -98,7 +100,7 @@ def test_prepare_coco20i_overlaps_crowd_and_restart(tmp_path, capsys, monkeypatc
     assert [os.path.basename(k) for k in ds.samples_by_class[0]] == ["COCO_val2014_000000000007.jpg"]
     assert ds.class_names[0] == "cat1"
     # the area rule from index.json alone: no mask is opened
-    import data_modules.mask_index as mask_index
+    import data_modules.readers.mask_index as mask_index
 
     def no_mask(path):
         raise AssertionError(f"mask opened: {path}")

@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 from data_modules import EpisodicDataModule, Pascal5i
-from data_modules.coco import read_pool_pickle
-from data_modules.pascal import read_class_file_dict
-from data_modules.protocols import HDMNET_SEEDS, PROTOCOLS
+from data_modules.benchmarks.coco20i import read_pool_pickle
+from data_modules.benchmarks.pascal5i import read_class_file_dict
+from data_modules.episodes.protocols import HDMNET_SEEDS, PROTOCOLS
+from fsseg.registry import RegistryError
 from tests.shared_data import GOLDEN, SHARED
 
 from .cli_utils import CONFIGS, TINY_FEWSHOT, csv_logger, run_fsseg
@@ -314,7 +315,7 @@ def test_fit_then_test_on_an_episodes_file(tmp_path):
 
 def test_bad_protocol_inputs_are_named(tmp_path):
     root, lists = _voc_tree(tmp_path)
-    with pytest.raises(ValueError, match="unknown episode protocol 'hdmnett'.*registered"):
+    with pytest.raises(RegistryError, match="unknown episode protocol 'hdmnett'.*registered"):
         EpisodicDataModule("pascal5i", root=str(root), protocol="hdmnett")
     with pytest.raises(ValueError, match="'hdmnet' cannot use HSNet's lists"):
         EpisodicDataModule("pascal5i", root=str(root), split_dir=str(lists / "hsnet"), protocol="hdmnet").setup("test")

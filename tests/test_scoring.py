@@ -16,8 +16,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from data_modules import EpisodicDataModule
-from data_modules.base import FewShotDataset
 from data_modules.episodes import EpisodeDataset, batch_to_model_dtypes, collate_dicts, fixed_episode_list
+from data_modules.readers.base import FewShotDataset
 from data_modules.transforms import HDMNetAugment, scoring_label
 from fsseg.metrics import FewShotIoU, update_scored
 from fsseg.modules import FewShotModule

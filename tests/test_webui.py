@@ -160,7 +160,7 @@ def _eiffel_supports():
 
 
 def test_demo_takes_as_many_supports_as_predict_without_browser():
-    from data_modules.folder import FolderDataset
+    from data_modules.readers.folder import FolderDataset
     from fsseg.webui import pair_uploaded_supports
 
     images, masks = _eiffel_supports()

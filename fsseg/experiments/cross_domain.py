@@ -29,7 +29,7 @@ from typing import Dict, List
 import lightning as L
 import torch
 
-from data_modules import FolderDataset, SpecializationDataModule, SyntheticFewShot, novel_classes
+from data_modules import FolderDataset, SupportSetDataModule, SyntheticFewShot, novel_classes
 from fsseg.metrics import FewShotIoU, binarize_multiclass
 from fsseg.modules.specialize import SpecializeModule
 
@@ -76,7 +76,7 @@ def _gflops(fn) -> float:
 
 
 @torch.no_grad()
-def _evaluate(module: SpecializeModule, dm: SpecializationDataModule, stats: Dict, repeats: int) -> None:
+def _evaluate(module: SpecializeModule, dm: SupportSetDataModule, stats: Dict, repeats: int) -> None:
     sup = dm.support_set()
     support, masks = sup["support"][None], sup["support_masks"][None]  # [1,N,K,...]
     student, teacher = module.student.eval(), module.teacher.eval()
@@ -95,7 +95,7 @@ def _evaluate(module: SpecializeModule, dm: SpecializationDataModule, stats: Dic
                 stats["timing"] = [lambda q=q: student(q), lambda q=q: teacher.segment_multiclass(q, support, masks)]
 
 
-def _specialise(args, dm: SpecializationDataModule) -> SpecializeModule:
+def _specialise(args, dm: SupportSetDataModule) -> SpecializeModule:
     module = _module(args)
     trainer = L.Trainer(max_epochs=args.epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -124,7 +124,7 @@ def run(args) -> List[dict]:
             rot = min(args.rotations, n)
             for r in range(rot):
                 others = keys[r + 1:] + keys[:r]
-                dm = SpecializationDataModule.from_dataset(ds, {cid: others[:k]}, [(keys[r], cid)], image_size=size,
+                dm = SupportSetDataModule(ds, {cid: others[:k]}, [(keys[r], cid)], image_size=size,
                                                            repeats=args.repeats, batch_size=args.batch_size)
                 module = _specialise(args, dm)
                 _evaluate(module, dm, stats, args.repeats_timing)
@@ -136,7 +136,7 @@ def run(args) -> List[dict]:
         ds = SyntheticFewShot(fold=0, split="test", image_size=size, images_per_class=k + 4, classes=classes)
         sup = {c: ds.samples_by_class[c][:k] for c in classes}
         queries = [(key, c) for c in classes for key in ds.samples_by_class[c][k:]]
-        dm = SpecializationDataModule.from_dataset(ds, sup, queries, image_size=size, repeats=args.repeats,
+        dm = SupportSetDataModule(ds, sup, queries, image_size=size, repeats=args.repeats,
                                                    batch_size=args.batch_size)
         stats = {"spec": FewShotIoU(2), "epi": FewShotIoU(2), "timing": None}
         module = _specialise(args, dm)
