@@ -1,6 +1,6 @@
 """Inference: DINOv2 floor, FS-DINO variants and SAM image encoders (dual-encoder rows), in fp32 and
 bf16 side by side, each row with its FLOPs (counted once per model), achieved GFLOP/s and fraction of
-the measured matmul peak, and the fp32-vs-bf16 pixel agreement. ``python -m bench.inference``."""
+the measured matmul peak, and the fp32-vs-bf16 pixel agreement. ``python -m bench --sections inference``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -198,7 +198,7 @@ def worker(spec: dict) -> dict:
         out["configs"] = {"1": r}
         out["mem_method"] = mem.method
         if dm is not None:
-            from bench.training import distillation_composed
+            from bench.distillation_step import distillation_composed
 
             out["distillation"] = distillation_composed(dm, cfg, device, r)
     else:
@@ -352,7 +352,7 @@ def demo_agreement(precisions: List[str], device: str = "cpu", demo_dir: Optiona
     if ckpt is None:
         where = Path(demo_dir) if demo_dir else REPO / "outputs" / "demo"
         return dict(skipped=f"no trained demo model under {where}: run `make demo` first (about 30 min), "
-                            "then `python -m bench.inference` (or `make bench`)")
+                            "then `python -m bench --sections inference` (or `make bench`)")
     hp = torch.load(str(ckpt), map_location="cpu", weights_only=True)["datamodule_hyper_parameters"]
     dm = EpisodicDataModule(**{k: v for k, v in hp.items() if not k.startswith("_")})
     dm.setup("test")
@@ -415,10 +415,8 @@ def measure(cfg: dict, res: dict, devices: list, sections: frozenset = frozenset
     normalize_dual(cfg, res)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # the fresh process of bench.common.run_worker
     import sys
 
     if not worker_main(None, worker):
-        from bench.run import main
-
-        sys.exit(main(["--sections", NAME, *sys.argv[1:]]))
+        sys.exit("bench.inference runs one worker (--worker SPEC); the benchmark: python -m bench --sections inference")

@@ -168,7 +168,7 @@ def test_quick_run_reports_the_instruction_rate_the_peaks_are_read_against(quick
 
 def test_instruction_bound_worked_by_hand():
     # fp32 at 180 of a 200 GFLOP/s FMA rate (90%), bf16 dot products at 2.0x: 2.0x needs bf16 at 90%
-    from bench.report import _instruction_bound
+    from bench.report.targets import _instruction_bound
 
     full1 = {"by_precision": {"32": {"gflops_per_s": 180.0}, "bf16-mixed": {"gflops_per_s": 300.0}}}
     text = _instruction_bound({}, full1, {"gflops": {"32": 200.0, "bf16-mixed": 400.0}, "ratio": 2.0})
