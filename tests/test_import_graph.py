@@ -1,6 +1,6 @@
-"""Imports point one way in ``bench/`` and ``fsseg/cli/``: no cycles (imports inside functions
-counted too), ``bench.run`` imported only by the entry point ``python -m bench``, every module
-importable alone, and ``fsseg --help`` answered without torch or Lightning."""
+"""Imports point one way in ``bench/``, ``fsseg/cli/`` and ``fsseg/export/``: no cycles (imports inside functions
+counted too), ``bench.run`` imported only by the entry point ``python -m bench``, every bench
+module importable alone, and ``fsseg --help`` (and a tool's) answered without torch or Lightning."""
 from __future__ import annotations
 
 import ast
@@ -70,7 +70,7 @@ def _cycle(graph: dict):
     return None
 
 
-@pytest.mark.parametrize("package", ["bench", "fsseg.cli"])
+@pytest.mark.parametrize("package", ["bench", "fsseg.cli", "fsseg.export"])
 def test_no_import_cycle(package):
     assert _cycle(_graph(package)) is None
 
@@ -87,11 +87,15 @@ def test_every_bench_module_imports_alone():
         subprocess.run([sys.executable, "-c", f"import {module}"], cwd=REPO, check=True)
 
 
-def test_help_imports_neither_torch_nor_lightning():
+@pytest.mark.parametrize("argv", [["--help"], ["params", "--help"], ["export", "--help"]])
+def test_help_imports_neither_torch_nor_lightning(argv):
     code = ("import sys, contextlib, io\n"
             "from fsseg.cli import main\n"
             "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
-            "    main(['--help'])\n"
+            "    try:\n"
+            f"        main({argv!r})\n"
+            "    except SystemExit as e:\n"
+            "        assert e.code in (0, None), e.code\n"
             "assert out.getvalue().startswith('usage: fsseg'), out.getvalue()\n"
             "heavy = sorted(m for m in ('torch', 'lightning') if m in sys.modules)\n"
             "assert not heavy, heavy\n")
