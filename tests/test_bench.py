@@ -137,8 +137,7 @@ def test_quick_run_reports_both_peak_measurements(quick_run):
     out, res = quick_run
     peak = res["peak"]["cpu"]["32"]
     assert set(peak["measured"]) == {"start of run", "before the inference rows"}
-    assert peak["gflops"] == max(peak["measured"].values()) or math.isclose(
-        peak["gflops"], max(peak["measured"].values()), rel_tol=1e-3)
+    assert math.isclose(peak["gflops"], max(peak["measured"].values()), abs_tol=0.05)  # `measured` is rounded to 0.1
     assert "higher of two measurements" in (out / "results.md").read_text()
     # every GEMM library torch reaches is measured and the faster one is the peak (MKL alone would
     # flatter every row on AMD CPUs)
