@@ -42,10 +42,10 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check fsseg data_modules callbacks tests
 
-# bench.run: speed/roofline on full-size models; bench.distillfss: specialised vs episodic with the trained
+# python -m bench: speed/roofline on full-size models; bench.distillfss: specialised vs episodic with the trained
 # demo model (skipped with a note when `make demo` has not run: it never fakes figures)
 bench: install
-	$(PY) -m bench.run
+	$(PY) -m bench
 	@if [ -f outputs/demo/fewshot/checkpoints/best.ckpt ]; then $(PY) -m bench.distillfss; \
 	else echo "bench.distillfss skipped: run 'make demo' first (it needs the trained demo model)"; fi
 

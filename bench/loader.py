@@ -1,5 +1,5 @@
 """Input pipeline: the CPU cost of one training episode, the bytes it sends to the device, and the
-loader cores a GPU needs to be fed at the model's FLOPs per episode. ``python -m bench.loader``.
+loader cores a GPU needs to be fed at the model's FLOPs per episode. ``python -m bench --sections loader``.
 
 Method
 ------
@@ -34,7 +34,6 @@ from typing import Optional
 
 from bench.common import REPO, log, timeit, timeit_interleaved
 
-NAME = "loader"
 PATHS = ("exact", "fast", "device")  # data_modules.episodes.INPUT_PATHS, in report order
 # Datasheet dense (no sparsity) bf16 tensor-core peaks, TFLOP/s (vendor figures; estimates here).
 GPU_CLASSES = (
@@ -285,11 +284,3 @@ def target(ld: dict) -> Optional[dict]:
                 why="fast: uint8 throughout, one affine warp for scale+rotate+flip+resize, uint8 batches; device: "
                     "JPEGs travel as bytes and are decoded, warped and blurred on the device; the CPU reads the files "
                     "and decodes and warps the masks: what remains is mostly the PNG mask decodes")
-
-
-if __name__ == "__main__":
-    import sys
-
-    from bench.run import main
-
-    sys.exit(main(["--sections", NAME, *sys.argv[1:]]))

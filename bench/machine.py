@@ -1,6 +1,6 @@
 """The machine, its measured matrix-multiply peak in fp32 and bf16 (same threads), the roofline every
 inference row is read against, and (CPU) the cores' multiply-add instruction rate that bounds both.
-``python -m bench.machine``."""
+``python -m bench --sections machine``."""
 from __future__ import annotations
 
 import os
@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Optional
 
 from bench.common import log, timeit_interleaved
-
-NAME = "machine"
 
 
 def machine_info() -> dict:
@@ -122,11 +120,3 @@ def measure(cfg: dict, res: dict, devices: list, **_) -> None:
                 f"{p} {g:.0f} GFLOP/s" for p, g in ip["gflops"].items())))
     res["peak"] = peaks
     res["instruction_peak"] = instruction
-
-
-if __name__ == "__main__":
-    import sys
-
-    from bench.run import main
-
-    sys.exit(main(["--sections", NAME, *sys.argv[1:]]))

@@ -1,5 +1,5 @@
 """Support reuse: N queries on one K-shot support set encoded once, vs the encoder passes alone and
-vs re-encoding the supports per query, in every precision. ``python -m bench.reuse``."""
+vs re-encoding the supports per query, in every precision. ``python -m bench --sections reuse``."""
 from __future__ import annotations
 
 import gc
@@ -7,8 +7,6 @@ import statistics
 import time
 
 from bench.common import build_fsdino_cfg, log, rand_inputs, summarize, sync, timeit
-
-NAME = "reuse"
 
 
 def reuse_bench(cfg: dict, device: str, precision: str = "32") -> dict:
@@ -87,11 +85,3 @@ def measure(cfg: dict, res: dict, devices: list, **_) -> None:
 
     dev = devices[-1]
     res["reuse"] = dict(device=dev, by_precision={p: reuse_bench(cfg, dev, p) for p in precisions_for(dev)})
-
-
-if __name__ == "__main__":
-    import sys
-
-    from bench.run import main
-
-    sys.exit(main(["--sections", NAME, *sys.argv[1:]]))

@@ -1,8 +1,8 @@
 """Cost benchmark (``make bench``): FS-DINO few-shot segmentation vs dual-encoder (DINOv2 + SAM)
 designs, fp32 and bf16, against the machine's measured matrix-multiply peak.
 
-``python -m bench.run [--quick] [--output-dir DIR] [--sections a,b]`` runs the measurements of
-``MEASUREMENTS`` in order (one module each, every one also runnable alone: ``python -m bench.reuse``)
+``python -m bench [--quick] [--output-dir DIR] [--sections a,b]`` runs the measurements of
+``MEASUREMENTS`` in order (one module each, any subset with ``--sections``: ``--sections reuse``)
 and writes ``results.json``, ``results.md`` and PNG plots. Full-size models with random weights
 (speed does not depend on weight values), inputs at 518x518 (DINOv2's resolution; SAM resizes to its
 1024x1024 input itself); the bf16-vs-fp32 accuracy row uses the trained demo model (``make demo``).
@@ -38,7 +38,6 @@ import argparse
 import importlib
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -46,8 +45,8 @@ from typing import List, Optional
 from bench.common import log, make_config
 
 # One module per measurement, run in this order by `make bench`; each has
-# `measure(cfg, res, devices, **opts)` and runs alone with `python -m bench.<name>`.
-# `machine` (the matmul peak) always runs first.
+# `measure(cfg, res, devices, **opts)` and runs alone with `python -m bench --sections <name>`.
+# `machine` (the matmul peak) always runs first. Only bench/__main__.py imports this module.
 MEASUREMENTS = ["machine", "inference", "training", "reuse", "scaling", "specialized", "loader"]
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -55,7 +54,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 def main(argv: Optional[List[str]] = None) -> int:
     from bench import report
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny models, few reps (< 1 min), for tests")
     ap.add_argument("--output-dir", default=None,
                     help="default: bench/ for the whole benchmark, bench/partial/<sections>/ for a subset")
@@ -110,7 +109,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     for t in res["targets"]:
         log(f"{'PASS' if t['passed'] else 'MISS'}: {t['name']}: {t['measured']}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

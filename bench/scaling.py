@@ -1,11 +1,9 @@
-"""FS-DINO full latency vs shots K, input resolution and classes N. ``python -m bench.scaling``."""
+"""FS-DINO full latency vs shots K, input resolution and classes N. ``python -m bench --sections scaling``."""
 from __future__ import annotations
 
 from typing import Optional
 
 from bench.common import build_fsdino_cfg, log, rand_inputs, timeit
-
-NAME = "scaling"
 
 
 def scaling_bench(cfg: dict, device: str, inference: Optional[dict] = None) -> dict:
@@ -66,11 +64,3 @@ def scaling_bench(cfg: dict, device: str, inference: Optional[dict] = None) -> d
 
 def measure(cfg: dict, res: dict, devices: list, **_) -> None:
     res["scaling"] = scaling_bench(cfg, devices[-1], res.get("inference", {}).get(devices[-1]))
-
-
-if __name__ == "__main__":
-    import sys
-
-    from bench.run import main
-
-    sys.exit(main(["--sections", NAME, *sys.argv[1:]]))

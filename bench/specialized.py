@@ -1,9 +1,7 @@
-"""Specialised (support-free) model vs episodic FS-DINO as K grows. ``python -m bench.specialized``."""
+"""Specialised (support-free) model vs episodic FS-DINO as K grows. ``python -m bench --sections specialized``."""
 from __future__ import annotations
 
 from bench.common import build_fsdino_cfg, log, n_params, rand_inputs, timeit
-
-NAME = "specialized"
 
 
 def specialized_bench(cfg: dict, device: str) -> dict:
@@ -52,11 +50,3 @@ def measure(cfg: dict, res: dict, devices: list, **_) -> None:
     res["specialized_vs_episodic"] = specialized_bench(cfg, devices[-1])
     if res["specialized_vs_episodic"].get("skipped"):
         res.setdefault("skipped", []).append(res["specialized_vs_episodic"]["skipped"])
-
-
-if __name__ == "__main__":
-    import sys
-
-    from bench.run import main
-
-    sys.exit(main(["--sections", NAME, *sys.argv[1:]]))

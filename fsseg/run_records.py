@@ -116,7 +116,7 @@ def format_summary(s: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------- results
-def test_results(model, datamodule) -> dict:
+def collect_test_results(model, datamodule) -> dict:
     """``{"metrics": {"test/miou", ...}, "iou_per_class": {name: iou}}`` of the test just run."""
     last = dict(getattr(model, "last_metrics", {}) or {})
     per_class = last.pop("test/iou_per_class", None) or {}
@@ -133,7 +133,7 @@ def test_results(model, datamodule) -> dict:
 def record_test(trainer, model, datamodule, run: Optional[Run], job: str, weights: Optional[str]) -> dict:
     """Write ``results.json`` into the run folder and log the per-class IoU table to W&B.
     ``job``: ``fit+test`` (tested at the end of its own fit) or ``test`` (a test-only run)."""
-    res = test_results(model, datamodule)
+    res = collect_test_results(model, datamodule)
     res.update({"job": job, "weights": str(weights) if weights else "in-memory (no checkpoint)",
                 "finished": time.time()})
     if run is not None:

@@ -115,7 +115,9 @@ class Check:
 
 
 @dataclass
-class Run:
+class RunOutcome:
+    """What one ``fsseg fit`` / ``fsseg test`` subprocess gave (not a run folder: ``fsseg.runs.Run``)."""
+
     ok: bool
     metrics: dict = field(default_factory=dict)
     throughput: dict = field(default_factory=dict)
@@ -157,7 +159,7 @@ def _error_tail(text: str) -> str:
     return (errors[-1] if errors else lines[-1] if lines else "no output")[:300]
 
 
-def run_fit(work: Path, name: str, accelerator: str, devices: int, precision: str, timeout: float) -> Run:
+def run_fit(work: Path, name: str, accelerator: str, devices: int, precision: str, timeout: float) -> RunOutcome:
     """``fsseg fit`` + ``test`` (``--test_after_fit``) of the small model; the checkpoint kept."""
     d = work / name
     d.mkdir(parents=True, exist_ok=True)
@@ -175,7 +177,7 @@ def run_fit(work: Path, name: str, accelerator: str, devices: int, precision: st
             "--trainer.callbacks", cbs, "--test_after_fit", "true"]
     t0 = time.perf_counter()
     rc, out = _fsseg(args, d, timeout)
-    run = Run(ok=rc == 0, seconds=time.perf_counter() - t0, error="" if rc == 0 else _error_tail(out))
+    run = RunOutcome(ok=rc == 0, seconds=time.perf_counter() - t0, error="" if rc == 0 else _error_tail(out))
     run.metrics = _last_metrics(d)
     if (d / "throughput.json").is_file():
         run.throughput = json.loads((d / "throughput.json").read_text())
@@ -187,7 +189,7 @@ def run_fit(work: Path, name: str, accelerator: str, devices: int, precision: st
 
 
 def run_test(work: Path, name: str, ckpt: str, accelerator: str, devices: int, precision: str,
-             timeout: float) -> Run:
+             timeout: float) -> RunOutcome:
     d = work / name
     d.mkdir(parents=True, exist_ok=True)
     logger = json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger",
@@ -198,7 +200,7 @@ def run_test(work: Path, name: str, ckpt: str, accelerator: str, devices: int, p
             "--trainer.default_root_dir", str(d), "--trainer.logger", logger]
     t0 = time.perf_counter()
     rc, out = _fsseg(args, d, timeout)
-    run = Run(ok=rc == 0, seconds=time.perf_counter() - t0, error="" if rc == 0 else _error_tail(out))
+    run = RunOutcome(ok=rc == 0, seconds=time.perf_counter() - t0, error="" if rc == 0 else _error_tail(out))
     run.metrics = _last_metrics(d)
     if run.ok and "test/miou" not in run.metrics:
         run.ok, run.error = False, "no test/miou logged"
@@ -254,11 +256,11 @@ def _throughput_text(t: dict) -> str:
     return text
 
 
-def _miou(run: Run) -> float:
+def _miou(run: RunOutcome) -> float:
     return run.metrics.get("test/miou", math.nan)
 
 
-def _fit_check(name: str, run: Run) -> Check:
+def _fit_check(name: str, run: RunOutcome) -> Check:
     if not run.ok:
         return Check(name, "FAIL", run.error)
     loss = run.metrics.get("train/loss", math.nan)
@@ -268,7 +270,7 @@ def _fit_check(name: str, run: Run) -> Check:
                                + _throughput_text(run.throughput))
 
 
-def _compare(name: str, run: Run, reference: Run, tolerance: float, loss_rtol: Optional[float] = None) -> Check:
+def _compare(name: str, run: RunOutcome, reference: RunOutcome, tolerance: float, loss_rtol: Optional[float] = None) -> Check:
     """``run``'s test metrics against ``reference``'s: mIoU and FB-IoU within ``tolerance`` points,
     the test loss within ``loss_rtol`` (relative) when given."""
     if not run.ok:
@@ -286,7 +288,7 @@ def _compare(name: str, run: Run, reference: Run, tolerance: float, loss_rtol: O
     return Check(name, "PASS" if ok else "FAIL", ", ".join(parts) + f"; IoUs within {tolerance} points required")
 
 
-def cpu_checks(work: Path, timeout: float, emit) -> Optional[Run]:
+def cpu_checks(work: Path, timeout: float, emit) -> Optional[RunOutcome]:
     ref = run_fit(work, "cpu-32", "cpu", 1, "32", timeout)
     emit(_fit_check("fit+test on cpu, 32", ref))
     ddp = run_fit(work, "cpu-ddp2", "cpu", 2, "32", timeout)
@@ -299,7 +301,7 @@ def cpu_checks(work: Path, timeout: float, emit) -> Optional[Run]:
     return ref if ref.ok else None
 
 
-def gpu_checks(work: Path, timeout: float, emit, reference: Optional[Run], gpus: int) -> None:
+def gpu_checks(work: Path, timeout: float, emit, reference: Optional[RunOutcome], gpus: int) -> None:
     for precision in ("32", "bf16-mixed", "16-mixed"):
         run = run_fit(work, f"gpu-{precision}", "cuda", 1, precision, timeout)
         emit(_fit_check(f"fit+test on 1 GPU, {precision}", run))

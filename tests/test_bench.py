@@ -137,8 +137,7 @@ def test_quick_run_reports_both_peak_measurements(quick_run):
     out, res = quick_run
     peak = res["peak"]["cpu"]["32"]
     assert set(peak["measured"]) == {"start of run", "before the inference rows"}
-    assert peak["gflops"] == max(peak["measured"].values()) or math.isclose(
-        peak["gflops"], max(peak["measured"].values()), rel_tol=1e-3)
+    assert math.isclose(peak["gflops"], max(peak["measured"].values()), abs_tol=0.05)  # `measured` is rounded to 0.1
     assert "higher of two measurements" in (out / "results.md").read_text()
     # every GEMM library torch reaches is measured and the faster one is the peak (MKL alone would
     # flatter every row on AMD CPUs)
@@ -168,7 +167,7 @@ def test_quick_run_reports_the_instruction_rate_the_peaks_are_read_against(quick
 
 def test_instruction_bound_worked_by_hand():
     # fp32 at 180 of a 200 GFLOP/s FMA rate (90%), bf16 dot products at 2.0x: 2.0x needs bf16 at 90%
-    from bench.report import _instruction_bound
+    from bench.report.targets import _instruction_bound
 
     full1 = {"by_precision": {"32": {"gflops_per_s": 180.0}, "bf16-mixed": {"gflops_per_s": 300.0}}}
     text = _instruction_bound({}, full1, {"gflops": {"32": 200.0, "bf16-mixed": 400.0}, "ratio": 2.0})

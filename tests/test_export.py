@@ -10,7 +10,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from fsseg.cli import main as cli_main
-from fsseg.export import SMALL_MODEL, EncodedSegmenter, trained_state_dict
+from fsseg.export import SMALL_MODEL
+from fsseg.export.wrappers import EncodedSegmenter, trained_state_dict
 from fsseg.modules import FewShotModule
 
 LOGIT_TOL = 1e-4  # max abs difference onnxruntime vs PyTorch on the logits (measured ~1e-6 on CPU)
@@ -94,7 +95,7 @@ def test_image_graph_resizes_bit_for_bit_like_fsseg_predict(tmp_path):
     import cv2
 
     from data_modules.transforms import image_to_tensor, resize_image
-    from fsseg.export import add_image_io
+    from fsseg.export.image_graph import add_image_io
 
     rng = np.random.default_rng(0)
     for size in (112, 518):

@@ -234,7 +234,7 @@ def test_index_masks_take_a_class_list(tmp_path):
 def test_every_readme_table_error_is_one_error_line(tmp_path):
     """Each error of the README table (the reliability catalogue) is what `fsseg` prints as one
     `error:` line (exit 2): a user error, one line, naming the file where there is one."""
-    from fsseg.cli import _is_user_error, _user_facing
+    from fsseg.cli.errors import is_user_error, user_facing
     from tests.test_reliability import CATALOGUE
 
     cli_cases = {"checkpoint_other_architecture", "config_unknown_key"}  # run through the CLI themselves
@@ -248,8 +248,8 @@ def test_every_readme_table_error_is_one_error_line(tmp_path):
             err = case(d, skip=False)
         if not isinstance(err, Exception):
             continue  # handled correctly (skipped with a warning), no error
-        assert _is_user_error(err), (name, type(err))
-        line = one_line(_user_facing(err))
+        assert is_user_error(err), (name, type(err))
+        line = one_line(user_facing(err))
         assert "\n" not in line and line, name
         path = getattr(err, "path", None)
         if path:

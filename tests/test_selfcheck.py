@@ -35,13 +35,13 @@ def test_gpu_part_compares_each_precision_with_the_cpu_run(monkeypatch, tmp_path
     stated tolerance passes, one outside fails, DDP runs with 2 or more GPUs."""
     from fsseg import selfcheck as sc
 
-    reference = sc.Run(ok=True, metrics={"test/miou": 40.0, "test/fbiou": 60.0, "test/loss": 1.0}, ckpt="cpu.ckpt")
+    reference = sc.RunOutcome(ok=True, metrics={"test/miou": 40.0, "test/fbiou": 60.0, "test/loss": 1.0}, ckpt="cpu.ckpt")
     shifted = {"32": 0.1, "bf16-mixed": 1.5, "16-mixed": 3.0}  # 16-mixed beyond its 1.0 points
     calls = []
 
     def fake_fit(work, name, accelerator, devices, precision, timeout):
         calls.append(("fit", accelerator, devices, precision))
-        return sc.Run(ok=True, metrics={"test/miou": 41.0, "test/fbiou": 61.0, "train/loss": 0.5, "test/loss": 1.0},
+        return sc.RunOutcome(ok=True, metrics={"test/miou": 41.0, "test/fbiou": 61.0, "train/loss": 0.5, "test/loss": 1.0},
                       throughput={"episodes_per_s": 100.0, "compute_s": 1.0, "data_wait_s": 0.25,
                                   "peak_gpu_bytes": 2**30}, ckpt=f"{name}.ckpt")
 
@@ -49,7 +49,7 @@ def test_gpu_part_compares_each_precision_with_the_cpu_run(monkeypatch, tmp_path
         calls.append(("test", ckpt, accelerator, devices, precision))
         d = shifted.get(precision, 0.0) if ckpt == "cpu.ckpt" else 0.0
         base = reference.metrics if ckpt == "cpu.ckpt" else {"test/miou": 41.0, "test/fbiou": 61.0}
-        return sc.Run(ok=True, metrics={"test/miou": base["test/miou"] + d, "test/fbiou": base["test/fbiou"],
+        return sc.RunOutcome(ok=True, metrics={"test/miou": base["test/miou"] + d, "test/fbiou": base["test/fbiou"],
                                         "test/loss": 1.001})
 
     monkeypatch.setattr(sc, "run_fit", fake_fit)

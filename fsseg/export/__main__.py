@@ -1,0 +1,5 @@
+"""``python -m fsseg.export``: ``fsseg export``."""
+
+from fsseg.export import main
+
+main()
