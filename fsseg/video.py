@@ -174,7 +174,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     if not a.ckpt_path and not a.small:
         raise SystemExit("fsseg davis: give --ckpt_path (a trained FewShotModule checkpoint), or --small for the "
                          "built-in small model with random weights")
-    from fsseg.export import inference_device, load_module, place_module
+    from fsseg.inference import inference_device, load_module, place_module
 
     try:
         device = inference_device(a.device)

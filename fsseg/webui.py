@@ -232,7 +232,7 @@ def build_app(module):
 
 
 def load_module(ckpt_path: Optional[str], dinov2_checkpoint: Optional[str] = None):
-    from fsseg.export import load_module as _load
+    from fsseg.inference import load_module as _load
 
     return _load(ckpt_path, small=not ckpt_path, dinov2_checkpoint=dinov2_checkpoint)
 
@@ -258,7 +258,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         import gradio  # noqa: F401
     except ImportError as e:
         raise SystemExit("fsseg demo-ui needs gradio: pip install 'fsseg[demo]'") from e
-    from fsseg.export import inference_device, place_module
+    from fsseg.inference import inference_device, place_module
 
     try:
         device = inference_device(a.device)

@@ -171,7 +171,7 @@ def test_merge_rule_background_unless_a_logit_is_positive_then_the_largest():
 
 
 def small_module():
-    from fsseg.export import load_module
+    from fsseg.inference import load_module
 
     return load_module(None, small=True)
 
@@ -250,7 +250,7 @@ def test_device_choice_for_the_inference_tools(capsys):
     """``--device`` of ``fsseg davis`` and ``fsseg demo-ui``: ``auto`` is the GPU when one is visible;
     a GPU that is not there is a one-line error naming the flag; the precision is applied after the
     move (emulated GPU: the meta device), so 16-mixed is accepted for a GPU."""
-    from fsseg.export import inference_device, load_module, place_module
+    from fsseg.inference import inference_device, load_module, place_module
     from fsseg.webui import main as webui_main
 
     assert inference_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -10,8 +10,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from fsseg.cli import main as cli_main
-from fsseg.export import SMALL_MODEL
 from fsseg.export.wrappers import EncodedSegmenter, trained_state_dict
+from fsseg.inference import SMALL_MODEL
 from fsseg.modules import FewShotModule
 
 LOGIT_TOL = 1e-4  # max abs difference onnxruntime vs PyTorch on the logits (measured ~1e-6 on CPU)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from callbacks import PredictionWriter
 from fsseg.cli import run_cli
-from fsseg.export import SMALL_MODEL
+from fsseg.inference import SMALL_MODEL
 from fsseg.modules import FewShotModule
 from tests.shared_data import SHARED
 

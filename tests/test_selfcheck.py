@@ -33,7 +33,7 @@ def test_selfcheck_on_this_cpu(tmp_path, capsys):
 def test_gpu_part_compares_each_precision_with_the_cpu_run(monkeypatch, tmp_path):
     """The GPU checks' bookkeeping (their runs replaced by recorded results): a GPU test within the
     stated tolerance passes, one outside fails, DDP runs with 2 or more GPUs."""
-    from fsseg import selfcheck as sc
+    from fsseg.selfcheck import cli_checks as sc
 
     reference = sc.RunOutcome(ok=True, metrics={"test/miou": 40.0, "test/fbiou": 60.0, "test/loss": 1.0}, ckpt="cpu.ckpt")
     shifted = {"32": 0.1, "bf16-mixed": 1.5, "16-mixed": 3.0}  # 16-mixed beyond its 1.0 points

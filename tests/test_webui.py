@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fsseg.export import SMALL_MODEL
+from fsseg.inference import SMALL_MODEL
 from fsseg.modules import FewShotModule
 from fsseg.webui import DemoSegmenter, editor_image_and_mask, mask_from_upload
 

@@ -45,10 +45,9 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-from fsseg.export.loading import SMALL_MODEL, inference_device, load_module, place_module
 from fsseg.export.pipeline import BUNDLE_NAME, IMAGE_ONNX_NAME, export
 
-__all__ = ["SMALL_MODEL", "export", "inference_device", "load_module", "main", "place_module"]
+__all__ = ["export", "main"]
 
 
 class RawDescriptionDefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

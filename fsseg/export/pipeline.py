@@ -11,9 +11,9 @@ from typing import Optional
 import numpy as np
 
 from fsseg.export.image_graph import add_image_io, image_graph_parity
-from fsseg.export.loading import load_module
 from fsseg.export.onnx_graph import onnx_batch_dim, onnx_export, run_onnx
 from fsseg.export.reference_script import REFERENCE_SCRIPT
+from fsseg.inference import load_module
 
 ONNX_NAME = "fsseg_segmenter.onnx"
 IMAGE_ONNX_NAME = "fsseg_image_segmenter.onnx"

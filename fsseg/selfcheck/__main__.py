@@ -1,0 +1,5 @@
+"""``python -m fsseg.selfcheck``: ``fsseg selfcheck``."""
+
+from fsseg.selfcheck import main
+
+main()
