@@ -16,7 +16,7 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 
 class TeacherEmbeddingCache(L.Callback):
-    """Cache the frozen SAM teacher's embeddings on disk (stage 1's main cost lever, SPEC sec. 2).
+    """Cache the frozen SAM teacher's embeddings on disk (stage 1's main cost lever: FS-DINO sec. 3.3.2 distils on 1% of SA-1B).
 
     The teacher always sees un-augmented images at its 1024 input, so an embedding is computed once
     and reused by every epoch and every curriculum stage. The namespace
@@ -53,7 +53,7 @@ class TeacherEmbeddingCache(L.Callback):
                                                  _train_images(trainer)))
 
 
-# The paper's stage 1: 1% of SA-1B, ~110k images (SPEC sec. 2)
+# The paper's stage 1: 1% of SA-1B, ~110k images (FS-DINO sec. 3.3.2 and 4.1)
 SA1B_ONE_PERCENT = 110_000
 
 

@@ -124,7 +124,7 @@ class EpisodicDataModule(L.LightningDataModule):
         synthetic_image_size: int = 112,
         synthetic_images_per_class: int = 50,
         eval_batch_size: Optional[int] = None,
-        # -- episode protocol (issue 11) --
+        # -- episode protocol (data_modules/episodes/protocols.py) --
         protocol: str = "fsseg",
         episodes_file: Optional[str] = None,
         force_episodes_file: bool = False,

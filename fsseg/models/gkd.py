@@ -16,10 +16,10 @@ abstract:
     ``|| A t - t ||^2 / N``: what student location i retrieves from the teacher should be the
     teacher's knowledge at i. This rewards *selective* attention (a sharp A picking the tokens
     that carry t_i), so the attention stays peaked while the student learns.
-  - ``shared`` (fsseg before this option): ``W_q``/``W_k`` trained on the distillation loss
+  - ``shared``: ``W_q``/``W_k`` trained on the distillation loss
     itself. ``|| A (t - s) ||^2`` is smallest when A averages the error away, so the attention
     flattens to uniform (entropy 1.33 -> 4.32 of 4.39 in 1500 steps with a fixed student) and the
-    soft term degenerates into matching spatial means. Kept so older checkpoints train as before.
+    soft term degenerates into matching spatial means. Kept to measure that collapse against.
   In both modes the attention's *inputs* are detached (``detach_attention=True``): the student
   cannot lower the loss by moving its queries.
   With ``learnable=False`` the attention is plain scaled cosine similarity.
