@@ -2,13 +2,8 @@
 expected keys and sane numbers. No timing assertions (timings depend on the machine and its load)."""
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # bench/ is a top-level folder, not an installed package
 
 
 def _numbers(obj):
@@ -36,17 +31,20 @@ def quick_run(tmp_path_factory):
     return out, json.loads((out / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_files_written(quick_run):
     out, res = quick_run
     md = (out / "results.md").read_text()
     assert "## Targets" in md and "Machine:" in md
-    assert ("PASS" in md) or ("MISS" in md)
+    for t in res["targets"]:  # every target's verdict, as results.json has it
+        assert f"| {t['name']} | {t['measured']} | **{'PASS' if t['passed'] else 'MISS'}** |" in md, t["name"]
     for name in res["plots"]:
         p = out / name
         assert p.exists() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert {"latency_inference.png", "scaling_shots.png", "scaling_resolution.png", "scaling_classes.png"} <= set(res["plots"])
 
 
+@pytest.mark.slow
 def test_keys_and_numbers(quick_run):
     _, res = quick_run
     for key in ("machine", "config", "inference", "reuse", "training", "scaling", "specialized_vs_episodic",
@@ -88,12 +86,12 @@ def test_keys_and_numbers(quick_run):
         bf = r["by_precision"]["bf16-mixed"]
         assert _positive_finite(bf["speedup_vs_fp32"]) and _positive_finite(bf["gflops_per_s"])
         if r["kind"] != "floor":
-            assert 0.5 <= bf["pixel_agreement_vs_fp32"] <= 1.0
+            assert 0.97 <= bf["pixel_agreement_vs_fp32"] <= 1.0  # 0.995-0.999 on the reference machine
     da = inf["demo_agreement"]  # a clean clone has no `make demo` output: then it says so
     if da.get("skipped"):
         assert "make demo" in da["skipped"]
     else:
-        assert 0 <= da["by_precision"]["bf16-mixed"]["pixel_agreement_vs_fp32"] <= 1
+        assert 0.97 <= da["by_precision"]["bf16-mixed"]["pixel_agreement_vs_fp32"] <= 1
 
     tr = res["training"]
     for key in ("distillation", "fewshot"):
@@ -133,6 +131,7 @@ def test_peak_is_the_best_of_the_two_measurements():
     assert best_peaks(start, {})["32"]["measured"] == {"start of run": 145.0}
 
 
+@pytest.mark.slow
 def test_quick_run_reports_both_peak_measurements(quick_run):
     out, res = quick_run
     peak = res["peak"]["cpu"]["32"]
@@ -151,6 +150,7 @@ def test_quick_run_reports_both_peak_measurements(quick_run):
     assert "faster of torch.mm" in (out / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_quick_run_reports_the_instruction_rate_the_peaks_are_read_against(quick_run):
     out, res = quick_run
     from fsseg.kernels import cpu_kernels_status

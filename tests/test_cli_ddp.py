@@ -9,16 +9,18 @@ import pytest
 import yaml
 
 from data_modules.episodes import TrainEpisodeSampler
-from tests.cli_utils import CONFIGS, TINY_FEWSHOT, csv_logger, read_metrics, run_fsseg
+from tests.cli_utils import csv_logger, read_metrics, run_fsseg
+from tests.paths import CONFIGS
 
 DDP2 = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
         "--trainer.enable_progress_bar", "false", "--trainer.num_sanity_val_steps", "0"]
 
 
-def test_ddp_fit_with_fewer_episodes_than_an_even_split_finishes(tmp_path):
+@pytest.mark.slow
+def test_ddp_fit_with_fewer_episodes_than_an_even_split_finishes(tmp_path, tiny_fewshot):
     """3 training episodes, batch 1, 2 ranks: rank 0 had 2 batches, rank 1 had 1 and the run waited
     forever in rank 0's second gradient all-reduce. Now both ranks take 2 steps per epoch."""
-    run_fsseg(["fit", *TINY_FEWSHOT, "--data.init_args.dataset", "synthetic", "--data.init_args.batch_size", "1",
+    run_fsseg(["fit", *tiny_fewshot, "--data.init_args.dataset", "synthetic", "--data.init_args.batch_size", "1",
                "--data.init_args.train_episodes_per_epoch", "3", "--data.init_args.val_episodes", "3",
                "--trainer.max_epochs", "2", *DDP2, "--trainer.default_root_dir", str(tmp_path),
                *csv_logger(tmp_path)], cwd=tmp_path, timeout=240)
@@ -70,14 +72,15 @@ def test_one_pass_configs_give_every_rank_the_same_number_of_batches():
                 assert len(counts) == 1, (batch_size, world, length, counts)
 
 
-def test_ddp_nonfinite_loss_on_one_rank_is_skipped_on_both(tmp_path):
+@pytest.mark.slow
+def test_ddp_nonfinite_loss_on_one_rank_is_skipped_on_both(tmp_path, tiny_fewshot):
     """``nonfinite: skip`` with a NaN loss on rank 1 only: both ranks skip that step (rank 0 alone
     used to wait in the gradient all-reduce for ever) and the run finishes."""
     import json
 
     cb = (f'[{{"class_path": "tests.fault_injection.NaNQueryOnRank", "init_args": '
           f'{{"at": 1, "rank": 1, "record_dir": "{tmp_path}"}}}}]')
-    run_fsseg(["fit", *TINY_FEWSHOT, "--model.init_args.variant", "compact", "--model.init_args.nonfinite", "skip",
+    run_fsseg(["fit", *tiny_fewshot, "--model.init_args.variant", "compact", "--model.init_args.nonfinite", "skip",
                "--data.init_args.dataset", "synthetic", "--data.init_args.batch_size", "1",
                "--data.init_args.train_episodes_per_epoch", "6", "--data.init_args.val_episodes", "2",
                "--trainer.max_epochs", "1", *DDP2, "--trainer.default_root_dir", str(tmp_path),
@@ -88,7 +91,8 @@ def test_ddp_nonfinite_loss_on_one_rank_is_skipped_on_both(tmp_path):
     assert records[0]["global_step"] == records[1]["global_step"]
 
 
-def test_sigterm_ends_a_fit_stuck_in_native_code(tmp_path):
+@pytest.mark.slow
+def test_sigterm_ends_a_fit_stuck_in_native_code(tmp_path, tiny_fewshot):
     """A cluster's time limit sends SIGTERM: a run stuck where Lightning's handler cannot stop it
     exits with 143 after ``--sigterm_grace_s`` (it used to ignore SIGTERM; only SIGKILL ended it)."""
     import os
@@ -97,13 +101,13 @@ def test_sigterm_ends_a_fit_stuck_in_native_code(tmp_path):
     import sys
     import time
 
-    from tests.cli_utils import REPO
+    from tests.paths import REPO
 
     marker = tmp_path / "stalled"
     cb = (f'[{{"class_path": "tests.fault_injection.StallAtStep", "init_args": '
           f'{{"at": 1, "marker": "{marker}"}}}}]')
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", WANDB_MODE="offline")
-    proc = subprocess.Popen([sys.executable, "-m", "fsseg.cli", "fit", *TINY_FEWSHOT, "--model.init_args.variant",
+    proc = subprocess.Popen([sys.executable, "-m", "fsseg.cli", "fit", *tiny_fewshot, "--model.init_args.variant",
                              "compact", "--data.init_args.dataset", "synthetic", "--data.init_args.batch_size", "1",
                              "--data.init_args.train_episodes_per_epoch", "4", "--trainer.max_epochs", "1",
                              "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
@@ -169,20 +173,19 @@ def test_gpu_defaults_for_loaders_and_fp32_matmuls():
         torch.set_float32_matmul_precision(before)
 
 
-def test_curriculum_on_two_ranks_switches_both_and_shares_the_teacher_cache(tmp_path):
+@pytest.mark.slow
+def test_curriculum_on_two_ranks_switches_both_and_shares_the_teacher_cache(tmp_path, tiny_distill):
     """Stage 1's curriculum (126 -> 252 -> 518 at test sizes 28 -> 42 -> 56) in one run on 2 gloo
     ranks: both switch resolution at the same epochs, the run finishes, and the teacher cache filled
     by both ranks at once serves every later epoch (each image encoded by the teacher once in all)."""
     import json
-
-    from tests.cli_utils import TINY_DISTILL
 
     cache = tmp_path / "cache"
     cbs = (f'[{{"class_path": "callbacks.ResolutionCurriculum", "init_args": {{"resolutions": [28, 42, 56], '
            f'"epochs_per_stage": 1}}}}, {{"class_path": "callbacks.TeacherEmbeddingCache", "init_args": '
            f'{{"cache_dir": "{cache}"}}}}, {{"class_path": "tests.fault_injection.RecordRankState", '
            f'"init_args": {{"record_dir": "{tmp_path}"}}}}]')
-    run_fsseg(["fit", "--config", str(CONFIGS / "distill_curriculum.yaml"), *TINY_DISTILL,
+    run_fsseg(["fit", "--config", str(CONFIGS / "distill_curriculum.yaml"), *tiny_distill,
                "--data.init_args.synthetic_images", "16", "--data.init_args.val_fraction", "0.25",
                "--trainer.max_epochs", "3", *DDP2, "--trainer.default_root_dir", str(tmp_path),
                "--trainer.logger", "false", "--trainer.callbacks", cbs], cwd=tmp_path, timeout=300)
@@ -200,7 +203,7 @@ def test_sigterm_watch_ignores_a_signal_sent_to_a_forked_child():
     import sys
     import textwrap
 
-    from tests.cli_utils import REPO
+    from tests.paths import REPO
 
     code = textwrap.dedent("""
         import os, signal, sys, time
@@ -222,7 +225,7 @@ def test_sigterm_watch_ignores_a_signal_sent_to_a_forked_child():
     assert proc.returncode == 0 and proc.stdout.strip() == "alive", (proc.returncode, proc.stderr[-2000:])
 
 
-def test_cli_applies_float32_matmul_and_the_kernel_switch(tmp_path):
+def test_cli_applies_float32_matmul_and_the_kernel_switch(tmp_path, tiny_fewshot):
     """``--float32_matmul`` is applied when the trainer is built (``auto`` on this CPU leaves torch's
     default), and ``--cpu_kernels false`` turns fsseg's CPU kernels off."""
     import torch
@@ -233,9 +236,9 @@ def test_cli_applies_float32_matmul_and_the_kernel_switch(tmp_path):
     before, enabled = torch.get_float32_matmul_precision(), list(cpu_kernels._enabled)
     try:
         torch.set_float32_matmul_precision("highest")
-        run_cli([*TINY_FEWSHOT, "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path)], run=False)
+        run_cli([*tiny_fewshot, "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path)], run=False)
         assert torch.get_float32_matmul_precision() == "highest" and cpu_kernels_enabled()
-        run_cli([*TINY_FEWSHOT, "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path),
+        run_cli([*tiny_fewshot, "--trainer.accelerator", "cpu", "--trainer.default_root_dir", str(tmp_path),
                  "--float32_matmul", "medium", "--cpu_kernels", "false"], run=False)
         assert torch.get_float32_matmul_precision() == "medium" and not cpu_kernels_enabled()
     finally:

@@ -1,4 +1,4 @@
-"""Reliability (issue #8): bad input, interrupted runs, determinism and safe loading, each proven.
+"""How fsseg fails: bad input, crashes, interrupted runs, determinism and safe loading, each proven.
 
 * ``test_bad_input_catalogue``: every bad input of the README table gives a clear error naming the
   file and the problem (or, with ``skip_bad_samples=True``, a counted skip).
@@ -6,19 +6,17 @@
   which samples did it.
 * ``test_nonfinite_loss_*``: NaN loss stops before the weights change (``raise``) or is skipped and
   counted (``skip``).
-* ``test_fewshot_sigkill_resume_*`` / ``test_lightning_checkpoint_write_is_atomic``: interrupted runs.
+* ``test_fewshot_sigkill_resume_*``: interrupted runs (the atomic checkpoint write itself:
+  tests/test_fsseg_checkpoint_io.py).
 * ``test_fsseg_test_deterministic_*``: repeated runs and worker counts give identical metrics.
-* ``test_*weights_only*`` / ``test_tensor_cache_two_processes``: safe loading and concurrent caches.
+* ``test_*weights_only*``: safe loading (concurrent caches: tests/test_fsseg_cache.py).
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
 import random
 import re
 import signal
-import time
 import warnings
 from pathlib import Path
 
@@ -35,12 +33,11 @@ from data_modules import (
     UnlabelledDataModule,
 )
 from data_modules.episodes import Episode, EpisodeDataset
-from fsseg.cache import TensorDiskCache
 from fsseg.models.weights import CheckpointMismatchError, CheckpointNotFoundError
 from fsseg.modules import DistillationModule, FewShotModule
 from fsseg.modules.common import NonFiniteLossError, SampleTrackingMixin
-from tests.cli_utils import REPO, TINY_FEWSHOT, csv_logger, last_value, read_metrics, run_fsseg
-from tests.test_data import _make_folder, _save
+from tests.cli_utils import TINY_FEWSHOT, csv_logger, last_value, read_metrics, run_fsseg
+from tests.image_folders import make_folder, save_image
 
 TINY = dict(backbone="dinov2_tiny", image_size=112, decoder_dim=32, decoder_mlp_dim=64, decoder_heads=2)
 
@@ -90,14 +87,14 @@ def _tiny_ckpt(path: Path, variant: str, keep_hparams: bool = True) -> Path:
 # ============================================================================ 1. bad-input catalogue
 def case_corrupt_jpeg(tmp, skip):
     root = tmp / "data"
-    _make_folder(root, n=5)
+    make_folder(root, n=5)
     (root / "images" / "2.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
     return _folder_case(root, skip, "images/2.jpg", "images/2.jpg", "cannot decode")
 
 
 def case_truncated_png(tmp, skip):
     root = tmp / "data"
-    _make_folder(root, n=5)
+    make_folder(root, n=5)
     data = (root / "masks" / "1.png").read_bytes()
     (root / "masks" / "1.png").write_bytes(data[: len(data) // 2])
     return _folder_case(root, skip, "masks/1.png", "masks/1.png", "cannot decode")
@@ -105,7 +102,7 @@ def case_truncated_png(tmp, skip):
 
 def case_mask_size_mismatch(tmp, skip):
     root = tmp / "data"
-    _make_folder(root, n=5, mask_fn=lambda i, m: np.zeros((30, 30), np.uint8) if i == 3 else m)
+    make_folder(root, n=5, mask_fn=lambda i, m: np.zeros((30, 30), np.uint8) if i == 3 else m)
     return _folder_case(root, skip, "3.png", "masks/3.png", "images/3.jpg", "30x30", "differs")
 
 
@@ -117,13 +114,13 @@ def case_unexpected_mask_values(tmp, skip):
             m = m.copy()
             m[30:, :] = 7
         return m
-    _make_folder(root, n=5, mask_fn=odd)
+    make_folder(root, n=5, mask_fn=odd)
     return _folder_case(root, skip, "4.png", "masks/4.png", "unexpected mask values")
 
 
 def case_empty_support_mask_episode(tmp, skip):
     root = tmp / "data"
-    _make_folder(root, n=4, mask_fn=lambda i, m: np.zeros_like(m) if i == 0 else m)
+    make_folder(root, n=4, mask_fn=lambda i, m: np.zeros_like(m) if i == 0 else m)
     ds = FolderDataset(str(root))
     k = sorted(ds.samples_by_class[0])
     episodes = [Episode(k[1], ((k[0],),), (0,)), Episode(k[2], ((k[3],),), (0,))]
@@ -139,27 +136,27 @@ def case_empty_support_mask_episode(tmp, skip):
 
 def case_empty_support_mask_predict(tmp, skip):
     sup = tmp / "support"
-    _make_folder(sup, n=2, mask_fn=lambda i, m: np.zeros_like(m) if i == 1 else m)
+    make_folder(sup, n=2, mask_fn=lambda i, m: np.zeros_like(m) if i == 1 else m)
     q = tmp / "photos"
-    _save(str(q / "a.jpg"), np.zeros((20, 20, 3), np.uint8))
+    save_image(str(q / "a.jpg"), np.zeros((20, 20, 3), np.uint8))
     dm = SupportQueryFolderDataModule(str(sup), str(q), image_size=32)
     return _expect(dm.support_batch, BadSampleError, "masks/1.png", "empty support mask")
 
 
 def case_too_few_images_for_k_shot(tmp, skip):
     root = tmp / "data"
-    _make_folder(root, n=4)
+    make_folder(root, n=4)
     dm = _test_dm(root, shots=4)
     _expect(lambda: dm.setup("test"), ValueError, "K+1=5", "'data': 4")
     q = tmp / "photos"
-    _save(str(q / "a.jpg"), np.zeros((20, 20, 3), np.uint8))
+    save_image(str(q / "a.jpg"), np.zeros((20, 20, 3), np.uint8))
     pdm = SupportQueryFolderDataModule(str(root), str(q), image_size=32, shots=5)
     return _expect(pdm.support_batch, ValueError, "fewer than K=5", "'data': 4")
 
 
 def case_non_image_file(tmp, skip):
     root = tmp / "data"
-    _make_folder(root, n=3)
+    make_folder(root, n=3)
     (root / "images" / "notes.txt").write_text("not an image")
     with pytest.warns(UserWarning, match=r"skipped 1 non-image file.*notes.txt"):
         ds = FolderDataset(str(root))
@@ -168,8 +165,8 @@ def case_non_image_file(tmp, skip):
 
 def case_image_without_mask(tmp, skip):
     root = tmp / "data"
-    _make_folder(root, n=3)
-    _save(str(root / "images" / "9.jpg"), np.zeros((40, 50, 3), np.uint8))
+    make_folder(root, n=3)
+    save_image(str(root / "images" / "9.jpg"), np.zeros((40, 50, 3), np.uint8))
     with pytest.warns(UserWarning, match=r"1 image\(s\) without a mask.*9.jpg"):
         ds = FolderDataset(str(root))
     assert len(ds.samples_by_class[0]) == 3
@@ -179,8 +176,8 @@ def case_empty_image_folder(tmp, skip):
     (tmp / "empty").mkdir()
     dm = UnlabelledDataModule(root=str(tmp / "empty"), image_size=32)
     _expect(dm.setup, FileNotFoundError, "empty", "contains no images")
-    _save(str(tmp / "s" / "images" / "0.jpg"), np.zeros((8, 8, 3), np.uint8))
-    _save(str(tmp / "s" / "masks" / "0.png"), np.ones((8, 8), np.uint8) * 255)
+    save_image(str(tmp / "s" / "images" / "0.jpg"), np.zeros((8, 8, 3), np.uint8))
+    save_image(str(tmp / "s" / "masks" / "0.png"), np.ones((8, 8), np.uint8) * 255)
     return _expect(lambda: SupportQueryFolderDataModule(str(tmp / "s"), str(tmp / "empty")), FileNotFoundError,
                    "query folder", "contains no images")
 
@@ -188,7 +185,7 @@ def case_empty_image_folder(tmp, skip):
 def case_corrupt_unlabelled_image(tmp, skip):
     d = tmp / "unlabelled"
     for i in range(3):
-        _save(str(d / f"{i}.png"), np.zeros((16, 16, 3), np.uint8))
+        save_image(str(d / f"{i}.png"), np.zeros((16, 16, 3), np.uint8))
     (d / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     dm = UnlabelledDataModule(root=str(d), image_size=16, val_fraction=0, batch_size=1, shuffle=False)
     return _expect(lambda: _iterate(dm.train_dataloader()), BadSampleError, "1.png", "cannot decode")
@@ -246,7 +243,11 @@ SKIPPABLE = ["corrupt_jpeg", "truncated_png", "mask_size_mismatch", "unexpected_
              "empty_support_mask_episode"]
 
 
-@pytest.mark.parametrize("case", list(CATALOGUE))
+RUN_THROUGH_THE_CLI = {"checkpoint_other_architecture", "config_unknown_key"}  # a CLI process each: slow
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in RUN_THROUGH_THE_CLI else c
+                                  for c in CATALOGUE])
 def test_bad_input_catalogue(case, tmp_path):
     CATALOGUE[case](tmp_path, skip=False)
 
@@ -292,6 +293,7 @@ def _episodes_dm(**kw):
                                           train_episodes_per_epoch=8, val_episodes=2, test_episodes=2), **kw))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["fewshot", "distillation"])
 def test_training_error_names_the_batch(which, tmp_path, monkeypatch):
     """An exception inside a training step carries the global step and the batch's sample ids."""
@@ -325,7 +327,7 @@ def test_training_error_names_the_batch(which, tmp_path, monkeypatch):
 def test_loader_error_names_the_file(tmp_path):
     """A BadSampleError raised in a DataLoader worker process during fit names the file."""
     root = tmp_path / "data"
-    _make_folder(root, n=3, size=(56, 56))
+    make_folder(root, n=3, size=(56, 56))
     (root / "images" / "1.jpg").write_bytes(b"garbage")
     dm = EpisodicDataModule(dataset="folder", root=str(root), shots=1, image_size=112, batch_size=2,
                             train_episodes_per_epoch=8, num_workers=2, augment=False)
@@ -347,6 +349,7 @@ class _NaNImage(L.Callback):
             batch["query"][0, :, :8, :8] = float("nan")
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_raise_names_step_and_samples_weights_untouched(tmp_path):
     L.seed_everything(0)
     module = FewShotModule(variant="compact", nonfinite="raise", **TINY)
@@ -362,6 +365,7 @@ def test_nonfinite_loss_raise_names_step_and_samples_weights_untouched(tmp_path)
     assert any(not torch.equal(rec.weights[0][k], rec.weights[2][k]) for k in after)  # earlier steps did train
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_skip_counts_and_continues(tmp_path):
     L.seed_everything(0)
     module = FewShotModule(variant="compact", nonfinite="skip", **TINY)
@@ -411,6 +415,7 @@ def runs(tmp_path_factory):
     return {"dir": t, "full": full, "part": part, "killed": killed, "after_kill": after_kill}
 
 
+@pytest.mark.slow
 def test_fewshot_sigkill_resume_same_weights_and_val_metrics(runs):
     assert runs["killed"].returncode == -signal.SIGKILL, runs["killed"].stderr[-2000:]
     # every checkpoint left by the killed run is whole; last.ckpt is the end of epoch 1
@@ -436,76 +441,22 @@ def _fsseg_test(runs, ckpt: Path, name: str, extra=()) -> tuple:
     return tuple(last_value(rows, k) for k in ("test/miou", "test/fbiou", "test/loss"))
 
 
+@pytest.mark.slow
 def test_fsseg_test_deterministic_across_runs_workers_and_resume(runs):
     """`fsseg test` of the uninterrupted run with 0 and 2 workers, and of the resumed run's checkpoint
     (identical weights, so also a repeated run): bit-identical metrics. 1 vs 2 DDP processes:
-    tests/test_training.py::test_ddp_two_cpu_processes_match_one_process."""
+    tests/test_cli_training.py::test_ddp_two_cpu_processes_match_one_process."""
     a = _fsseg_test(runs, runs["full"] / "ckpt" / "last.ckpt", "test_w0")
     b = _fsseg_test(runs, runs["full"] / "ckpt" / "last.ckpt", "test_w2", ["--data.init_args.num_workers", "2"])
     c = _fsseg_test(runs, runs["part"] / "ckpt" / "last.ckpt", "test_resumed")
     assert a == b == c, (a, b, c)
 
 
-def _rewrite_forever(path: str, naive: bool, q) -> None:
-    from fsseg.checkpoint_io import AtomicCheckpointIO
-
-    torch.set_num_threads(1)
-    io = AtomicCheckpointIO()
-    i = 0
-    while True:
-        ck = {"state_dict": {"w": torch.full((4_000_000,), float(i))}, "i": i}
-        torch.save(ck, path) if naive else io.save_checkpoint(ck, path)
-        q.put(i)
-        i += 1
-
-
-def test_checkpoint_write_is_atomic(tmp_path):
-    """fsseg's trainers write checkpoints with ``AtomicCheckpointIO``: a temporary file in the same
-    folder, fsync, ``os.replace``. SIGKILL a process that rewrites a large checkpoint in a loop at
-    random moments: the file always loads and is one whole version, whatever $TMPDIR is. A plain
-    ``torch.save`` to the same path, killed the same way, is left corrupt -- the test can tell."""
-    rng = random.Random(0)
-
-    def kill_and_check(naive: bool) -> list[bool]:
-        path = tmp_path / ("naive.ckpt" if naive else "last.ckpt")
-        ok = []
-        ctx = mp.get_context("fork")  # no re-import: the writer starts at once
-        for _ in range(4):
-            q = ctx.Queue()
-            p = ctx.Process(target=_rewrite_forever, args=(str(path), naive, q))
-            t0 = time.time()
-            p.start()
-            q.get(timeout=60)  # one whole version exists
-            q.get(timeout=60)
-            time.sleep(rng.uniform(0, (time.time() - t0) / 2))
-            os.kill(p.pid, signal.SIGKILL)
-            p.join()
-            try:
-                ck = torch.load(path, map_location="cpu", weights_only=True)
-                ok.append(bool((ck["state_dict"]["w"] == ck["i"]).all()))
-            except Exception:  # noqa: BLE001 - a torn file fails in many ways
-                ok.append(False)
-        return ok
-
-    assert all(kill_and_check(naive=False))
-    assert not all(kill_and_check(naive=True))
-
-
-def test_cli_trainers_write_checkpoints_atomically():
-    from fsseg.checkpoint_io import AtomicCheckpointIO
-    from fsseg.cli import run_cli
-
-    cli = run_cli(["--trainer.logger", "false", "--model.init_args.backbone", "dinov2_tiny",
-                   "--model.init_args.image_size", "112", "--model.init_args.decoder_dim", "32",
-                   "--model.init_args.decoder_mlp_dim", "64", "--model.init_args.decoder_heads", "2"], run=False)
-    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
-
-
 # ================================================================================ 6. safe loading
-def test_every_checkpoint_load_in_the_code_base_is_weights_only():
+def test_every_checkpoint_load_in_the_code_base_is_weights_only(repo):
     calls = []
     for d in ("fsseg", "data_modules", "callbacks"):
-        for f in (REPO / d).rglob("*.py"):
+        for f in (repo / d).rglob("*.py"):
             text = f.read_text()
             for m in re.finditer(r"(torch\.load|load_from_checkpoint)\(", text):
                 depth, i = 0, m.end() - 1
@@ -514,7 +465,7 @@ def test_every_checkpoint_load_in_the_code_base_is_weights_only():
                     if depth == 0:
                         break
                     i += 1
-                calls.append((f"{f.relative_to(REPO)}:{text[:m.start()].count(chr(10)) + 1}", text[m.start():i + 1]))
+                calls.append((f"{f.relative_to(repo)}:{text[:m.start()].count(chr(10)) + 1}", text[m.start():i + 1]))
     assert calls
     bad = [loc for loc, call in calls if "weights_only=True" not in call]
     assert not bad, bad
@@ -525,6 +476,7 @@ class Payload:  # anything that is not a tensor / plain value
         return (print, ("pickled code ran",))
 
 
+@pytest.mark.slow
 def test_cli_loads_checkpoints_weights_only(runs, tmp_path):
     """`fsseg fit|validate|test|predict` default to `--weights_only true`; a checkpoint with pickled
     code is refused; a real FewShotModule checkpoint loads both ways (see the determinism test, which
@@ -540,50 +492,3 @@ def test_cli_loads_checkpoints_weights_only(runs, tmp_path):
     assert "weights_only" in proc.stderr.lower() or "Weights only load failed" in proc.stderr, proc.stderr[-2000:]
     m = FewShotModule.load_from_checkpoint(runs["full"] / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)
     assert m.hparams.variant == "compact"
-
-
-def _cache_value(key: str) -> dict:
-    g = torch.Generator().manual_seed(int.from_bytes(key.encode(), "little") % (2**31))
-    return {"feat": torch.randn(64, 32, 32, generator=g), "id": torch.tensor([len(key)])}
-
-
-def _cache_worker(root: str, wid: int, rounds: int, q) -> None:
-    cache = TensorDiskCache(root, "ns-test")
-    shared = [f"shared/{i}" for i in range(6)]
-    own = [f"w{wid}/{i}" for i in range(6)]
-    bad = []
-    for r in range(rounds):
-        for key in (shared + own) if (r + wid) % 2 else (own + shared)[::-1]:
-            cache.put(key, _cache_value(key))
-            other = shared[(r * 7 + wid) % len(shared)]
-            path = cache._path(other)
-            if path.exists():  # a reader racing the writers: a file is either absent or whole
-                try:
-                    v = torch.load(path, map_location="cpu", weights_only=True)
-                    if not torch.equal(v["feat"], _cache_value(other)["feat"]):
-                        bad.append(other)
-                except Exception as e:  # noqa: BLE001
-                    bad.append(f"{other}: {e}")
-    q.put((wid, bad))
-
-
-def test_tensor_cache_two_processes(tmp_path):
-    """Two processes fill the same TensorDiskCache at once (same and different keys, many times):
-    readers never see a partial entry, every entry loads with the right value, no temp files remain."""
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_cache_worker, args=(str(tmp_path), w, 15, q)) for w in range(2)]
-    for p in procs:
-        p.start()
-    results = dict(q.get(timeout=240) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
-    assert results == {0: [], 1: []}, results
-    cache = TensorDiskCache(str(tmp_path), "ns-test")
-    keys = [f"shared/{i}" for i in range(6)] + [f"w{w}/{i}" for w in range(2) for i in range(6)]
-    assert len(cache) == len(keys)
-    for k in keys:
-        v = cache.get(k)
-        assert v is not None and torch.equal(v["feat"], _cache_value(k)["feat"]), k
-    assert not list(cache.dir.rglob(".tmp-*"))

@@ -30,6 +30,7 @@ from data_modules import (
 )
 from data_modules.episodes import batch_to_model_dtypes
 from data_modules.synthetic import NUM_CLASSES, class_attributes, render
+from tests.image_folders import make_folder, save_image
 
 
 # ----------------------------------------------------------------------------------- synthetic
@@ -214,20 +215,6 @@ def test_unlabelled_datamodule_synthetic_fallback(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- bad inputs
-def _save(path, arr):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(arr).save(path)
-
-
-def _make_folder(root, n=4, size=(40, 50), mask_fn=None):
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        _save(f"{root}/images/{i}.jpg", rng.integers(0, 255, (*size, 3), dtype=np.uint8))
-        m = np.zeros(size, np.uint8)
-        m[5:20, 10:30] = 255
-        _save(f"{root}/masks/{i}.png", mask_fn(i, m) if mask_fn else m)
-
-
 def test_corrupt_jpeg_and_truncated_png(tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
@@ -245,7 +232,7 @@ def test_corrupt_jpeg_and_truncated_png(tmp_path):
 
 def test_mask_size_mismatch_names_both_files(tmp_path):
     root = tmp_path / "data"
-    _make_folder(root, mask_fn=lambda i, m: np.zeros((30, 30), np.uint8) if i == 2 else m)
+    make_folder(root, mask_fn=lambda i, m: np.zeros((30, 30), np.uint8) if i == 2 else m)
     ds = FolderDataset(str(root))
     key = [k for k in ds.samples_by_class[0] if k.endswith("2.jpg")][0]
     with pytest.raises(BadSampleError) as e:
@@ -258,11 +245,11 @@ def test_unexpected_mask_values(tmp_path):
     m = np.zeros((20, 20), np.uint8)
     m[:5] = 1
     m[10:12] = 7
-    _save(str(tmp_path / "m.png"), m)
+    save_image(str(tmp_path / "m.png"), m)
     with pytest.raises(BadSampleError, match="unexpected mask values"):
         read_mask(tmp_path / "m.png", "binary01")
     root = tmp_path / "data"
-    _make_folder(root, mask_fn=lambda i, mm: m if i == 1 else mm)
+    make_folder(root, mask_fn=lambda i, mm: m if i == 1 else mm)
     with pytest.raises(BadSampleError, match=r"1\.png.*unexpected mask values|unexpected mask values"):
         ds = FolderDataset(str(root))
         ds.load([k for k in ds.samples_by_class[0] if k.endswith("1.jpg")][0], [0])
@@ -270,7 +257,7 @@ def test_unexpected_mask_values(tmp_path):
 
 def test_skip_bad_samples_counts(tmp_path):
     root = tmp_path / "data"
-    _make_folder(root, n=6)
+    make_folder(root, n=6)
     (root / "images" / "3.jpg").write_bytes(b"garbage")
     ds = FolderDataset(str(root))
     eps = fixed_episode_list(ds, shots=1, num_episodes=None)
@@ -293,8 +280,8 @@ def test_empty_folder_and_non_image_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="empty"):
         UnlabelledImageFolder(str(tmp_path / "empty"))
     d = tmp_path / "imgs"
-    _save(str(d / "a.jpg"), np.zeros((10, 12, 3), np.uint8))
-    _save(str(d / "sub" / "b.png"), np.zeros((7, 9, 3), np.uint8))
+    save_image(str(d / "a.jpg"), np.zeros((10, 12, 3), np.uint8))
+    save_image(str(d / "sub" / "b.png"), np.zeros((7, 9, 3), np.uint8))
     (d / "notes.txt").write_text("hello")
     (d / "LICENSE.md").write_text("x")
     with pytest.warns(UserWarning, match="skipped 2 non-image"):
@@ -308,10 +295,10 @@ def test_class_with_too_few_images(tmp_path):
     rng = np.random.default_rng(0)
     for cname, n in (("bus", 3), ("owl", 6)):
         for i in range(1, n + 1):
-            _save(f"{tmp_path}/fss/{cname}/{i}.jpg", rng.integers(0, 255, (24, 24, 3), dtype=np.uint8))
+            save_image(f"{tmp_path}/fss/{cname}/{i}.jpg", rng.integers(0, 255, (24, 24, 3), dtype=np.uint8))
             m = np.zeros((24, 24, 3), np.uint8)
             m[4:12, 4:12] = 255
-            _save(f"{tmp_path}/fss/{cname}/{i}.png", m)
+            save_image(f"{tmp_path}/fss/{cname}/{i}.png", m)
     os.makedirs(tmp_path / "splits")
     for s, names in (("trn", ["cat"]), ("val", ["dog"]), ("test", ["bus", "owl"])):
         (tmp_path / "splits" / f"{s}.txt").write_text("\n".join(names) + "\n")
@@ -326,17 +313,17 @@ def test_class_with_too_few_images(tmp_path):
 
 
 def test_pascal_derived_from_masks(tmp_path):
-    """Pairs derived from the masks (no list_dir); the real list formats: tests/test_protocols.py."""
+    """Pairs derived from the masks (no list_dir); the real list formats: tests/test_data_modules_protocols.py."""
     root = tmp_path / "VOC2012"
     rng = np.random.default_rng(0)
     for i in range(8):
         img_id = f"2007_{i:06d}"
-        _save(f"{root}/JPEGImages/{img_id}.jpg", rng.integers(0, 255, (30, 40, 3), dtype=np.uint8))
+        save_image(f"{root}/JPEGImages/{img_id}.jpg", rng.integers(0, 255, (30, 40, 3), dtype=np.uint8))
         m = np.zeros((30, 40), np.uint8)
         c = [1, 2, 7, 12][i % 4]  # 1-based VOC class
         m[5:20, 5:25] = c
         m[4, 4:26] = 255  # boundary
-        _save(f"{root}/SegmentationClassAug/{img_id}.png", m)
+        save_image(f"{root}/SegmentationClassAug/{img_id}.png", m)
     test = Pascal5i(str(root), 0, "test")
     assert test.class_ids == [0, 1, 2, 3, 4]
     assert test.samples_by_class[0] == ["2007_000000", "2007_000004"] and len(test.samples_by_class[1]) == 2
@@ -352,8 +339,8 @@ def test_pascal_derived_from_masks(tmp_path):
 
 def test_predict_module_multiclass_folders(tmp_path):
     for c in ("cat", "dog"):
-        _make_folder(tmp_path / "sup" / c, n=3)
-    _save(str(tmp_path / "q" / "x.jpg"), np.zeros((33, 77, 3), np.uint8))
+        make_folder(tmp_path / "sup" / c, n=3)
+    save_image(str(tmp_path / "q" / "x.jpg"), np.zeros((33, 77, 3), np.uint8))
     dm = SupportQueryFolderDataModule(str(tmp_path / "sup"), str(tmp_path / "q"), image_size=32)
     sb = dm.support_batch()
     assert sb["support"].shape == (1, 2, 3, 3, 32, 32) and sb["support_masks"].shape == (1, 2, 3, 32, 32)

@@ -17,7 +17,7 @@ from data_modules.industrial import cv2_grey, fold_classes
 from data_modules.masks import BadSampleError
 from data_modules.pool import save_test_csv
 from data_modules.safe_pickle import UnsafePickleError, read_dataframe_columns
-from tests.cli_utils import CONFIGS, csv_logger, last_value, read_metrics, run_fsseg
+from tests.cli_utils import csv_logger, last_value, read_metrics, run_fsseg
 from tests.distillfss_trees import (
     INDUSTRIAL_CLASSES,
     WEEDMAP_TEST,
@@ -26,6 +26,7 @@ from tests.distillfss_trees import (
     weedmap_classes,
     weedmap_tree,
 )
+from tests.paths import CONFIGS
 
 # -------------------------------------------------------------------------------------- WeedMap
 
@@ -266,6 +267,7 @@ def test_ids_are_cut_at_the_first_dot(tmp_path):
     assert Pothole(str(root)).published_test == ["testing/s.x"]  # pothole.py:25
 
 
+@pytest.mark.slow
 def test_fsseg_episodes_writes_the_budget_selection(tmp_path):
     root = industrial_tree(tmp_path / "Industrial")
     cfg = tmp_path / "data.yaml"

@@ -8,6 +8,7 @@ import os
 import tempfile
 
 import numpy as np
+import pytest
 import torch
 
 from bench.loader import write_coco_tree
@@ -55,6 +56,7 @@ def _rank(rank: int, init: str, paths: list, cache: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_build_the_areas_once(tmp_path):
     root = write_coco_tree(tmp_path / "coco", 24, size=(60, 80))
     paths = sorted(str(p) for p in (root / "masks").iterdir())

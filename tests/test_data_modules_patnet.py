@@ -14,6 +14,7 @@ from data_modules.chest_xray import ChestXray
 from data_modules.deepglobe import DEEPGLOBE_CLASSES, Deepglobe
 from data_modules.isic import ISIC
 from data_modules.patnet import patnet_episode_list
+from tests.paths import CONFIGS
 from tests.shared_data import GOLDEN as _GOLDEN
 from tests.shared_data import SHARED as _SHARED
 
@@ -303,9 +304,6 @@ def test_pascal_fold4_trains_on_all_twenty_classes(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- configs
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lightning_configs")
-
-
 def _config(name):
     import yaml
 
@@ -394,12 +392,9 @@ def test_fss1000_ood_configs_build_hsnet_lists(tmp_path):
 # ----------------------------------------------------------------------------------- real files
 
 
-@pytest.mark.shared_data
-def test_isic_reader_on_real_dermoscopy_files(tmp_path):
+def test_isic_reader_on_real_dermoscopy_files(tmp_path, shared_data):
     """The five real ISIC/HAM10000 images of ../shared/data arranged in ISIC-2018's published names."""
-    src = os.path.join(SHARED, "cross-domain", "isic")
-    if not os.path.isdir(src):
-        pytest.skip(f"shared test data not found at {SHARED} (set FSSEG_SHARED_DATA)")
+    src = str(shared_data("cross-domain", "isic"))
     from data_modules import read_mask
 
     ids = sorted(os.path.splitext(f)[0] for f in os.listdir(os.path.join(src, "images")) if f.endswith(".jpg"))

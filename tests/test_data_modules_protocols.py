@@ -1,4 +1,4 @@
-"""Episode protocols (issue 11): the reference test episodes, the field's training lists, episode files,
+"""Episode protocols (data_modules.protocols): the reference test episodes, the field's training lists, episode files,
 worker/rank independence. Tests on the real split lists skip when ../shared is absent."""
 
 import json
@@ -14,11 +14,9 @@ from data_modules import EpisodicDataModule, Pascal5i
 from data_modules.coco import read_pool_pickle
 from data_modules.pascal import read_class_file_dict
 from data_modules.protocols import HDMNET_SEEDS, PROTOCOLS
+from tests.cli_utils import csv_logger, run_fsseg
+from tests.paths import CONFIGS
 from tests.shared_data import GOLDEN, SHARED
-
-from .cli_utils import CONFIGS, TINY_FEWSHOT, csv_logger, run_fsseg
-
-REPO = Path(__file__).resolve().parents[1]
 
 SPLITS = SHARED / "splits"
 needs_splits = pytest.mark.skipif(not (SPLITS / "pascal").is_dir(),
@@ -53,6 +51,7 @@ def _empty_fss_tree(root: Path) -> None:
             (root / name / f"{i}.png").touch()
 
 
+@pytest.mark.slow
 @needs_golden
 def test_hsnet_fss_episodes_equal_golden_via_cli(tmp_path):
     """FSS-1000 class folders holding empty 1..10.jpg/png files; 5-shot through `fsseg episodes` (the
@@ -282,7 +281,8 @@ def test_one_pass_epochs(tmp_path):
     assert lengths == {"fsseg": 45, "hsnet": 45, "hdmnet": 45}  # 15 base classes x 3 training images
 
 
-def test_fit_then_test_on_an_episodes_file(tmp_path):
+@pytest.mark.slow
+def test_fit_then_test_on_an_episodes_file(tmp_path, tiny_fewshot):
     """`fsseg fit` from the real-format lists on a small VOC tree, then `fsseg test` with
     data.episodes_file: the test evaluates exactly the file's episodes."""
     root, lists = _voc_tree(tmp_path)
@@ -291,7 +291,7 @@ def test_fit_then_test_on_an_episodes_file(tmp_path):
             "--data.init_args.batch_size", "2", "--data.init_args.train_episodes_per_epoch", "4",
             "--data.init_args.val_episodes", "2", "--trainer.enable_progress_bar", "false"]
     fit_dir = tmp_path / "fit"
-    run_fsseg(["fit", "--config", cfg, *TINY_FEWSHOT, *data, "--trainer.max_epochs", "1",
+    run_fsseg(["fit", "--config", cfg, *tiny_fewshot, *data, "--trainer.max_epochs", "1",
                "--trainer.default_root_dir", str(fit_dir), *csv_logger(fit_dir),
                "--trainer.callbacks", f'[{{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", '
                f'"init_args": {{"dirpath": "{fit_dir / "ckpt"}", "save_last": true}}}}]'], cwd=tmp_path)
@@ -300,7 +300,7 @@ def test_fit_then_test_on_an_episodes_file(tmp_path):
                                                      protocol="hsnet", test_episodes=9, seed=3).episodes_json("test")))
     expected = json.loads(ep_file.read_text())["episodes"]
     record = tmp_path / "seen"
-    run_fsseg(["test", "--config", cfg, *TINY_FEWSHOT, *data, "--data.init_args.episodes_file", str(ep_file),
+    run_fsseg(["test", "--config", cfg, *tiny_fewshot, *data, "--data.init_args.episodes_file", str(ep_file),
                "--ckpt_path", str(fit_dir / "ckpt" / "last.ckpt"), "--trainer.default_root_dir", str(fit_dir),
                *csv_logger(tmp_path / "test"), "--trainer.callbacks",
                f'[{{"class_path": "tests.episode_recorder.RecordTestEpisodes", "init_args": {{"path": "{record}"}}}}]'],

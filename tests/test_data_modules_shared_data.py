@@ -1,6 +1,5 @@
 """Data package tests on the real, messy files in ../shared/data (or $FSSEG_SHARED_DATA)."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +18,6 @@ from data_modules import (
 )
 from data_modules.masks import detect_mask_encoding
 from tests.shared_data import SHARED
-
-REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = [
     pytest.mark.shared_data,

@@ -176,6 +176,7 @@ def small_module():
     return load_module(None, small=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("memory", [False, True])
 def test_supports_encoded_once_and_frames_batched(memory):
     module = small_module()
@@ -218,6 +219,7 @@ def test_perfect_results_score_one(tmp_path):
                                    "F-Mean": 1.0, "F-Recall": 1.0, "F-Decay": 0.0}
 
 
+@pytest.mark.slow
 @needs_shared
 def test_davis_small_model_end_to_end(tmp_path):
     out = tmp_path / "results"
@@ -246,6 +248,7 @@ def test_davis_small_model_end_to_end(tmp_path):
     assert rows[1].startswith("blackswan_1,") and rows[-1].startswith("synth-wide_2,")
 
 
+@pytest.mark.slow
 def test_device_choice_for_the_inference_tools(capsys):
     """``--device`` of ``fsseg davis`` and ``fsseg demo-ui``: ``auto`` is the GPU when one is visible;
     a GPU that is not there is a one-line error naming the flag; the precision is applied after the
@@ -279,6 +282,7 @@ def test_davis_on_the_chosen_device_and_precision(tmp_path, capsys):
     assert [p.stem for p in sorted((out / seq.name).glob("*.png"))] == seq.frame_ids
 
 
+@pytest.mark.slow
 @needs_shared
 def test_davis_sequences_and_the_printed_scoring_command_agree(tmp_path, capsys):
     """`fsseg davis --sequences blackswan` prints a scoring command that scores exactly that sequence;

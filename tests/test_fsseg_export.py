@@ -29,6 +29,7 @@ def _support(root):
     return root
 
 
+@pytest.mark.slow
 def test_export_onnx_parity_and_safetensors(tmp_path, capsys):
     support = _support(tmp_path / "support")
     out = tmp_path / "export"
@@ -113,17 +114,14 @@ def test_image_graph_resizes_bit_for_bit_like_fsseg_predict(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.shared_data
-def test_specialised_checkpoint_exports_and_matches_fsseg_predict_on_eiffel_photos(tmp_path):
+def test_specialised_checkpoint_exports_and_matches_fsseg_predict_on_eiffel_photos(tmp_path, shared_data):
     """README path: specialise on the eiffel supports, `fsseg export` the specialised checkpoint with no
     --support_dir, run the uint8 any-size graph on the original photos: its masks equal `fsseg predict`'s."""
     from data_modules.masks import read_image
-    from tests.cli_utils import CONFIGS, run_fsseg
-    from tests.shared_data import SHARED
+    from tests.cli_utils import run_fsseg
+    from tests.paths import CONFIGS
 
-    eiffel = SHARED / "fss1000-eiffel"
-    if not eiffel.is_dir():
-        pytest.skip(f"{eiffel} absent (../shared/data)")
+    eiffel = shared_data("fss1000-eiffel")
     cfg = str(CONFIGS / "specialize_folder.yaml")
     run_fsseg(["fit", "--config", cfg, "--data.support_dir", str(eiffel), "--trainer.max_epochs", "1",
                "--data.repeats", "1"], cwd=tmp_path)

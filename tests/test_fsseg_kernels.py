@@ -374,6 +374,7 @@ def test_packed_weight_follows_every_change_of_the_weight():
         assert torch.allclose(out.float(), ref, rtol=2 ** -7, atol=1e-2)
 
 
+@pytest.mark.slow
 def test_bf16_linear_where_onednn_has_no_bf16_falls_back_to_torch():
     """An x86 CPU without AVX-512 (oneDNN limited to AVX2 here by ONEDNN_MAX_CPU_ISA, which its own
     ISA check follows): the bf16 OneDNNLinear and a bf16 FS-DINO pass run torch's F.linear instead of
@@ -383,7 +384,7 @@ def test_bf16_linear_where_onednn_has_no_bf16_falls_back_to_torch():
     import sys
     import textwrap
 
-    from tests.cli_utils import REPO
+    from tests.paths import REPO
 
     code = textwrap.dedent("""
         import torch, torch.nn.functional as F
@@ -406,6 +407,7 @@ def test_bf16_linear_where_onednn_has_no_bf16_falls_back_to_torch():
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_kernels_switch_off_and_say_plainly_why_they_cannot_build(tmp_path):
     """The documented switch (``set_cpu_kernels_enabled``, ``--cpu_kernels false``, ``FSSEG_CPU_KERNELS=0``)
     turns the kernels off; without a compiler the reason is one plain line (it was ninja's "build
@@ -415,7 +417,7 @@ def test_kernels_switch_off_and_say_plainly_why_they_cannot_build(tmp_path):
     import sys
 
     from fsseg.kernels import cpu_kernels, set_cpu_kernels_enabled
-    from tests.cli_utils import REPO
+    from tests.paths import REPO
 
     before = list(cpu_kernels._enabled)
     try:

@@ -1,4 +1,4 @@
-"""FewShotIoU against hand-computed values (SPEC sec. 4)."""
+"""FewShotIoU against hand-computed values (fsseg.metrics; the pooled IoU of the HSNet / PFENet protocol)."""
 
 import pytest
 import torch

@@ -214,18 +214,13 @@ def test_fsseg_prepare_deepglobe_command(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error: fsseg prepare deepglobe: no <id>_sat.jpg images"), err
 
 
-@pytest.mark.shared_data
-def test_hsnet_coco_pools_index_classes_in_coco_id_order():
+def test_hsnet_coco_pools_index_classes_in_coco_id_order(shared_data):
     """The value rule of `prepare coco20i` (class c 0-based = the c-th category in id order, the
     order of coco128's classes.txt): every class HSNet's pools list a coco128 image under is one the
     image holds under that order (HSNet drops some small objects, so it is a subset)."""
     import pickle
 
-    from tests.shared_data import SHARED
-
-    shared = str(SHARED)
-    if not os.path.isdir(os.path.join(shared, "splits", "coco")):
-        pytest.skip(f"shared test data not found at {shared} (set FSSEG_SHARED_DATA)")
+    shared = str(shared_data("splits", "coco").parent.parent)
 
     class PlainData(pickle.Unpickler):  # dict/list/str/int only: never import or run anything
         def find_class(self, module, name):

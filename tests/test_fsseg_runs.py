@@ -15,7 +15,7 @@ import torch
 from fsseg.results import main as results_main
 from fsseg.runs import RUN_FILE, Run, list_runs
 from fsseg.wandb_records import offline_runs, read_run
-from tests.cli_utils import TINY_FEWSHOT, run_fsseg
+from tests.cli_utils import run_fsseg
 
 STEPS_PER_EPOCH = 2  # 4 training episodes, batch 2
 TRAINER_YAML = """\
@@ -69,12 +69,13 @@ def _metrics(run: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_sigkill_then_ckpt_path_last_resumes_same_folder_and_wandb_run(tmp_path):
+@pytest.mark.slow
+def test_sigkill_then_ckpt_path_last_resumes_same_folder_and_wandb_run(tmp_path, tiny_fewshot):
     """A fit SIGKILLed in epoch 1 and started again with the same command plus ``--ckpt_path last``
     continues at epoch 1 in the same run folder and W&B run id, with best_model_score restored, and
     ends with exactly the weights of an uninterrupted run."""
     cfg = _config(tmp_path)
-    fit = ["fit", "--config", cfg, *TINY_FEWSHOT]
+    fit = ["fit", "--config", cfg, *tiny_fewshot]
     run_fsseg([*fit, "--experiment", "uninterrupted"], cwd=tmp_path)
     killed = run_fsseg([*fit, *KILL_AFTER_EPOCH_0], cwd=tmp_path, check=False)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
@@ -112,25 +113,26 @@ def test_sigkill_then_ckpt_path_last_resumes_same_folder_and_wandb_run(tmp_path)
 
 
 @pytest.mark.slow
-def test_run_name_resume_and_refused_overwrite(tmp_path):
+def test_run_name_resume_and_refused_overwrite(tmp_path, tiny_fewshot):
     cfg = _config(tmp_path)
-    fit = ["fit", "--config", cfg, *TINY_FEWSHOT, "--trainer.max_epochs", "1", "--run_name", "mine"]
+    fit = ["fit", "--config", cfg, *tiny_fewshot, "--trainer.max_epochs", "1", "--run_name", "mine"]
     run_fsseg(fit, cwd=tmp_path)
     again = run_fsseg(fit, cwd=tmp_path, check=False)
     assert again.returncode == 2
     assert "runs/tinyexp/mine already exists: --resume mine continues it" in again.stderr
-    cont = run_fsseg(["fit", "--config", cfg, *TINY_FEWSHOT, "--trainer.max_epochs", "2", "--resume", "mine"],
+    cont = run_fsseg(["fit", "--config", cfg, *tiny_fewshot, "--trainer.max_epochs", "2", "--resume", "mine"],
                      cwd=tmp_path)
     assert "resuming run" in cont.stderr
     run = Run.load(tmp_path / "runs" / "tinyexp" / "mine")
     assert [int(r["epoch"]) for r in _metrics(run.path) if r.get("val/miou")] == [0, 1]
-    missing = run_fsseg(["fit", "--config", cfg, *TINY_FEWSHOT, "--resume", "nope"], cwd=tmp_path, check=False)
+    missing = run_fsseg(["fit", "--config", cfg, *tiny_fewshot, "--resume", "nope"], cwd=tmp_path, check=False)
     assert missing.returncode == 2 and "--resume nope: no run folder" in missing.stderr
 
 
-def test_offline_wandb_run_has_group_tags_config_metrics_table_and_panels(tmp_path, capsys):
+@pytest.mark.slow
+def test_offline_wandb_run_has_group_tags_config_metrics_table_and_panels(tmp_path, capsys, tiny_fewshot):
     cfg = _config(tmp_path)
-    run_fsseg(["fit", "--config", cfg, *TINY_FEWSHOT, "--trainer.max_epochs", "1", "--data.init_args.fold", "1",
+    run_fsseg(["fit", "--config", cfg, *tiny_fewshot, "--trainer.max_epochs", "1", "--data.init_args.fold", "1",
                "--test_after_fit", "true"], cwd=tmp_path)
     (run,) = list_runs(tmp_path / "runs", "tinyexp")
     assert run.name.startswith("full-synthetic-fold1-1shot-fsseg-")
@@ -173,12 +175,12 @@ def test_offline_wandb_run_has_group_tags_config_metrics_table_and_panels(tmp_pa
 
 
 @pytest.mark.slow
-def test_checkpoint_settings_win_and_test_only_run_is_its_own(tmp_path):
+def test_checkpoint_settings_win_and_test_only_run_is_its_own(tmp_path, tiny_fewshot):
     """``fsseg test`` of a 112-px dinov2_tiny checkpoint under a config that says nothing about the
     model (518 px, ViT-B): the checkpoint's backbone and size are used and said, the data loads at 112;
     with the data forced to another size and a W&B logger on, no "Error while merging hparams"."""
     cfg = _config(tmp_path)
-    run_fsseg(["fit", "--config", cfg, *TINY_FEWSHOT, "--trainer.max_epochs", "1", "--run_name", "src"], cwd=tmp_path)
+    run_fsseg(["fit", "--config", cfg, *tiny_fewshot, "--trainer.max_epochs", "1", "--run_name", "src"], cwd=tmp_path)
     proc = run_fsseg(["test", "--config", cfg, "--ckpt_path", "best", "--run_name", "src"], cwd=tmp_path)
     src = tmp_path / "runs" / "tinyexp" / "src"
     assert f"--ckpt_path best: evaluating {src / 'checkpoints' / 'best.ckpt'}" in proc.stderr

@@ -9,6 +9,7 @@ import torch
 from fsseg.selfcheck import full_size_checks, main
 
 
+@pytest.mark.slow
 def test_full_size_part_times_training_and_batched_inference():
     checks = []
     full_size_checks(checks.append, device="cpu", backbone="dinov2_tiny", image_size=56, batch_size=2, steps=3,

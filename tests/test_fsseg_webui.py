@@ -110,6 +110,7 @@ def _fetch_image(src: str, base: str) -> Image.Image:
         return Image.open(io.BytesIO(r.read()))
 
 
+@pytest.mark.slow
 def test_webui_in_browser(browser, app_url, tmp_path):
     from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
@@ -150,20 +151,16 @@ def test_webui_in_browser(browser, app_url, tmp_path):
 
 
 
-def _eiffel_supports():
-    from tests.shared_data import SHARED
-
-    root = SHARED / "fss1000-eiffel" / "support"
-    if not root.is_dir():
-        pytest.skip(f"{root} absent (../shared/data)")
+def _eiffel_supports(shared_data):
+    root = shared_data("fss1000-eiffel", "support")
     return sorted((root / "image").glob("*.jpg")), sorted((root / "label").glob("*.png"))
 
 
-def test_demo_takes_as_many_supports_as_predict_without_browser():
+def test_demo_takes_as_many_supports_as_predict_without_browser(shared_data):
     from data_modules.folder import FolderDataset
     from fsseg.webui import pair_uploaded_supports
 
-    images, masks = _eiffel_supports()
+    images, masks = _eiffel_supports(shared_data)
     shots = pair_uploaded_supports(list(reversed(images)), masks)  # matched by file name, any order
     assert len(shots) == 5
     ds = FolderDataset(str(images[0].parents[2]))  # the support folder as fsseg predict reads it
@@ -176,10 +173,11 @@ def test_demo_takes_as_many_supports_as_predict_without_browser():
         pair_uploaded_supports(images, masks[:4])
 
 
-def test_webui_five_supports_in_browser(browser, app_url, tmp_path):
+@pytest.mark.slow
+def test_webui_five_supports_in_browser(browser, app_url, tmp_path, shared_data):
     from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-    images, masks = _eiffel_supports()
+    images, masks = _eiffel_supports(shared_data)
     query = _images(tmp_path)["query"]
     page = browser.new_page()
     page.set_default_timeout(60_000)
@@ -204,8 +202,9 @@ def test_webui_five_supports_in_browser(browser, app_url, tmp_path):
     page.close()
 
 
-def test_webui_known_user_error_is_a_message_not_a_traceback(browser, app_url, tmp_path, capfd):
-    images, masks = _eiffel_supports()
+@pytest.mark.slow
+def test_webui_known_user_error_is_a_message_not_a_traceback(browser, app_url, tmp_path, capfd, shared_data):
+    images, masks = _eiffel_supports(shared_data)
     query = _images(tmp_path)["query"]
     page = browser.new_page()
     page.set_default_timeout(60_000)

@@ -13,7 +13,7 @@ from fsseg.models.encoder import DINOV2_ARCHS
 from fsseg.models.teacher import SAM_URLS
 from fsseg.models.weights import CheckpointNotFoundError, WeightsError
 from fsseg.modules.checkpoints import resolve_official_weights
-from tests.cli_utils import CONFIGS
+from tests.paths import CONFIGS
 
 BENCHMARK_CONFIGS = {"pascal5i_hdmnet", "pascal5i_hsnet", "pascal5i_fsseg", "coco20i_hdmnet", "coco20i_hsnet",
                      "coco20i_fsseg", "fss1000_hsnet", "fss1000_fsseg"}

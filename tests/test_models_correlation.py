@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fsseg.models.correlation import SupportMemo, _support_query_products, correlation_volume
-from tests.test_models import rand_masks, tiny
+from tests.test_models_fsdino import rand_masks, tiny
 
 
 def _encode(m, K, B=1, size=56, seed=0):
@@ -41,6 +41,7 @@ def test_memo_holds_terms_per_batch_size():
         assert torch.allclose(one[0], two[0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_no_memo_under_gradients():
     # a training step builds its terms inside its graph: two decodes, two backward passes
     m = tiny("uino").train()

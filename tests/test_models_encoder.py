@@ -72,6 +72,7 @@ def _randomised(arch: str, **kw) -> DINOv2Encoder:
     return enc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", [a for a in DINOV2_ARCHS if a != "dinov2_tiny"])
 def test_taps_equal_the_official_formula_at_every_size(arch):
     reg = "reg4" in arch
@@ -146,6 +147,7 @@ def test_stand_in_has_the_official_key_layout(arch):
     assert {k: s for k, s in got.items() if want[k] != s} == {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["dinov2_tiny", "dinov2_vits14_reg4"])
 def test_stand_in_file_loads_back_identically(arch, tmp_path):
     path = write_dinov2_checkpoint(tmp_path / "w.pth", arch=arch, seed=3)

@@ -33,6 +33,7 @@ def test_gkd_shape_mismatch_is_an_error():
         QueryBasedSoftDistillation(dim=4)(torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 3, 3))
 
 
+@pytest.mark.slow
 def test_gkd_distillation_fit_lowers_loss_and_trains_only_the_adapter():
     L.seed_everything(0)
     module = DistillationModule(objective="gkd", backbone="dinov2_tiny", teacher="tiny", resolution=56, lr=3e-3)
@@ -81,6 +82,7 @@ def _train_attention(objective: str, steps: int) -> tuple[float, float, float]:
     return start, end, math.log(t.shape[1])
 
 
+@pytest.mark.slow
 def test_gkd_attention_stays_selective_with_a_fixed_student():
     start, end, uniform = _train_attention("retrieval", 300)
     assert end < 0.5 * uniform, (start, end, uniform)
@@ -104,6 +106,7 @@ def test_gkd_attention_receives_no_gradient_from_the_distillation_terms():
     torch.testing.assert_close(wq, wq_retrieval)
 
 
+@pytest.mark.slow
 def test_gkd_short_distillation_lowers_the_feature_mse_to_the_teacher():
     L.seed_everything(0)
     module = DistillationModule(objective="gkd", backbone="dinov2_tiny", teacher="tiny", resolution=56, lr=3e-3)

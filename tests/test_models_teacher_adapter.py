@@ -109,7 +109,6 @@ def test_distillation_target_is_the_valid_part_and_cache_namespace_follows_prepr
 
 def test_paper_literal_adapter_layers_and_parameters():
     literal = BottleneckAdapter(in_dim=768, out_dim=256, **PAPER_LITERAL_ADAPTER)
-    assert sum(p.numel() for p in literal.parameters()) == 1_249_408  # "~1.25M" (FS-DINO sec. 3.3.1)
     # Identity placeholders keep the state-dict keys of fsseg's adapter (reduce.0/2/4)
     assert all(isinstance(m, (torch.nn.Conv2d, torch.nn.Identity)) for m in literal.reduce)
     convs = [(type(m).__name__, m.in_channels, m.out_channels, m.kernel_size) for m in literal.reduce
@@ -125,7 +124,9 @@ def test_paper_literal_adapter_layers_and_parameters():
         a, b = literal.reduce(x), literal.reduce(2 * x)
         bias = literal.reduce(torch.zeros_like(x))
     torch.testing.assert_close(b - bias, 2 * (a - bias), rtol=1e-4, atol=1e-4)
-    assert sum(p.numel() for p in BottleneckAdapter().parameters()) == 1_249_408  # same weights, other computation
+    # the same weights as fsseg's adapter (whose count test_models_fsdino checks), another computation
+    assert {k: v.shape for k, v in literal.state_dict().items()} == \
+        {k: v.shape for k, v in BottleneckAdapter().state_dict().items()}
 
 
 def _stage1_checkpoint(tmp_path, **kw) -> str:
@@ -207,6 +208,7 @@ def test_checkpoint_without_the_new_hparams_loads_with_the_old_behaviour(tmp_pat
         assert torch.equal(v, loaded.state_dict()[k]), k
 
 
+@pytest.mark.slow
 def test_fsseg_params_lists_both_uino_sizes_the_compact_one_within_budget(tmp_path):
     from tests.cli_utils import run_fsseg
 

@@ -1,4 +1,4 @@
-"""Portable checkpoints (issue #14): a trained run moved to "another machine" (run folder and weight
+"""Portable checkpoints (fsseg.modules.checkpoints): a trained run moved to "another machine" (run folder and weight
 files moved, originals deleted) predicts, tests and exports with the same masks; a stage-2
 checkpoint needs no SAM file; checkpoints of the earlier format keep loading; `export --bundle`."""
 
@@ -17,7 +17,8 @@ from fsseg.cli import main, run_cli
 from fsseg.export import main as export_main
 from fsseg.models.stand_in_weights import write_dinov2_checkpoint, write_sam_checkpoint
 from fsseg.modules.checkpoints import FROZEN_KEY
-from tests.test_predict import _synthetic_two_class
+from tests.image_folders import synthetic_two_class
+from tests.paths import REPO
 
 SMALL = ["--model.init_args.backbone", "dinov2_tiny", "--model.init_args.image_size", "56",
          "--model.init_args.decoder_dim", "32", "--model.init_args.decoder_mlp_dim", "64",
@@ -58,7 +59,7 @@ def trained(tmp_path_factory):
              "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(run), "--trainer.callbacks",
              f'[{{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": '
              f'{{"dirpath": "{run / "checkpoints"}", "save_last": true}}}}]'])
-    support, query = _synthetic_two_class(t / "data")
+    support, query = synthetic_two_class(t / "data")
     before = t / "before"
     _predict(run / "checkpoints" / "last.ckpt", support, query, before)
     metrics = _test_metrics(run / "checkpoints" / "last.ckpt", t)
@@ -66,6 +67,7 @@ def trained(tmp_path_factory):
             "metrics": metrics}
 
 
+@pytest.mark.slow
 def test_checkpoint_records_frozen_weights_by_name_and_sha(trained):
     ck = torch.load(trained["run"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     (rec,) = ck[FROZEN_KEY]
@@ -77,6 +79,7 @@ def test_checkpoint_records_frozen_weights_by_name_and_sha(trained):
     assert any(k.startswith("model.decoder.") for k in ck["state_dict"])  # SAM-initialised, trained
 
 
+@pytest.mark.slow
 def test_moved_run_predicts_tests_and_exports_the_same(trained, tmp_path, monkeypatch, capsys):
     """Move run folder + weights to "machine B", delete the originals: predict/test/export give the
     same masks (the DINOv2 file given now, or found by name in the weights cache; no SAM file)."""
@@ -141,6 +144,7 @@ def test_moved_run_predicts_tests_and_exports_the_same(trained, tmp_path, monkey
         shutil.move(str(moved_from), trained["t"] / "machine_a")
 
 
+@pytest.mark.slow
 def test_stage2_checkpoint_predicts_without_sam_or_adapter_file(trained, tmp_path):
     """The SAM file initialised the decoder and is never read again; the adapter comes from the checkpoint."""
     ck = torch.load(trained["run"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -159,6 +163,7 @@ def test_stage2_checkpoint_predicts_without_sam_or_adapter_file(trained, tmp_pat
         shutil.move(str(moved), sam)
 
 
+@pytest.mark.slow
 def test_checkpoint_of_the_earlier_format_still_loads(trained, tmp_path):
     """A checkpoint as main wrote it before (no frozen-file records; absolute paths in the
     hyper-parameters) loads, and finds a moved DINOv2 file by name."""
@@ -179,7 +184,7 @@ def test_checkpoint_of_the_earlier_format_still_loads(trained, tmp_path):
     assert torch.equal(m2.model.encoder.vit.pos_embed, ref.model.encoder.vit.pos_embed)
 
 
-DEMO_CKPT = Path(__file__).resolve().parents[1] / "outputs" / "demo" / "fewshot" / "checkpoints" / "best.ckpt"
+DEMO_CKPT = REPO / "outputs" / "demo" / "fewshot" / "checkpoints" / "best.ckpt"
 
 
 @pytest.mark.skipif(not DEMO_CKPT.is_file(), reason=f"no demo checkpoint at {DEMO_CKPT} (run `make demo` there)")
@@ -191,13 +196,13 @@ def test_demo_checkpoint_of_main_loads():
 
 
 def test_stage2_checkpoint_keeps_the_stage1_adapter_settings_without_the_adapter_file(tmp_path):
-    """Adapter settings read from the stage-1 checkpoint (i13) are written into the stage-2
+    """Adapter settings read from the stage-1 checkpoint are written into the stage-2
     hyper-parameters, so the rebuilt model has them although the adapter file is gone."""
     import lightning as L
 
     from fsseg.models.build import PAPER_LITERAL_ADAPTER
     from fsseg.modules import FewShotModule
-    from tests.test_teacher_adapter_settings import _stage1_checkpoint
+    from tests.test_models_teacher_adapter import _stage1_checkpoint
 
     stage1 = Path(_stage1_checkpoint(tmp_path, adapter_kwargs=dict(PAPER_LITERAL_ADAPTER), tap_norm=True))
     fs = FewShotModule(variant="compact", backbone="dinov2_tiny", image_size=56, decoder_dim=32, decoder_mlp_dim=64,

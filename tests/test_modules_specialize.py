@@ -1,6 +1,8 @@
-"""DistillFSS-style support-free specialisation (SPEC section 3)."""
+"""DistillFSS-style support-free specialisation: fsseg.models.SpecializedSegmenter and
+fsseg.modules.SpecializeModule."""
 
 import lightning as L
+import pytest
 import torch
 
 from data_modules import SpecializationDataModule
@@ -120,7 +122,8 @@ def test_specialize_module_fit_improves_agreement_and_predicts_without_supports(
 
     # test metrics, then a checkpoint round trip and prediction with no supports
     res = trainer.test(module, datamodule=dm, verbose=False)[0]
-    assert 0 <= res["test/miou"] <= 100 and "test/teacher_miou" in res
+    expected = {"test/miou": 4.64, "test/teacher_miou": 4.28}  # the seeded run's figures
+    assert {k: res[k] for k in expected} == pytest.approx(expected, abs=0.3), res
     path = tmp_path / "spec.ckpt"
     trainer.save_checkpoint(path)
     loaded = SpecializeModule.load_from_checkpoint(path).eval()
@@ -160,6 +163,7 @@ def test_folder_data_module_multiclass(tmp_path):
     assert vb["class_id"].shape == (2, 2) and int(vb["query_mask"].max()) in (1, 2)
 
 
+@pytest.mark.slow
 def test_specialisation_runs_at_the_teacher_size_and_reports_its_checkpoint_and_quality(tmp_path):
     """The README's command with a teacher trained at a non-default size (140 px) specialises at 140 (not
     the config's 112), says so, prints where the checkpoint went and a leave-one-out quality figure."""
@@ -168,7 +172,8 @@ def test_specialisation_runs_at_the_teacher_size_and_reports_its_checkpoint_and_
 
     from fsseg.modules import FewShotModule
     from fsseg.modules.checkpoints import load_checkpoint_file, write_bundle
-    from tests.cli_utils import CONFIGS, run_fsseg
+    from tests.cli_utils import run_fsseg
+    from tests.paths import CONFIGS
 
     torch.manual_seed(0)
     teacher = FewShotModule(variant="full", backbone="dinov2_tiny", image_size=140, decoder_dim=32,
