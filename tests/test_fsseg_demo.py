@@ -1,7 +1,6 @@
 """`make demo` end to end in its quick form: every stage runs through the CLI and writes its outputs.
-The quick run's numbers say nothing about the method (the full demo's figures are in the README), but
-they are seeded: they are fixed here, so a change of behaviour anywhere on the demo's path shows.
-The tolerance absorbs the last-digit differences of another thread count."""
+(The numbers of a quick run are meaningless; the full demo's figures are in the README. Seeded, they
+are fixed here: a change of behaviour on the demo's path shows.)"""
 
 import json
 import os
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-# test/miou and test/fbiou of each row at 1 and 5 shots (seeded quick run, torch 2.14.1 on a CPU)
+# test/miou and test/fbiou of each row at 1 and 5 shots
 QUICK_RESULTS = {
     "PCS threshold (no training)": {"1": (18.81, 50.01), "5": (24.76, 49.74)},
     "FS-DINO trained": {"1": (5.42, 42.14), "5": (5.41, 42.17)},
