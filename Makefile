@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 CONSTRAINTS := constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: install lock test demo lint bench ui clean browser-deps selfcheck
+.PHONY: install lock test test-fast demo lint bench ui clean browser-deps selfcheck
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ lock:
 test: install
 	sh tests/browser_setup.sh
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# everything but the tests marked slow (whole training jobs, the quick demo and bench): minutes on 2 cores
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 demo: install
 	$(PY) -m fsseg.demo

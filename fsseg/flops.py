@@ -11,7 +11,7 @@ torch's SDPA kernels on CPU and CUDA (forward and backward), fsseg's CPU kernels
 (``fsseg/kernels/cpu_kernels.py``) and the fused oneDNN linear (``fsseg/kernels/onednn_linear.py``).
 SAM's attention (``segment_anything/modeling/image_encoder.py``, ``transformer.py``) and the
 decomposed-relative-position terms are plain ``matmul``/``einsum`` calls, which every release counts as
-``bmm``/``mm`` (``tests/test_flops.py`` checks a SAM block against a count by hand).
+``bmm``/``mm`` (``tests/test_fsseg_flops.py`` checks a SAM block against a count by hand).
 
 ``make bench`` and the tests count with ``count_flops`` / ``flop_counter`` only.
 """

@@ -9,8 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-CONFIGS = REPO / "lightning_configs"
+from tests.paths import CONFIGS, REPO  # noqa: F401 - CONFIGS re-exported for the tests that build CLI arguments
 
 # Small configurations of the same classes: seconds on a CPU.
 # The ``tiny`` preset (fsseg.models.methods), of ``full`` unless "--model.init_args.segmenter.method", "compact"

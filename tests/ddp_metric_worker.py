@@ -1,4 +1,4 @@
-"""A DDP rank for tests/test_scoring.py, kept in a light module (torch + fsseg.metrics only) so that
+"""A DDP rank for tests/test_fsseg_metrics_scoring.py, kept in a light module (torch + fsseg.metrics only) so that
 spawned processes start quickly."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Small trees in the official layouts of WeedMap, Lung Cancer and Industrial Defects (as DistillFSS's
-README leaves them), for tests/test_distillfss_benchmark.py. Sizes are tiny; the contents are chosen so
+README leaves them), for tests/test_data_modules_distillfss_weedmap_lung_industrial.py. Sizes are tiny; the contents are chosen so
 the class ids, splits and supports can be worked out by hand (see the tests)."""
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.paths import REPO
+
 SHARED = Path(os.environ.get("FSSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 GOLDEN = SHARED.parent / "protocol" / "golden"  # HSNet's own episodes (../shared/protocol/golden)

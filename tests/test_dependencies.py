@@ -5,14 +5,13 @@ from __future__ import annotations
 import re
 import warnings
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 
-tomllib = pytest.importorskip("tomllib")  # Python 3.11+, the version constraints.txt was resolved for
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+, the version constraints.txt was resolved for
 
 
 def _canonical(name: str) -> str:

@@ -161,7 +161,7 @@ def coco_category_order(categories: List[dict]) -> Dict[int, int]:
     HSNet's ``data/coco.py:92-93`` keeps value ``class_sample + 1`` for 0-based class ``class_sample``,
     its folds take classes ``fold + 4v`` (``:62``), i.e. the 80 categories numbered contiguously in
     id order (person = 1 ... toothbrush = 80). Checked against HSNet's own class pools in
-    ``tests/test_prepare.py::test_hsnet_coco_pools_index_classes_in_coco_id_order``."""
+    ``tests/test_fsseg_prepare.py::test_hsnet_coco_pools_index_classes_in_coco_id_order``."""
     ids = sorted(int(c["id"]) for c in categories)
     return {cid: i + 1 for i, cid in enumerate(ids)}
 

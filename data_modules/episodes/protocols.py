@@ -299,7 +299,7 @@ class PatnetProtocol(HsnetProtocol):
     PASCAL/COCO training and evaluation are ``hsnet``'s; the cross-domain targets (``data/deepglobe.py``,
     ``isic.py``, ``lung.py``) and FSS-1000 are drawn by ``patnet_episode_list`` from one legacy
     ``RandomState(seed)`` (test.py:18 ``fix_randseed(0)``; num_workers=0, data/dataset.py:37-38).
-    FSS-1000 gives HSNet's list (tests/test_cdfss.py checks it against ``hsnet``)."""
+    FSS-1000 gives HSNet's list (tests/test_data_modules_patnet.py checks it against ``hsnet``)."""
 
     name = "patnet"
 
