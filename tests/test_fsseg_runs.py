@@ -184,7 +184,7 @@ def test_checkpoint_settings_win_and_test_only_run_is_its_own(tmp_path, tiny_few
     proc = run_fsseg(["test", "--config", cfg, "--ckpt_path", "best", "--run_name", "src"], cwd=tmp_path)
     src = tmp_path / "runs" / "tinyexp" / "src"
     assert f"--ckpt_path best: evaluating {src / 'checkpoints' / 'best.ckpt'}" in proc.stderr
-    assert "was trained with backbone=dinov2_tiny: using it (the config says dinov2_vitb14" in proc.stderr
+    assert "was trained with segmenter name=tiny: using it (the config says name=full" in proc.stderr, proc.stderr
     assert "was trained with image_size=112: using it (the config says 518" in proc.stderr
     assert "loading the data at the checkpoint's image_size 112 (the config says 518" in proc.stderr
     test_run = Run.load(tmp_path / "runs" / "tinyexp" / "test-src")

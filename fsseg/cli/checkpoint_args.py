@@ -51,9 +51,19 @@ def report_checkpoint_settings(ckpt_path, config_model: dict, ckpt_model: dict, 
     image size unless ``--data.init_args.image_size`` is given."""
     for key in CHECKPOINT_WINS:
         was, now = config_model.get(key), ckpt_model.get(key)
+        if key == "segmenter" and now is not None:  # a config without a spec builds the module's default
+            from fsseg.models.segmenters import segmenter_spec
+
+            was = segmenter_spec(was)
         if key in explicit or was is None or now is None or was == now:
             continue
-        print(f"fsseg: {ckpt_path} was trained with {key}={now}: using it (the config says {was}; "
+        if isinstance(was, dict) and isinstance(now, dict):  # a model spec: the keys that differ
+            keys = [k for k in {**now, **was} if was.get(k) != now.get(k)]
+            now, was = (", ".join(f"{k}={d.get(k)}" for k in keys) for d in (now, was))
+            now, was = f"{key} {now}", f"{was}"
+        else:
+            now = f"{key}={now}"
+        print(f"fsseg: {ckpt_path} was trained with {now}: using it (the config says {was}; "
               f"--model.init_args.{key} overrides)", file=sys.stderr)
     data_args = cfg.data.get("init_args") if cfg.get("data") is not None else None
     size = ckpt_model.get("image_size")
