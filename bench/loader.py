@@ -92,8 +92,8 @@ def episode_costs(root: str, size: int, shots_list, reps: int) -> list:
 
     from data_modules.benchmarks.coco20i import Coco20i
     from data_modules.episodes import INPUT_PATHS, EpisodeDataset
+    from data_modules.hdmnet_augment import HDMNET_SCALE
     from data_modules.image_io import read_image, read_mask
-    from data_modules.transforms import HDMNET_SCALE
 
     threads = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(1)

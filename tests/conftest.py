@@ -67,17 +67,28 @@ def tiny_distill() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def small_ckpt(tmp_path_factory) -> str:
-    """An untrained small FewShotModule checkpoint written by Lightning, as `fsseg predict` reads it."""
+def untrained_ckpt(tmp_path_factory):
+    """``untrained_ckpt(**FewShotModule arguments)``: the path of that module's checkpoint, seeded with
+    0 and written by Lightning, as `fsseg predict/test --ckpt_path` read it."""
     import lightning as L
     import torch
 
-    from fsseg.inference import SMALL_MODEL
     from fsseg.modules import FewShotModule
 
-    path = tmp_path_factory.mktemp("ckpt") / "small.ckpt"
-    torch.manual_seed(0)
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
-    trainer.strategy.connect(FewShotModule(**SMALL_MODEL).eval())
-    trainer.save_checkpoint(str(path))
-    return str(path)
+    def write(**module_args) -> str:
+        path = tmp_path_factory.mktemp("ckpt") / "fewshot.ckpt"
+        torch.manual_seed(0)
+        trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
+        trainer.strategy.connect(FewShotModule(**module_args).eval())
+        trainer.save_checkpoint(str(path))
+        return str(path)
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def small_ckpt(untrained_ckpt) -> str:
+    """An untrained checkpoint of fsseg's small model (``fsseg.inference.SMALL_MODEL``)."""
+    from fsseg.inference import SMALL_MODEL
+
+    return untrained_ckpt(**SMALL_MODEL)

@@ -3,9 +3,7 @@ checkpoint; without a checkpoint it says so and writes nothing."""
 
 import json
 
-import lightning as L
 import pytest
-import torch
 
 TINY = dict(segmenter={"name": "tiny", "method": "full"}, image_size=56)
 # mIoU of the quick run (2 classes, 1 and 2 shots, untrained seeded teacher): episodic, the specialised
@@ -14,15 +12,8 @@ QUICK_MIOU = [(6.35, 6.10, 6.24), (8.38, 7.49, 7.55)]
 
 
 @pytest.fixture(scope="module")
-def tiny_fewshot_ckpt(tmp_path_factory) -> str:
-    from fsseg.modules import FewShotModule
-
-    path = tmp_path_factory.mktemp("ckpt") / "fewshot.ckpt"
-    torch.manual_seed(0)
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
-    trainer.strategy.connect(FewShotModule(**TINY).eval())
-    trainer.save_checkpoint(str(path))
-    return str(path)
+def tiny_fewshot_ckpt(untrained_ckpt) -> str:
+    return untrained_ckpt(**TINY)
 
 
 @pytest.mark.slow

@@ -13,8 +13,8 @@ import torch
 from data_modules import EpisodicDataModule
 from data_modules.benchmarks.coco20i import Coco20i
 from data_modules.episodes import EpisodeDataset, batch_to_model_dtypes, collate_dicts
+from data_modules.hdmnet_augment import FusedHDMNetAugment, HDMNetAugment
 from data_modules.readers.synthetic import SyntheticFewShot
-from data_modules.transforms import FusedHDMNetAugment, HDMNetAugment
 
 
 def _textured(h=90, w=120, seed=0):

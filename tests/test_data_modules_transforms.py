@@ -1,4 +1,4 @@
-"""HDMNet's augmentation chain (data_modules.transforms.HDMNetAugment, util/transform.py of HDMNet):
+"""HDMNet's augmentation chain (data_modules.hdmnet_augment.HDMNetAugment, util/transform.py of HDMNet):
 each step against OpenCV, the chain at the model size, and a fresh draw when a support loses its object."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import numpy as np
 
 from data_modules import EpisodicDataModule
 from data_modules.episodes import batch_to_model_dtypes
-from data_modules.transforms import HDMNetAugment
+from data_modules.hdmnet_augment import HDMNetAugment
 
 
 class _Draws:

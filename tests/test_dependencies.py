@@ -75,17 +75,17 @@ def test_results_relevant_pins():
 def test_hdmnet_augmentation_warns_outside_opencv4(monkeypatch):
     import cv2
 
-    from data_modules import transforms
+    from data_modules import hdmnet_augment
 
-    monkeypatch.setattr(transforms._warn_unless_opencv4, "said", False, raising=False)
+    monkeypatch.setattr(hdmnet_augment._warn_unless_opencv4, "said", False, raising=False)
     monkeypatch.setattr(cv2, "__version__", "5.0.0")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        transforms.FusedHDMNetAugment(32)  # not bit-equal under any OpenCV: nothing to warn about
+        hdmnet_augment.FusedHDMNetAugment(32)  # not bit-equal under any OpenCV: nothing to warn about
     with pytest.warns(UserWarning, match="OpenCV 5.0.0, whose warpAffine differs"):
-        transforms.HDMNetAugment(32)
-    monkeypatch.setattr(transforms._warn_unless_opencv4, "said", False)
+        hdmnet_augment.HDMNetAugment(32)
+    monkeypatch.setattr(hdmnet_augment._warn_unless_opencv4, "said", False)
     monkeypatch.setattr(cv2, "__version__", "4.10.0")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        transforms.HDMNetAugment(32)
+        hdmnet_augment.HDMNetAugment(32)

@@ -16,8 +16,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from fsseg.registry import Registry
 
+from ..hdmnet_augment import HDMNET_SCALE
 from ..readers.base import FewShotDataset
-from ..transforms import HDMNET_SCALE
 
 BENCHMARKS = Registry("benchmark", "--data.dataset")
 
@@ -88,6 +88,18 @@ class EpisodicBenchmark(Benchmark):
         raise NotImplementedError
 
 
+class CrossDomainTarget(EpisodicBenchmark):
+    """A cross-domain target (PATNet's CD-FSS, docs/protocols/cdfss.md): test only, no folds, read by
+    ``reader(root, split)``."""
+
+    has_folds = False
+    reader: type = FewShotDataset
+
+    @classmethod
+    def read(cls, split: str, settings: ReaderSettings, options: Dict[str, Any]) -> FewShotDataset:
+        return cls.reader(settings.root, split)
+
+
 class PooledBenchmark(Benchmark):
     """A benchmark read as one pool of labelled images, split into train / test by DistillFSS's
     rules (``BudgetSpecializationDataModule``); ``reader(root, **options)`` reads it, its keyword
@@ -122,5 +134,5 @@ def pooled_names() -> List[str]:
     return BENCHMARKS.names(where=lambda b: issubclass(b, PooledBenchmark))
 
 
-__all__ = ["BENCHMARKS", "Benchmark", "EpisodicBenchmark", "PooledBenchmark", "ReaderSettings",
+__all__ = ["BENCHMARKS", "Benchmark", "EpisodicBenchmark", "CrossDomainTarget", "PooledBenchmark", "ReaderSettings",
            "episodic_benchmark", "pooled_benchmark", "episodic_names", "pooled_names"]

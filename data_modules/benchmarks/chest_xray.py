@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Dict
 
 from ..readers.patnet import PatnetFileDataset
-from .benchmark import BENCHMARKS, EpisodicBenchmark, ReaderSettings
+from .benchmark import BENCHMARKS, CrossDomainTarget
 
 MASK_SUFFIX = "_mask.png"
 
@@ -49,11 +48,5 @@ class ChestXray(PatnetFileDataset):
 
 
 @BENCHMARKS.register("chest_xray")
-class ChestXrayBenchmark(EpisodicBenchmark):
-    """A cross-domain target (PATNet's CD-FSS, docs/protocols/cdfss.md): test only."""
-
-    has_folds = False
-
-    @classmethod
-    def read(cls, split: str, settings: ReaderSettings, options: Dict) -> ChestXray:
-        return ChestXray(settings.root, split)
+class ChestXrayBenchmark(CrossDomainTarget):
+    reader = ChestXray

@@ -13,10 +13,10 @@ from typing import Dict, Iterable, List, Optional, Union
 import numpy as np
 from PIL import Image
 
+from ..hdmnet_augment import HDMNET_SCALE
 from ..readers.base import FileFewShotDataset, stem
 from ..readers.layout import SPLIT_ALIASES, classes_from_areas, pair_folder, read_lines
 from ..readers.mask_index import mask_areas
-from ..transforms import HDMNET_SCALE
 from .benchmark import BENCHMARKS, EpisodicBenchmark, ReaderSettings
 from .converting import progress, save_whole
 

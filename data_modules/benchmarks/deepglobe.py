@@ -17,13 +17,13 @@ import argparse
 import glob
 import os
 from collections import Counter
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import numpy as np
 from PIL import Image
 
 from ..readers.patnet import PatnetFileDataset, patnet_jpg
-from .benchmark import BENCHMARKS, EpisodicBenchmark, ReaderSettings
+from .benchmark import BENCHMARKS, CrossDomainTarget
 from .converting import progress, save_whole
 
 DEEPGLOBE_CLASSES = ("agriculture", "urban", "rangeland", "forest", "water", "barren")
@@ -141,15 +141,9 @@ def prepare_deepglobe(src: str, dst: str, quiet: bool = False) -> dict:
 
 
 @BENCHMARKS.register("deepglobe")
-class DeepglobeBenchmark(EpisodicBenchmark):
-    """A cross-domain target (PATNet's CD-FSS, docs/protocols/cdfss.md): test only."""
-
-    has_folds = False
+class DeepglobeBenchmark(CrossDomainTarget):
+    reader = Deepglobe
     prepare_help = "PATNet's Deepglobe tiles from the DeepGlobe land-cover train set"
-
-    @classmethod
-    def read(cls, split: str, settings: ReaderSettings, options: Dict) -> Deepglobe:
-        return Deepglobe(settings.root, split)
 
     @classmethod
     def add_prepare_arguments(cls, parser: argparse.ArgumentParser) -> None:

@@ -21,7 +21,7 @@ import os
 from typing import Dict, Optional
 
 from ..readers.patnet import PatnetFileDataset, patnet_jpg
-from .benchmark import BENCHMARKS, EpisodicBenchmark, ReaderSettings
+from .benchmark import BENCHMARKS, CrossDomainTarget
 
 ISIC_IMAGE_DIR = "ISIC2018_Task1-2_Training_Input"
 ISIC_MASK_DIR = "ISIC2018_Task1_Training_GroundTruth"
@@ -83,11 +83,5 @@ class ISIC(PatnetFileDataset):
 
 
 @BENCHMARKS.register("isic_patnet")
-class ISICPatnetBenchmark(EpisodicBenchmark):
-    """A cross-domain target (PATNet's CD-FSS, docs/protocols/cdfss.md): test only."""
-
-    has_folds = False
-
-    @classmethod
-    def read(cls, split: str, settings: ReaderSettings, options: Dict) -> ISIC:
-        return ISIC(settings.root, split)
+class ISICPatnetBenchmark(CrossDomainTarget):
+    reader = ISIC

@@ -35,19 +35,10 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 
 from ..device_decode import DeviceImages, canvases_on_device
+from ..hdmnet_augment import HDMNET_SCALE, IMAGENET_MEAN_255, DeferredWarp, warp_on_device
 from ..image_io import IGNORE_INDEX, BadSampleError
 from ..readers.base import FewShotDataset
-from ..transforms import (
-    HDMNET_SCALE,
-    IMAGENET_MEAN_255,
-    DeferredWarp,
-    PairTransform,
-    image_to_tensor,
-    image_to_uint8_tensor,
-    images_to_float,
-    scoring_label,
-    warp_on_device,
-)
+from ..transforms import PairTransform, image_to_tensor, image_to_uint8_tensor, images_to_float, scoring_label
 from .draw import Episode, eligible_classes, sample_episode
 
 INPUT_PATHS = ("exact", "fast", "device")
