@@ -42,6 +42,7 @@ DATA = ["--data.init_args.dataset", "synthetic", "--data.init_args.batch_size", 
         "--data.init_args.test_episodes", "4", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
 
 
+@pytest.mark.slow
 def test_toy_method_fits_tests_predicts_and_exports_through_the_cli(tmp_path):
     fit_dir = tmp_path / "fit"
     args = [*TINY_FEWSHOT, "--model.init_args.segmenter", TOY_SPEC, *DATA]
