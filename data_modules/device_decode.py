@@ -13,6 +13,7 @@ a grey level, within what the ``device`` path already differs from HDMNet's chai
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from typing import List, Optional, Sequence, Tuple, Union
@@ -20,6 +21,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+
+from .image_io import exif_orientation
 
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe")
 _EOI = (0xFF, 0xD9)
@@ -62,14 +65,14 @@ def read_encoded_jpeg(path: Union[str, os.PathLike]) -> Optional[EncodedJPEG]:
     if not path.lower().endswith(JPEG_SUFFIXES):
         return None
     try:
-        with Image.open(path) as im:  # the header only: no pixel is decoded here
+        data = np.fromfile(path, dtype=np.uint8)  # one read: the header is parsed from these bytes
+        with Image.open(io.BytesIO(data.tobytes())) as im:  # the header only: no pixel is decoded here
             if (im.format != "JPEG" or im.mode not in ("RGB", "L") or im.info.get("progressive")
-                    or int(im.getexif().get(0x0112, 1) or 1) != 1):
+                    or exif_orientation(im) != 1):
                 return None
             width, height = im.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         return None
-    data = np.fromfile(path, dtype=np.uint8)
     if data.size < 4 or tuple(data[-2:]) != _EOI:  # truncated (or trailing bytes): decode here
         return None
     return EncodedJPEG(path, data, height, width)
